@@ -1,0 +1,1 @@
+"""The mydocker command line: parses, calls the services' stubs, prints."""

@@ -1,0 +1,59 @@
+"""The CLI's access to the three services: lazily built stubs, deadlines, and one-line failures."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from services.common.config import Config
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class CliError(Exception):
+    """A failure to show the user as one line; the CLI exits 1."""
+
+
+class Services:
+    """Stubs for the state, storage and executor services, each on its own unix socket.
+
+    grpc and the generated modules are imported on first use, so commands that need no
+    service (version, --help) start without paying for them.
+    """
+
+    def __init__(self, config: Config | None = None):
+        self.config = config or Config.from_env()
+
+    def _channel(self, service: str):
+        from services.common.client import open_channel
+
+        return open_channel(self.config, service)
+
+    @cached_property
+    def state(self):
+        from protos.state.v1 import state_pb2_grpc
+
+        return state_pb2_grpc.StateServiceStub(self._channel("state"))
+
+    @cached_property
+    def storage(self):
+        from protos.storage.v1 import storage_pb2_grpc
+
+        return storage_pb2_grpc.StorageServiceStub(self._channel("storage"))
+
+    @cached_property
+    def executor(self):
+        from protos.executor.v1 import executor_pb2_grpc
+
+        return executor_pb2_grpc.ExecutorServiceStub(self._channel("executor"))
+
+    def call(self, service: str, method: str, request, timeout: float = DEFAULT_TIMEOUT):
+        """Call `service`.`method`; a gRPC failure becomes a CliError with one clear line."""
+        import grpc
+
+        from services.common.client import describe_rpc_error
+
+        stub = getattr(self, service)
+        try:
+            return getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise CliError(describe_rpc_error(service, self.config, err)) from None

@@ -1,0 +1,267 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from protos.types.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetInfoResponse(_message.Message):
+    __slots__ = ("version", "root", "driver", "images", "rootfs_count", "pid")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    ROOTFS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    root: str
+    driver: str
+    images: int
+    rootfs_count: int
+    pid: int
+    def __init__(self, version: _Optional[str] = ..., root: _Optional[str] = ..., driver: _Optional[str] = ..., images: _Optional[int] = ..., rootfs_count: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("name", "size_bytes", "created_at", "digest", "container_ids")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_IDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size_bytes: int
+    created_at: _timestamp_pb2.Timestamp
+    digest: str
+    container_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., digest: _Optional[str] = ..., container_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ImportImageHeader(_message.Message):
+    __slots__ = ("name", "replace", "source_path", "expected_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    replace: bool
+    source_path: str
+    expected_size: int
+    def __init__(self, name: _Optional[str] = ..., replace: _Optional[bool] = ..., source_path: _Optional[str] = ..., expected_size: _Optional[int] = ...) -> None: ...
+
+class ImportImageRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ImportImageHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[ImportImageHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class ImportImageResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class ListImagesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListImagesResponse(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class GetImageRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetImageResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class RemoveImageRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveImageResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class Rootfs(_message.Message):
+    __slots__ = ("container_id", "image", "path", "mounts", "mounted", "volumes")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    MOUNTED_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    image: str
+    path: str
+    mounts: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mount]
+    mounted: bool
+    volumes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Volume]
+    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., mounts: _Optional[_Iterable[_Union[_types_pb2.Mount, _Mapping]]] = ..., mounted: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ...) -> None: ...
+
+class PrepareRootfsRequest(_message.Message):
+    __slots__ = ("container_id", "image", "volumes")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    image: str
+    volumes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Volume]
+    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ...) -> None: ...
+
+class PrepareRootfsResponse(_message.Message):
+    __slots__ = ("rootfs",)
+    ROOTFS_FIELD_NUMBER: _ClassVar[int]
+    rootfs: Rootfs
+    def __init__(self, rootfs: _Optional[_Union[Rootfs, _Mapping]] = ...) -> None: ...
+
+class GetRootfsRequest(_message.Message):
+    __slots__ = ("container_id",)
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class GetRootfsResponse(_message.Message):
+    __slots__ = ("rootfs",)
+    ROOTFS_FIELD_NUMBER: _ClassVar[int]
+    rootfs: Rootfs
+    def __init__(self, rootfs: _Optional[_Union[Rootfs, _Mapping]] = ...) -> None: ...
+
+class ListRootfsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRootfsResponse(_message.Message):
+    __slots__ = ("rootfs",)
+    ROOTFS_FIELD_NUMBER: _ClassVar[int]
+    rootfs: _containers.RepeatedCompositeFieldContainer[Rootfs]
+    def __init__(self, rootfs: _Optional[_Iterable[_Union[Rootfs, _Mapping]]] = ...) -> None: ...
+
+class RemoveRootfsRequest(_message.Message):
+    __slots__ = ("container_id",)
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class RemoveRootfsResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class CommitContainerRequest(_message.Message):
+    __slots__ = ("container_id", "image", "replace")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    image: str
+    replace: bool
+    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class CommitContainerResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class ExportContainerRequest(_message.Message):
+    __slots__ = ("container_id",)
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class ExportContainerResponse(_message.Message):
+    __slots__ = ("chunk",)
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
+
+class ListVolumesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VolumeUsage(_message.Message):
+    __slots__ = ("volume", "container_ids", "size_bytes")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_IDS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    volume: _types_pb2.Volume
+    container_ids: _containers.RepeatedScalarFieldContainer[str]
+    size_bytes: int
+    def __init__(self, volume: _Optional[_Union[_types_pb2.Volume, _Mapping]] = ..., container_ids: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class ListVolumesResponse(_message.Message):
+    __slots__ = ("volumes",)
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeUsage]
+    def __init__(self, volumes: _Optional[_Iterable[_Union[VolumeUsage, _Mapping]]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LayerUsage(_message.Message):
+    __slots__ = ("digest", "size_bytes", "images", "rootfs_count")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    ROOTFS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    size_bytes: int
+    images: _containers.RepeatedScalarFieldContainer[str]
+    rootfs_count: int
+    def __init__(self, digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., images: _Optional[_Iterable[str]] = ..., rootfs_count: _Optional[int] = ...) -> None: ...
+
+class RootfsUsage(_message.Message):
+    __slots__ = ("container_id", "upper_size_bytes")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    UPPER_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    upper_size_bytes: int
+    def __init__(self, container_id: _Optional[str] = ..., upper_size_bytes: _Optional[int] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("images", "layers", "rootfs", "volumes")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    ROOTFS_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    layers: _containers.RepeatedCompositeFieldContainer[LayerUsage]
+    rootfs: _containers.RepeatedCompositeFieldContainer[RootfsUsage]
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeUsage]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., layers: _Optional[_Iterable[_Union[LayerUsage, _Mapping]]] = ..., rootfs: _Optional[_Iterable[_Union[RootfsUsage, _Mapping]]] = ..., volumes: _Optional[_Iterable[_Union[VolumeUsage, _Mapping]]] = ...) -> None: ...
+
+class PruneLayersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PruneLayersResponse(_message.Message):
+    __slots__ = ("digests", "reclaimed_bytes")
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    RECLAIMED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    reclaimed_bytes: int
+    def __init__(self, digests: _Optional[_Iterable[str]] = ..., reclaimed_bytes: _Optional[int] = ...) -> None: ...

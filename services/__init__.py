@@ -1,0 +1,1 @@
+"""mydocker's gRPC services: state, storage and executor, plus their shared bootstrap."""

@@ -1,0 +1,1 @@
+"""Code every mydocker service shares: configuration, errors, server bootstrap and clients."""

@@ -1,0 +1,177 @@
+"""Server bootstrap shared by every service: unix socket, health, reflection, error mapping, logs, SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.config import Config, check_socket_path, unix_target
+from services.common.grpc_errors import DomainErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+GRACE_SECONDS = 10.0
+MAX_WORKERS = 32
+
+
+@dataclass
+class ServiceDefinition:
+    """What a service contributes to the shared bootstrap."""
+
+    # Short name: "state", "storage" or "executor".
+    name: str
+    # Fully qualified gRPC service name, e.g. "mydocker.state.v1.StateService".
+    full_name: str
+    # Registers the servicer on the server; called once per server built.
+    register: Callable[[grpc.Server], None]
+
+
+@dataclass
+class RunningServer:
+    """A started server plus the handles needed to stop it cleanly."""
+
+    server: grpc.Server
+    health: health.HealthServicer
+    address: str
+    socket: Path | None
+
+    def stop(self, grace: float = GRACE_SECONDS) -> None:
+        """Refuse new calls, let in-flight ones finish within `grace`, then remove the socket."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        if self.socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket.unlink()
+
+
+def prepare_unix_socket(socket: Path) -> None:
+    """Create the parent dir (root only) and remove a stale socket left by a dead server."""
+    check_socket_path(socket)
+    socket.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(socket.parent, 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        socket.unlink()
+
+
+def create_server(definition: ServiceDefinition, address: str, max_workers: int = MAX_WORKERS) -> RunningServer:
+    """Build and start a server on `address` ("unix:/abs/path" or "host:port") with health and reflection."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=definition.name),
+        interceptors=[DomainErrorInterceptor()],
+    )
+    definition.register(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (definition.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    socket: Path | None = None
+    if address.startswith("unix:"):
+        socket = Path(address.removeprefix("unix://").removeprefix("unix:"))
+        prepare_unix_socket(socket)
+        # umask closes the window between bind() and chmod() in which others could connect.
+        old_umask = os.umask(0o077)
+        try:
+            server.add_insecure_port(unix_target(socket))
+        finally:
+            os.umask(old_umask)
+        os.chmod(socket, 0o600)
+    else:
+        port = server.add_insecure_port(address)
+        address = f"{address.rsplit(':', 1)[0]}:{port}"
+    server.start()
+    for name in ("", definition.full_name):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, health_servicer, address, socket)
+
+
+@contextlib.contextmanager
+def single_instance(lock_path: Path, service: str) -> Iterator[None]:
+    """Hold an exclusive lock for the process lifetime, so two instances never share a socket or database."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"mydocker-{service}: another {service} service holds {lock_path}: stop it first") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_pidfile(path: Path) -> None:
+    """Write our pid atomically, so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def setup_logging(log_file: Path, service: str) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {service}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def parse_args(service: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"mydocker-{service}", description=f"mydocker {service} service")
+    parser.add_argument("--root", help="state root (default: $MYDOCKER_ROOT or /var/lib/mydocker)")
+    parser.add_argument("--run", help="runtime root for sockets and pids (default: $MYDOCKER_RUN or /run/mydocker)")
+    parser.add_argument(
+        "--listen",
+        help="address to serve on: unix:/path (default: <run>/<service>.sock) or host:port for TCP, "
+        "which has no access control and must be asked for explicitly",
+    )
+    parser.add_argument("--log-file", help="log file (default: <root>/log/<service>.log)")
+    return parser.parse_args(argv)
+
+
+def serve(service: str, build: Callable[[Config], ServiceDefinition], argv: list[str] | None = None) -> int:
+    """Run one service until SIGTERM or SIGINT; `build` makes its servicer from the configuration."""
+    args = parse_args(service, argv)
+    config = Config.from_env(root=args.root, run=args.run)
+    setup_logging(Path(args.log_file) if args.log_file else config.log_path(service), service)
+    address = args.listen or f"unix:{config.socket_path(service)}"
+
+    stop_requested = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop_requested.set())
+
+    config.run.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.run, 0o700)
+    with single_instance(config.lock_path(service), service):
+        running = create_server(build(config), address)
+        write_pidfile(config.pid_path(service))
+        log.info("serving %s on %s (root %s, run %s)", service, running.address, config.root, config.run)
+        try:
+            stop_requested.wait()
+            log.info("stopping: finishing in-flight calls within %.0fs", GRACE_SECONDS)
+            running.stop()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                config.pid_path(service).unlink()
+        log.info("stopped")
+    return 0
+
+
+def main_for(service: str, build: Callable[[Config], ServiceDefinition]) -> None:
+    """Entry point body of `python -m services.<service>`."""
+    sys.exit(serve(service, build))

@@ -1,0 +1,84 @@
+"""Storage and executor through their gRPC APIs: GetInfo answers, every later-issue RPC says UNIMPLEMENTED."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.executor.v1 import executor_pb2, executor_pb2_grpc
+from protos.storage.v1 import storage_pb2, storage_pb2_grpc
+from services.common.config import VERSION
+from services.executor.__main__ import build as build_executor
+from services.storage.__main__ import build as build_storage
+
+
+def rpc_names(pb_module, service: str) -> list[str]:
+    return [method.name for method in pb_module.DESCRIPTOR.services_by_name[service].methods]
+
+
+def empty_call(stub, pb_module, service: str, name: str):
+    """Call `name` with an empty request of the right shape, whatever its streaming kind."""
+    method = pb_module.DESCRIPTOR.services_by_name[service].methods_by_name[name]
+    request_class = getattr(pb_module, method.input_type.name)
+    call = getattr(stub, name)
+    request = request_class()
+    if method.client_streaming:
+        request = iter([request])
+    result = call(request, timeout=5)
+    if method.server_streaming:
+        return list(result)
+    return result
+
+
+def test_storage_info(start_server, temp_config):
+    (temp_config.root / "image").mkdir(parents=True)
+    (temp_config.root / "image" / "busybox.tar").write_bytes(b"")
+    _, channel = start_server(build_storage(temp_config))
+    info = storage_pb2_grpc.StorageServiceStub(channel).GetInfo(storage_pb2.GetInfoRequest(), timeout=5)
+    assert info.version == VERSION
+    assert info.root == str(temp_config.root)
+    assert info.driver == "overlay2"
+    assert info.images == 1
+    assert info.pid > 0
+
+
+def test_executor_info(start_server, temp_config):
+    temp_config.run.mkdir(parents=True, exist_ok=True)
+    (temp_config.run / "5341624332").mkdir()
+    _, channel = start_server(build_executor(temp_config))
+    info = executor_pb2_grpc.ExecutorServiceStub(channel).GetInfo(executor_pb2.GetInfoRequest(), timeout=5)
+    assert info.version == VERSION
+    assert info.run_root == str(temp_config.run)
+    assert info.cgroup_version in ("v1", "v2", "hybrid")
+    assert info.kernel
+    assert info.containers_running == 1
+
+
+@pytest.mark.parametrize(
+    ("build", "pb_module", "stub_class", "service"),
+    [
+        (build_storage, storage_pb2, storage_pb2_grpc.StorageServiceStub, "StorageService"),
+        (build_executor, executor_pb2, executor_pb2_grpc.ExecutorServiceStub, "ExecutorService"),
+    ],
+)
+def test_later_rpcs_are_unimplemented_never_fake_success(start_server, temp_config, build, pb_module, stub_class, service):
+    _, channel = start_server(build(temp_config))
+    stub = stub_class(channel)
+    later = [name for name in rpc_names(pb_module, service) if name != "GetInfo"]
+    assert later, "the contract lists the RPCs later issues implement"
+    for name in later:
+        with pytest.raises(grpc.RpcError) as caught:
+            empty_call(stub, pb_module, service, name)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, name
+        assert name in caught.value.details()
+
+
+@pytest.mark.parametrize("build", [build_storage, build_executor])
+def test_health_reports_serving(start_server, temp_config, build):
+    definition = build(temp_config)
+    _, channel = start_server(definition)
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", definition.full_name):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING

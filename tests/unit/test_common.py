@@ -1,0 +1,67 @@
+"""Configuration paths, cgroup mode detection and the error-to-status table."""
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.common import errors
+from services.common.config import Config, check_socket_path, unix_target
+from services.common.grpc_errors import status_for
+from services.executor.cgroups import detect_cgroup_mode
+
+
+def test_config_flags_win_over_env_over_defaults():
+    env = {"MYDOCKER_ROOT": "/tmp/r", "MYDOCKER_RUN": "/tmp/x"}
+    assert Config.from_env(env={}) == Config(Path("/var/lib/mydocker"), Path("/run/mydocker"))
+    assert Config.from_env(env=env) == Config(Path("/tmp/r"), Path("/tmp/x"))
+    assert Config.from_env(env=env, root="/a", run="/b") == Config(Path("/a"), Path("/b"))
+
+
+def test_derived_paths():
+    config = Config(Path("/r"), Path("/x"))
+    assert config.socket_path("state") == Path("/x/state.sock")
+    assert config.pid_path("storage") == Path("/x/storage.pid")
+    assert config.log_path("executor") == Path("/r/log/executor.log")
+    assert config.state_db_path() == Path("/r/state/state.db")
+
+
+def test_unix_targets_are_never_abstract():
+    assert unix_target(Path("/run/mydocker/state.sock")) == "unix:///run/mydocker/state.sock"
+    assert not unix_target(Path("/x")).startswith("unix-abstract")
+
+
+def test_overlong_socket_path_is_refused_with_its_name():
+    check_socket_path(Path("/run/mydocker/state.sock"))
+    long_path = Path("/tmp/" + "d" * 120 + "/state.sock")
+    with pytest.raises(ValueError, match="shorter MYDOCKER_RUN"):
+        check_socket_path(long_path)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.NotFound("x"), grpc.StatusCode.NOT_FOUND),
+        (errors.AlreadyExists("x"), grpc.StatusCode.ALREADY_EXISTS),
+        (errors.InvalidArgument("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.FailedPrecondition("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.InvalidTransition("container 1", "running", "created"), grpc.StatusCode.FAILED_PRECONDITION),
+    ],
+)
+def test_each_domain_error_has_one_status(error, code):
+    assert status_for(error) == code
+
+
+def test_invalid_transition_message_names_both_states():
+    assert str(errors.InvalidTransition("container 1", "running", "created")) == (
+        "container 1: invalid state transition from running to created"
+    )
+
+
+def test_cgroup_mode_detection(tmp_path):
+    assert detect_cgroup_mode(tmp_path) == "v1"
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("")
+    assert detect_cgroup_mode(tmp_path) == "hybrid"
+    (tmp_path / "cgroup.controllers").write_text("cpu memory")
+    assert detect_cgroup_mode(tmp_path) == "v2"
