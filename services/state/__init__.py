@@ -1,0 +1,1 @@
+"""The state service: container, network and IP allocation records in SQLite."""

@@ -1,0 +1,334 @@
+"""Logic of the state service: container records and their state machine, networks and IP allocation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from services.common.config import VERSION
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.state import ipam
+from services.state.model import (
+    GATEWAY_OWNER,
+    HOSTNAME_MAX_LENGTH,
+    AddressAllocation,
+    AddressAssignment,
+    Container,
+    ContainerSpec,
+    ContainerStatus,
+    Network,
+    ServiceInfo,
+    check_transition,
+    validate_network_name,
+    validate_spec,
+)
+from services.state.store import Store, Transaction
+
+NETWORK_DRIVER = "bridge"
+_CONTAINER_ID_LOWEST = 10**9  # ten digits, the first one non-zero
+_CONTAINER_ID_COUNT = 9 * 10**9
+
+
+def _require(value: str, what: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{what} is empty: it is required")
+
+
+def _parse_status(status: ContainerStatus | str) -> ContainerStatus:
+    try:
+        return ContainerStatus(status)
+    except ValueError:
+        allowed = ", ".join(member.value for member in ContainerStatus)
+        raise InvalidArgument(f'unknown container status "{status}": use one of {allowed}') from None
+
+
+def _require_container(transaction: Transaction, container_id: str) -> Container:
+    container = transaction.get_container(container_id)
+    if container is None:
+        raise NotFound(f"no such container: {container_id}")
+    return container
+
+
+def _require_network(transaction: Transaction, name: str) -> Network:
+    network = transaction.get_network(name)
+    if network is None:
+        raise NotFound(f"no such network: {name}")
+    return network
+
+
+class StateCore:
+    """The StateService RPCs over plain dataclasses; every write is one store transaction."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, version: str = VERSION):
+        self._store = store
+        self._clock = clock
+        self._version = version
+
+    def info(self) -> ServiceInfo:
+        schema_version = self._store.schema_version
+        with self._store.read() as transaction:
+            containers = transaction.count_containers()
+            networks = transaction.count_networks()
+        return ServiceInfo(
+            version=self._version,
+            database_path=str(self._store.path),
+            schema_version=schema_version,
+            containers=containers,
+            networks=networks,
+            pid=os.getpid(),
+        )
+
+    # Containers.
+
+    def create_container(self, spec: ContainerSpec) -> Container:
+        validate_spec(spec)
+        with self._store.write() as transaction:
+            if spec.name:
+                self._ensure_name_is_free(transaction, spec.name)
+            container_id = self._new_container_id(transaction)
+            name = spec.name or container_id
+            container = Container(
+                id=container_id,
+                name=name,
+                image=spec.image,
+                command=tuple(spec.command),
+                env=tuple(spec.env),
+                volumes=tuple(spec.volumes),
+                resources=spec.resources,
+                network=spec.network,
+                ports=tuple(spec.ports),
+                labels=dict(spec.labels),
+                # A name may be longer than a hostname can be; both share one alphabet.
+                hostname=spec.hostname or name[:HOSTNAME_MAX_LENGTH],
+                working_dir=spec.working_dir or "/",
+                tty=spec.tty,
+                stdin_open=spec.stdin_open,
+                auto_remove=spec.auto_remove,
+                status=ContainerStatus.CREATED,
+                created_at=self._clock(),
+            )
+            transaction.insert_container(container)
+        return container
+
+    @staticmethod
+    def _ensure_name_is_free(transaction: Transaction, name: str) -> None:
+        holder = transaction.get_container_by_name(name)
+        if holder is not None:
+            raise AlreadyExists(
+                f'container name "{name}" is already in use by container {holder.id}: '
+                "choose another name or remove that container"
+            )
+        # Lookups try ids before names, so a name equal to another container's id would be unreachable.
+        if transaction.get_container(name) is not None:
+            raise AlreadyExists(f'container name "{name}" is the id of another container: choose another name')
+
+    @staticmethod
+    def _new_container_id(transaction: Transaction) -> str:
+        while True:
+            candidate = str(_CONTAINER_ID_LOWEST + secrets.randbelow(_CONTAINER_ID_COUNT))
+            # The id becomes the name when none is given, so it must be free as both.
+            if transaction.get_container(candidate) is None and transaction.get_container_by_name(candidate) is None:
+                return candidate
+
+    def get_container(self, reference: str) -> Container:
+        """Find a container by exact id, then exact name, then unique id prefix."""
+        if not reference:
+            raise InvalidArgument("container reference is empty: give a container id, name or id prefix")
+        with self._store.read() as transaction:
+            container = transaction.get_container(reference) or transaction.get_container_by_name(reference)
+            if container is not None:
+                return container
+            matching_ids = transaction.container_ids_with_prefix(reference)
+            if len(matching_ids) == 1:
+                return _require_container(transaction, matching_ids[0])
+        if matching_ids:
+            raise FailedPrecondition(
+                f'container reference "{reference}" is ambiguous, it matches {", ".join(matching_ids)}: '
+                "use more characters of the id"
+            )
+        raise NotFound(f"no such container: {reference}")
+
+    def list_containers(
+        self,
+        statuses: Iterable[ContainerStatus | str] = (),
+        image: str = "",
+        network: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> list[Container]:
+        """Records matching every given filter, oldest first; empty filters match everything."""
+        wanted_statuses = [_parse_status(status) for status in statuses]
+        with self._store.read() as transaction:
+            return transaction.list_containers(wanted_statuses, image, network, labels)
+
+    def update_container_status(
+        self,
+        container_id: str,
+        status: ContainerStatus | str,
+        pid: int = 0,
+        pid_start_time: int = 0,
+        shim_pid: int = 0,
+        exit_code: int = 0,
+        oom_killed: bool = False,
+        error: str = "",
+    ) -> Container:
+        _require(container_id, "container id")
+        target = _parse_status(status)
+        if target is ContainerStatus.RUNNING and (pid <= 0 or pid_start_time <= 0):
+            raise InvalidArgument(
+                f"container {container_id} cannot be marked running with pid {pid} and pid start time "
+                f"{pid_start_time}: give the positive pid and start time of its process"
+            )
+        with self._store.write() as transaction:
+            current = _require_container(transaction, container_id)
+            check_transition(current.status, target, f"container {container_id}")
+            now = self._clock()
+            if target is ContainerStatus.RUNNING:
+                updated = dataclasses.replace(
+                    current, status=target, started_at=now, pid=pid, pid_start_time=pid_start_time,
+                    shim_pid=shim_pid, exit_code=0, oom_killed=False, error="",
+                )
+            elif target in (ContainerStatus.STOPPED, ContainerStatus.EXITED):
+                updated = dataclasses.replace(
+                    current, status=target, finished_at=now, exit_code=exit_code, oom_killed=oom_killed,
+                    error=error, pid=0, pid_start_time=0, shim_pid=0,
+                )
+            else:
+                updated = dataclasses.replace(current, status=target)
+            transaction.update_container(updated)
+        return updated
+
+    def delete_container(self, container_id: str) -> Container:
+        """Delete a record and release its addresses; returns the record as it was."""
+        _require(container_id, "container id")
+        with self._store.write() as transaction:
+            container = _require_container(transaction, container_id)
+            if container.status is ContainerStatus.RUNNING:
+                raise FailedPrecondition(f"container {container_id} is running: stop it before removing it")
+            transaction.delete_allocations_of_owner(container_id)
+            transaction.delete_container(container_id)
+        return container
+
+    # Networks.
+
+    def create_network(
+        self,
+        name: str,
+        driver: str = "",
+        subnet: str = "",
+        gateway: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> Network:
+        validate_network_name(name)
+        driver = driver or NETWORK_DRIVER
+        if driver != NETWORK_DRIVER:
+            raise InvalidArgument(f'unsupported network driver "{driver}": use "{NETWORK_DRIVER}"')
+        if not subnet:
+            raise InvalidArgument("the subnet is empty: give one in CIDR form such as 10.20.0.0/24")
+        parsed_subnet = ipam.parse_subnet(subnet)
+        gateway_address = (
+            ipam.parse_gateway(parsed_subnet, gateway) if gateway else ipam.default_gateway(parsed_subnet)
+        )
+        with self._store.write() as transaction:
+            if transaction.get_network(name) is not None:
+                raise AlreadyExists(
+                    f'network name "{name}" is already in use: choose another name or remove that network'
+                )
+            for other in transaction.list_networks():
+                if ipam.subnets_overlap(parsed_subnet, ipam.parse_subnet(other.subnet)):
+                    raise FailedPrecondition(
+                        f"subnet {parsed_subnet} overlaps subnet {other.subnet} of network {other.name}: "
+                        "choose a subnet outside it"
+                    )
+            network = Network(
+                name=name,
+                driver=driver,
+                subnet=str(parsed_subnet),
+                gateway=str(gateway_address),
+                labels=dict(labels or {}),
+                created_at=self._clock(),
+            )
+            transaction.insert_network(network)
+            transaction.insert_allocation(name, int(gateway_address), GATEWAY_OWNER)
+        return network
+
+    def get_network(self, name: str) -> tuple[Network, list[AddressAllocation]]:
+        """The network and its allocations, gateway included, lowest address first."""
+        _require(name, "network name")
+        with self._store.read() as transaction:
+            return _require_network(transaction, name), transaction.list_allocations(name)
+
+    def list_networks(self) -> list[Network]:
+        with self._store.read() as transaction:
+            return transaction.list_networks()
+
+    def delete_network(self, name: str) -> Network:
+        """Delete a network and its gateway reservation; returns the record as it was."""
+        _require(name, "network name")
+        with self._store.write() as transaction:
+            network = _require_network(transaction, name)
+            holders = [
+                allocation.owner
+                for allocation in transaction.list_allocations(name)
+                if allocation.owner != GATEWAY_OWNER
+            ]
+            if holders:
+                raise FailedPrecondition(
+                    f"network {name} is in use by containers {', '.join(holders)}: "
+                    "remove them or release their addresses first"
+                )
+            transaction.delete_allocations_of_network(name)
+            transaction.delete_network(name)
+        return network
+
+    # IP allocations.
+
+    def allocate_address(self, network: str, container_id: str) -> AddressAssignment:
+        """Give the container the lowest free host address of the network and record it as its ip."""
+        _require(network, "network name")
+        _require(container_id, "container id")
+        with self._store.write() as transaction:
+            network_record = _require_network(transaction, network)
+            container = _require_container(transaction, container_id)
+            held = transaction.get_allocation(network, container_id)
+            if held is not None:
+                raise FailedPrecondition(
+                    f"container {container_id} already holds {held.address} in network {network}: release it first"
+                )
+            subnet = ipam.parse_subnet(network_record.subnet)
+            address = ipam.lowest_free_address(subnet, transaction.used_addresses(network))
+            if address is None:
+                raise FailedPrecondition(
+                    f"network {network} ({network_record.subnet}) has no free address: "
+                    "remove a container from it or use a larger subnet"
+                )
+            allocation = transaction.insert_allocation(network, address, container_id)
+            transaction.update_container(dataclasses.replace(container, ip=allocation.address))
+        return AddressAssignment(
+            allocation=allocation, prefix_length=subnet.prefixlen, gateway=network_record.gateway
+        )
+
+    def release_address(self, network: str, container_id: str) -> AddressAllocation:
+        """Free the address a container holds in a network and clear its ip; returns what was freed."""
+        _require(network, "network name")
+        _require(container_id, "container id")
+        if container_id == GATEWAY_OWNER:
+            raise InvalidArgument("the gateway address cannot be released: delete the network instead")
+        with self._store.write() as transaction:
+            allocation = transaction.get_allocation(network, container_id)
+            if allocation is None:
+                raise NotFound(f"container {container_id} holds no address in network {network}")
+            transaction.delete_allocation(network, container_id)
+            container = transaction.get_container(container_id)
+            if container is not None and container.ip == allocation.address:
+                transaction.update_container(dataclasses.replace(container, ip=""))
+        return allocation
+
+    def list_addresses(self, network: str) -> list[AddressAllocation]:
+        """Allocations of one network, gateway included, lowest address first."""
+        _require(network, "network name")
+        with self._store.read() as transaction:
+            _require_network(transaction, network)
+            return transaction.list_allocations(network)
