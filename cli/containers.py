@@ -1,12 +1,90 @@
-"""Container verbs: ps (run, exec, logs, stop, rm and commit arrive with the executor and storage)."""
+"""Container verbs: run, ps, logs, exec, stop, rm, commit and inspect."""
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Optional
+
 import typer
 
-from cli.services import Services
+from cli.services import CliError, Services
 
 PS_HEADER = ("ID", "NAME", "PID", "STATUS", "COMMAND", "CREATED")
+DEFAULT_COMMAND = ["/bin/sh"]
+# Options end at the image name: what follows is the container's own command line.
+COMMAND_CONTEXT = {"allow_interspersed_args": False}
+
+
+def _bad_value(err: ValueError) -> CliError:
+    return CliError(str(err))
+
+
+def run(
+    image: str = typer.Argument(..., help="Image name: a tar under <root>/image/."),
+    command: Optional[list[str]] = typer.Argument(None, help="Command and arguments (default: /bin/sh)."),
+    interactive: bool = typer.Option(False, "--interactive", "-i", help="Keep stdin attached."),
+    tty: bool = typer.Option(False, "--tty", "-t", help="Give the command a terminal."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and print the id."),
+    auto_remove: bool = typer.Option(False, "--rm", help="Remove the container when it exits."),
+    name: str = typer.Option("", "--name", help="Unique name (the seed's -name); default: the id."),
+    volume: Optional[list[str]] = typer.Option(None, "--volume", "-v", help="Bind volume /host:/container[:ro]; repeatable."),
+    env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE (or KEY to pass yours); repeatable."),
+    memory: str = typer.Option("", "--memory", "-m", help="Memory limit: 64m, 1g or bytes (the seed's -mem)."),
+    cpu: str = typer.Option("", "--cpu", help="CPU limit as a percent of one CPU, as in the seed (-cpu 20)."),
+    cpus: str = typer.Option("", "--cpus", help="CPU limit as a number of CPUs (1.5)."),
+    cpuset: str = typer.Option("", "--cpuset", "--cpuset-cpus", help="CPUs allowed, e.g. 0-1 (the seed's -cpuset)."),
+    pids_limit: int = typer.Option(0, "--pids-limit", help="Maximum number of processes."),
+    workdir: str = typer.Option("", "--workdir", "-w", help="Working directory inside the container."),
+    hostname: str = typer.Option("", "--hostname", help="Hostname (default: the name)."),
+) -> None:
+    """Create and start a container from IMAGE: `run -d -name c1 busybox top`, `run -it busybox sh`."""
+    from cli import lifecycle, parse
+    from protos.types.v1 import types_pb2
+
+    if detach and auto_remove:
+        raise CliError("--rm with -d is not supported yet: remove the container with `mydocker rm` when done")
+    if cpu and cpus:
+        raise CliError("give either --cpu (percent of one CPU) or --cpus (number of CPUs), not both")
+    try:
+        volumes = [parse.parse_volume(text) for text in volume or []]
+        request = lifecycle.RunRequest(
+            image=image,
+            command=list(command) if command else list(DEFAULT_COMMAND),
+            name=name,
+            env=[parse.parse_env(text, dict(os.environ)) for text in env or []],
+            volumes=[types_pb2.Volume(host_path=v.host_path, container_path=v.container_path, read_only=v.read_only) for v in volumes],
+            resources=types_pb2.Resources(
+                memory_bytes=parse.parse_size(memory) if memory else 0,
+                nano_cpus=parse.percent_to_nano_cpus(cpu) if cpu else (parse.cpus_to_nano_cpus(cpus) if cpus else 0),
+                cpuset_cpus=cpuset,
+                pids_limit=pids_limit,
+            ),
+            hostname=hostname,
+            working_dir=workdir,
+            tty=tty,
+            stdin_open=interactive,
+            detach=detach,
+            auto_remove=auto_remove,
+        )
+    except parse.BadValue as err:
+        raise _bad_value(err) from None
+
+    services = Services()
+    if detach:
+        container, _ = lifecycle.create_and_start(services, request, attach=None)
+        typer.echo(container.id)
+        return
+    from cli.streams import attach_stream
+
+    container, wait = lifecycle.create_and_start(
+        services, request, attach=lambda container_id: attach_stream(services, container_id, interactive, tty)
+    )
+    exit_code = wait()
+    container = lifecycle.finish_foreground(services, container)
+    if auto_remove:
+        lifecycle.remove(services, container.id, force=True)
+    raise typer.Exit(exit_code)
 
 
 def ps(
@@ -14,18 +92,22 @@ def ps(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print container ids only."),
 ) -> None:
     """List containers: ID NAME PID STATUS COMMAND CREATED."""
+    from cli import lifecycle
     from cli.convert import status_name, timestamp_seconds
     from cli.output import format_command, format_status, format_time, table
     from protos.state.v1 import state_pb2
 
-    statuses = [] if all_ else [state_pb2.CONTAINER_STATUS_RUNNING]
-    reply = Services().call("state", "ListContainers", state_pb2.ListContainersRequest(statuses=statuses))
+    services = Services()
+    containers = list(services.call("state", "ListContainers", state_pb2.ListContainersRequest()).containers)
+    containers = lifecycle.sync(services, containers)
+    if not all_:
+        containers = [c for c in containers if c.status == state_pb2.CONTAINER_STATUS_RUNNING]
     if quiet:
-        for container in reply.containers:
+        for container in containers:
             typer.echo(container.id)
         return
     rows = []
-    for container in reply.containers:
+    for container in containers:
         status = status_name(state_pb2.ContainerStatus, container.status)
         rows.append(
             (
@@ -40,5 +122,136 @@ def ps(
     typer.echo(table(PS_HEADER, rows))
 
 
+def logs(
+    container: str = typer.Argument(..., help="Container id, name or unique id prefix."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the container exits."),
+    tail: int = typer.Option(0, "--tail", help="Only the last N lines (0: all)."),
+) -> None:
+    """Print a container's output (stdout and stderr, as written)."""
+    import grpc
+
+    from cli import lifecycle
+    from cli.stdio import write_all
+    from protos.executor.v1 import executor_pb2
+    from services.common.client import describe_rpc_error
+
+    services = Services()
+    record = lifecycle.resolve(services, container)
+    stream = services.executor.Logs(executor_pb2.LogsRequest(id=record.id, follow=follow, tail=tail), timeout=None if follow else 60)
+    try:
+        for line in stream:
+            fd = 2 if line.stream == executor_pb2.LOG_STREAM_STDERR else 1
+            write_all(fd, line.data)
+    except grpc.RpcError as err:
+        raise CliError(describe_rpc_error("executor", services.config, err)) from None
+
+
+def exec_(
+    container: str = typer.Argument(..., help="Container id, name or unique id prefix."),
+    command: list[str] = typer.Argument(..., help="Command and arguments to run inside."),
+    interactive: bool = typer.Option(
+        True, "--interactive", "-i", help="Attach stdin (always on, as the seed's exec; kept for docker's spelling)."
+    ),
+    tty: bool = typer.Option(False, "--tty", "-t", help="Allocate a terminal (default when stdin is a terminal)."),
+    env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="Extra KEY=VALUE; repeatable."),
+    workdir: str = typer.Option("", "--workdir", "-w", help="Working directory inside the container."),
+) -> None:
+    """Run a command inside a running container, stdin attached; exits with the command's exit code."""
+    del interactive  # stdin is always attached, so the seed's `exec ID /bin/sh` is a shell
+    from cli import lifecycle, parse
+    from cli.streams import exec_stream
+    from protos.state.v1 import state_pb2
+
+    on_terminal = os.isatty(sys.stdin.fileno())
+    try:
+        extra_env = [parse.parse_env(text, dict(os.environ)) for text in env or []]
+    except parse.BadValue as err:
+        raise _bad_value(err) from None
+    services = Services()
+    record = lifecycle.resolve_synced(services, container)
+    if record.status != state_pb2.CONTAINER_STATUS_RUNNING:
+        raise CliError(f"container {record.id} ({record.name}) is not running: start a new one with mydocker run")
+    exit_code = exec_stream(
+        services, record.id, list(command), extra_env, workdir, stdin=True, tty=tty or on_terminal
+    )
+    raise typer.Exit(exit_code)
+
+
+def stop(
+    containers: list[str] = typer.Argument(..., help="Container ids, names or unique id prefixes."),
+    time_: int = typer.Option(10, "--time", "-t", help="Seconds to wait after SIGTERM before SIGKILL."),
+) -> None:
+    """Stop running containers: SIGTERM, then SIGKILL after --time seconds."""
+    from cli import lifecycle
+
+    services = Services()
+    for reference in containers:
+        typer.echo(lifecycle.stop(services, reference, float(time_)).id)
+
+
+def rm(
+    containers: list[str] = typer.Argument(..., help="Container ids, names or unique id prefixes."),
+    force: bool = typer.Option(False, "--force", "-f", help="Kill a running container first."),
+) -> None:
+    """Remove containers: their rootfs, process state and record (volumes are kept)."""
+    from cli import lifecycle
+
+    services = Services()
+    failures = []
+    for reference in containers:
+        try:
+            typer.echo(lifecycle.remove(services, reference, force).id)
+        except CliError as err:
+            failures.append(str(err))
+    if failures:
+        raise CliError("; ".join(failures))
+
+
+def commit(
+    container: str = typer.Argument(..., help="Container id, name or unique id prefix."),
+    image: str = typer.Argument(..., help="Name of the image to write."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing image of that name."),
+) -> None:
+    """Write a container's filesystem as a new image (volumes, /proc, /sys and /dev contents left out)."""
+    from cli import lifecycle
+    from protos.storage.v1 import storage_pb2
+
+    services = Services()
+    record = lifecycle.resolve(services, container)
+    request = storage_pb2.CommitContainerRequest(container_id=record.id, image=image, replace=replace)
+    written = services.call("storage", "CommitContainer", request, timeout=600).image
+    typer.echo(written.name)
+
+
+def inspect(containers: list[str] = typer.Argument(..., help="Container ids, names or unique id prefixes.")) -> None:
+    """Print the records and live process state as JSON."""
+    import json
+
+    from google.protobuf.json_format import MessageToDict
+
+    from cli import lifecycle
+    from protos.executor.v1 import executor_pb2
+
+    services = Services()
+    result = []
+    for reference in containers:
+        record = lifecycle.resolve_synced(services, reference)
+        entry = MessageToDict(record, preserving_proto_field_name=True)
+        try:
+            live = services.call("executor", "GetContainer", executor_pb2.GetContainerRequest(id=record.id)).process
+            entry["live"] = MessageToDict(live, preserving_proto_field_name=True)
+        except CliError as err:
+            entry["live"] = {"error": str(err)}
+        result.append(entry)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
 def register(app: typer.Typer) -> None:
+    app.command("run", context_settings=COMMAND_CONTEXT)(run)
     app.command("ps")(ps)
+    app.command("logs")(logs)
+    app.command("exec", context_settings=COMMAND_CONTEXT)(exec_)
+    app.command("stop")(stop)
+    app.command("rm")(rm)
+    app.command("commit")(commit)
+    app.command("inspect")(inspect)

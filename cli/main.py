@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import containers, system
+from cli import containers, images, system
 from cli.argv import normalize_argv
 from cli.services import CliError
 
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 system.register(app)
 containers.register(app)
+images.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,3 +38,14 @@ def test_proto_conversions():
     assert timestamp_seconds(container.created_at) is None
     container.created_at.FromNanoseconds(1_500_000_000)
     assert timestamp_seconds(container.created_at) == 1.5
+
+
+def test_human_size_and_progress():
+    from cli.images import human_size, progress_line
+
+    assert human_size(512) == "512B"
+    assert human_size(1536) == "1.5KiB"
+    assert human_size(5 * 1024 * 1024) == "5.0MiB"
+    assert progress_line(0, 100, width=10) == "[          ]   0% 0B/100B"
+    assert progress_line(50, 100, width=10) == "[====>     ]  50% 50B/100B"
+    assert progress_line(100, 100, width=10) == "[=========>] 100% 100B/100B"

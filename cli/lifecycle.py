@@ -1,0 +1,229 @@
+"""Multi-service sequences of the container verbs, each undoing what it did when a later step fails."""
+
+from __future__ import annotations
+
+import signal as signals
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from cli.services import CliError, Services
+from protos.executor.v1 import executor_pb2 as ex
+from protos.state.v1 import state_pb2 as st
+from protos.storage.v1 import storage_pb2 as sto
+from protos.types.v1 import types_pb2
+from services.common.client import describe_rpc_error
+
+# Exit code recorded when the executor has no trace of a process the record calls running.
+LOST_EXIT_CODE = 255
+STOP_KILL_WAIT = 10.0
+
+
+class Rollback:
+    """Undo steps run in reverse order when the block raises; undo failures are named in the error."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], object]]] = []
+
+    def add(self, description: str, undo: Callable[[], object]) -> None:
+        self._steps.append((description, undo))
+
+    def __enter__(self) -> "Rollback":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            return
+        failed = []
+        for description, undo in reversed(self._steps):
+            try:
+                undo()
+            except CliError as undo_error:
+                failed.append(f"{description} failed: {undo_error}")
+        if failed and isinstance(exc, CliError):
+            raise CliError(f"{exc} (and while undoing: {'; '.join(failed)})") from exc
+
+
+@dataclass
+class RunRequest:
+    """Everything `mydocker run` was asked for, already parsed."""
+
+    image: str
+    command: list[str]
+    name: str = ""
+    env: list[str] = field(default_factory=list)
+    volumes: list[types_pb2.Volume] = field(default_factory=list)
+    resources: types_pb2.Resources = field(default_factory=types_pb2.Resources)
+    hostname: str = ""
+    working_dir: str = ""
+    tty: bool = False
+    stdin_open: bool = False
+    detach: bool = False
+    auto_remove: bool = False
+
+
+def resolve(services: Services, reference: str) -> st.Container:
+    return services.call("state", "GetContainer", st.GetContainerRequest(reference=reference)).container
+
+
+def record_exit(services: Services, container: st.Container, process: ex.ContainerProcess, stopped: bool = False) -> st.Container:
+    """Move a RUNNING record to EXITED (or STOPPED) with what the executor saw."""
+    status = st.CONTAINER_STATUS_STOPPED if stopped else st.CONTAINER_STATUS_EXITED
+    request = st.UpdateContainerStatusRequest(
+        id=container.id, status=status, exit_code=process.exit_code, oom_killed=process.oom_killed
+    )
+    return services.call("state", "UpdateContainerStatus", request).container
+
+
+def sync(services: Services, containers: list[st.Container]) -> list[st.Container]:
+    """Records that say RUNNING but whose process is gone become EXITED, so ps never lies."""
+    running = [c for c in containers if c.status == st.CONTAINER_STATUS_RUNNING]
+    if not running:
+        return containers
+    live = {p.id: p for p in services.call("executor", "ListContainers", ex.ListContainersRequest()).processes}
+    fresh = {}
+    for container in running:
+        process = live.get(container.id)
+        if process is None:
+            lost = ex.ContainerProcess(id=container.id, exit_code=LOST_EXIT_CODE)
+            fresh[container.id] = record_exit(services, container, lost)
+        elif process.status == ex.PROCESS_STATUS_EXITED:
+            fresh[container.id] = record_exit(services, container, process)
+    return [fresh.get(c.id, c) for c in containers]
+
+
+def resolve_synced(services: Services, reference: str) -> st.Container:
+    return sync(services, [resolve(services, reference)])[0]
+
+
+def create_and_start(services: Services, request: RunRequest, attach: Callable[[str], Callable[[], int]] | None):
+    """Record, rootfs, process, start: returns (container, wait) where wait() blocks for the exit code.
+
+    `attach(id)` is called after the process exists but before it starts, so no output is lost;
+    it returns the function that pumps the stream until the exit code arrives.
+    """
+    spec = st.CreateContainerRequest(
+        name=request.name,
+        image=request.image,
+        command=request.command,
+        env=request.env,
+        volumes=request.volumes,
+        resources=request.resources,
+        hostname=request.hostname,
+        working_dir=request.working_dir,
+        tty=request.tty,
+        stdin_open=request.stdin_open,
+        auto_remove=request.auto_remove,
+    )
+    container = services.call("state", "CreateContainer", spec).container
+    with Rollback() as undo:
+        undo.add("deleting the record", lambda: services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id)))
+        rootfs = services.call(
+            "storage",
+            "PrepareRootfs",
+            sto.PrepareRootfsRequest(container_id=container.id, image=container.image, volumes=container.volumes),
+            timeout=600,
+        ).rootfs
+        undo.add("removing the rootfs", lambda: services.call("storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container.id)))
+        services.call(
+            "executor",
+            "CreateContainer",
+            ex.CreateContainerRequest(
+                id=container.id,
+                hostname=container.hostname,
+                rootfs_path=rootfs.path,
+                process=ex.ProcessSpec(
+                    args=container.command,
+                    env=container.env,
+                    cwd=container.working_dir,
+                    terminal=container.tty,
+                    stdin=container.stdin_open,
+                ),
+                resources=container.resources,
+                stdio_mode=ex.STDIO_MODE_LOG if request.detach else ex.STDIO_MODE_ATTACH,
+            ),
+        )
+        undo.add("deleting the process", lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)))
+        wait = attach(container.id) if attach is not None else None
+        process = services.call("executor", "StartContainer", ex.StartContainerRequest(id=container.id)).process
+        container = services.call(
+            "state",
+            "UpdateContainerStatus",
+            st.UpdateContainerStatusRequest(
+                id=container.id,
+                status=st.CONTAINER_STATUS_RUNNING,
+                pid=process.pid,
+                pid_start_time=process.pid_start_time,
+                shim_pid=process.shim_pid,
+            ),
+        ).container
+    return container, wait
+
+
+def finish_foreground(services: Services, container: st.Container) -> st.Container:
+    """After an attached run ends: record how it exited (unless `stop` already did)."""
+    process = services.call("executor", "WaitContainer", ex.WaitContainerRequest(id=container.id), timeout=30).process
+    current = resolve(services, container.id)
+    if current.status == st.CONTAINER_STATUS_RUNNING:
+        return record_exit(services, current, process)
+    return current
+
+
+def stop(services: Services, reference: str, timeout: float) -> st.Container:
+    """SIGTERM, wait up to `timeout`, then SIGKILL: a PID 1 that ignores TERM still stops."""
+    container = resolve_synced(services, reference)
+    if container.status != st.CONTAINER_STATUS_RUNNING:
+        return container
+    process = _terminate(services, container.id, timeout)
+    return record_exit(services, container, process, stopped=True)
+
+
+def _kill(services: Services, container_id: str, signum: int) -> None:
+    try:
+        services.call("executor", "KillContainer", ex.KillContainerRequest(id=container_id, signal=signum))
+    except CliError:
+        # The process may have exited on its own meanwhile; the wait that follows tells.
+        pass
+
+
+def _terminate(services: Services, container_id: str, timeout: float) -> ex.ContainerProcess:
+    _kill(services, container_id, signals.SIGTERM)
+    try:
+        return _wait(services, container_id, timeout)
+    except TimeoutError:
+        _kill(services, container_id, signals.SIGKILL)
+        return _wait(services, container_id, STOP_KILL_WAIT)
+
+
+def _wait(services: Services, container_id: str, timeout: float) -> ex.ContainerProcess:
+    stub = services.executor
+    try:
+        return stub.WaitContainer(ex.WaitContainerRequest(id=container_id), timeout=max(timeout, 0.1)).process
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise TimeoutError(container_id) from None
+        raise CliError(describe_rpc_error("executor", services.config, err)) from None
+
+
+def remove(services: Services, reference: str, force: bool) -> st.Container:
+    """Kill (with force), then rootfs, process state and record; each step is idempotent, so a retry finishes a half-done rm."""
+    container = resolve_synced(services, reference)
+    if container.status == st.CONTAINER_STATUS_RUNNING:
+        if not force:
+            raise CliError(
+                f"container {container.id} ({container.name}) is running: stop it first or use rm -f"
+            )
+        _kill(services, container.id, signals.SIGKILL)
+        process = _wait(services, container.id, STOP_KILL_WAIT)
+        container = record_exit(services, container, process, stopped=True)
+    if container.status != st.CONTAINER_STATUS_REMOVING:
+        container = services.call(
+            "state",
+            "UpdateContainerStatus",
+            st.UpdateContainerStatusRequest(id=container.id, status=st.CONTAINER_STATUS_REMOVING),
+        ).container
+    services.call("storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container.id), timeout=120)
+    services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True))
+    services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id))
+    return container

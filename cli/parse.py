@@ -1,0 +1,81 @@
+"""Pure parsers for run's option values: sizes, CPU shares, volumes and environment entries."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SIZE_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([bkmg]?)b?", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+NANO = 1_000_000_000
+
+
+class BadValue(ValueError):
+    """An option value that cannot be parsed; the message is one line for the user."""
+
+
+def parse_size(text: str, option: str = "--memory") -> int:
+    """'64m' -> 67108864, '1g', '512k', or plain bytes; units are powers of 1024 as in docker."""
+    match = SIZE_PATTERN.fullmatch(text.strip())
+    if not match:
+        raise BadValue(f'invalid {option} value "{text}": use bytes or a number with k, m or g (e.g. 64m, 1g)')
+    number, unit = match.groups()
+    value = int(float(number) * SIZE_UNITS[unit.lower()])
+    if value <= 0:
+        raise BadValue(f'invalid {option} value "{text}": it must be more than 0')
+    return value
+
+
+def percent_to_nano_cpus(text: str) -> int:
+    """The seed's `-cpu 20`: a percent of one CPU (20 -> 0.2 CPU), as nano-CPUs."""
+    try:
+        percent = float(text)
+    except ValueError:
+        raise BadValue(f'invalid --cpu value "{text}": use a percent of one CPU, e.g. 20 or 150') from None
+    if percent <= 0:
+        raise BadValue(f'invalid --cpu value "{text}": it must be more than 0')
+    return int(percent * NANO / 100)
+
+
+def cpus_to_nano_cpus(text: str) -> int:
+    """docker's `--cpus 1.5`: a number of CPUs, as nano-CPUs."""
+    try:
+        cpus = float(text)
+    except ValueError:
+        raise BadValue(f'invalid --cpus value "{text}": use a number of CPUs, e.g. 0.5 or 1.5') from None
+    if cpus <= 0:
+        raise BadValue(f'invalid --cpus value "{text}": it must be more than 0')
+    return int(cpus * NANO)
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    host_path: str
+    container_path: str
+    read_only: bool
+
+
+def parse_volume(text: str) -> VolumeSpec:
+    """`host:container[:ro|rw]` with absolute paths."""
+    parts = text.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("ro", "rw"):
+        raise BadValue(f'invalid volume "{text}": use -v /host/dir:/container/dir[:ro]')
+    host, container = parts
+    if not host.startswith("/") or not container.startswith("/"):
+        raise BadValue(f'invalid volume "{text}": both paths must be absolute')
+    return VolumeSpec(host, container, mode == "ro")
+
+
+def parse_env(text: str, lookup: dict[str, str]) -> str:
+    """`-e KEY=VALUE`, or `-e KEY` to pass the CLI's own value of KEY, as docker does."""
+    key, sep, _ = text.partition("=")
+    if not key:
+        raise BadValue(f'invalid environment entry "{text}": use -e KEY=VALUE')
+    if sep:
+        return text
+    if key not in lookup:
+        raise BadValue(f'environment variable "{key}" is not set here: use -e {key}=VALUE')
+    return f"{key}={lookup[key]}"
