@@ -1,31 +1,69 @@
-"""gRPC servicer of the storage service; RPCs not listed here answer UNIMPLEMENTED until issue #3 lands."""
+"""Thin gRPC servicer of the storage service: protos in, StorageCore call, protos out."""
 
 from __future__ import annotations
 
-import os
-
 from protos.storage.v1 import storage_pb2, storage_pb2_grpc
-from services.common.config import VERSION, Config
-
-
-def count_entries(directory, suffix: str = "") -> int:
-    """Number of entries in `directory` ending with `suffix`; 0 when it does not exist yet."""
-    try:
-        return sum(1 for entry in os.scandir(directory) if entry.name.endswith(suffix))
-    except FileNotFoundError:
-        return 0
+from services.storage import convert
+from services.storage.core import StorageCore
 
 
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
-    def __init__(self, config: Config):
-        self._config = config
+    def __init__(self, core: StorageCore):
+        self._core = core
 
     def GetInfo(self, request, context):
-        return storage_pb2.GetInfoResponse(
-            version=VERSION,
-            root=str(self._config.root),
-            driver="overlay2",
-            images=count_entries(self._config.root / "image", ".tar"),
-            rootfs_count=count_entries(self._config.root / "overlay2"),
-            pid=os.getpid(),
+        return storage_pb2.GetInfoResponse(**self._core.info())
+
+    def ImportImage(self, request_iterator, context):
+        header, chunks = convert.split_import(request_iterator)
+        if header.source_path:
+            # No chunks may follow a source path: consuming the stream refuses stray ones.
+            for _ in chunks:
+                pass
+        image = self._core.import_image(
+            header.name, header.replace, chunks, header.source_path, header.expected_size
         )
+        return storage_pb2.ImportImageResponse(image=convert.image_to_proto(image))
+
+    def ListImages(self, request, context):
+        return storage_pb2.ListImagesResponse(images=[convert.image_to_proto(i) for i in self._core.list_images()])
+
+    def GetImage(self, request, context):
+        return storage_pb2.GetImageResponse(image=convert.image_to_proto(self._core.get_image(request.name)))
+
+    def RemoveImage(self, request, context):
+        return storage_pb2.RemoveImageResponse(image=convert.image_to_proto(self._core.remove_image(request.name)))
+
+    def PrepareRootfs(self, request, context):
+        rootfs = self._core.prepare_rootfs(
+            request.container_id, request.image, [convert.volume_from_proto(v) for v in request.volumes]
+        )
+        return storage_pb2.PrepareRootfsResponse(rootfs=convert.rootfs_to_proto(rootfs))
+
+    def GetRootfs(self, request, context):
+        return storage_pb2.GetRootfsResponse(rootfs=convert.rootfs_to_proto(self._core.get_rootfs(request.container_id)))
+
+    def ListRootfs(self, request, context):
+        return storage_pb2.ListRootfsResponse(rootfs=[convert.rootfs_to_proto(r) for r in self._core.list_rootfs()])
+
+    def RemoveRootfs(self, request, context):
+        return storage_pb2.RemoveRootfsResponse(removed=self._core.remove_rootfs(request.container_id))
+
+    def CommitContainer(self, request, context):
+        image = self._core.commit(request.container_id, request.image, request.replace)
+        return storage_pb2.CommitContainerResponse(image=convert.image_to_proto(image))
+
+    def ExportContainer(self, request, context):
+        for chunk in self._core.export(request.container_id):
+            yield storage_pb2.ExportContainerResponse(chunk=chunk)
+
+    def ListVolumes(self, request, context):
+        volumes = self._core.list_volumes()
+        return storage_pb2.ListVolumesResponse(volumes=[convert.volume_usage_to_proto(v) for v in volumes])
+
+    def GetUsage(self, request, context):
+        return convert.usage_to_proto(self._core.usage())
+
+    def PruneLayers(self, request, context):
+        result = self._core.prune_layers()
+        return storage_pb2.PruneLayersResponse(digests=result.digests, reclaimed_bytes=result.reclaimed_bytes)

@@ -1,0 +1,95 @@
+"""Conversions between storage protos and the storage service's dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos.storage.v1 import storage_pb2
+from protos.types.v1 import types_pb2
+from services.common.errors import InvalidArgument
+from services.storage.model import Image, LayerUsage, Mount, Rootfs, RootfsUsage, Usage, Volume, VolumeUsage
+
+
+def timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def image_to_proto(image: Image) -> storage_pb2.Image:
+    return storage_pb2.Image(
+        name=image.name,
+        size_bytes=image.size_bytes,
+        created_at=timestamp(image.created_at),
+        digest=image.digest,
+        container_ids=image.container_ids,
+    )
+
+
+def volume_from_proto(message: types_pb2.Volume) -> Volume:
+    return Volume(host_path=message.host_path, container_path=message.container_path, read_only=message.read_only)
+
+
+def volume_to_proto(volume: Volume) -> types_pb2.Volume:
+    return types_pb2.Volume(host_path=volume.host_path, container_path=volume.container_path, read_only=volume.read_only)
+
+
+def mount_to_proto(mount: Mount) -> types_pb2.Mount:
+    return types_pb2.Mount(type=mount.type, source=mount.source, target=mount.target, options=mount.options)
+
+
+def rootfs_to_proto(rootfs: Rootfs) -> storage_pb2.Rootfs:
+    return storage_pb2.Rootfs(
+        container_id=rootfs.container_id,
+        image=rootfs.image,
+        path=rootfs.path,
+        mounts=[mount_to_proto(mount) for mount in rootfs.mounts],
+        mounted=rootfs.mounted,
+        volumes=[volume_to_proto(volume) for volume in rootfs.volumes],
+    )
+
+
+def volume_usage_to_proto(usage: VolumeUsage) -> storage_pb2.VolumeUsage:
+    return storage_pb2.VolumeUsage(
+        volume=volume_to_proto(usage.volume), container_ids=usage.container_ids, size_bytes=usage.size_bytes
+    )
+
+
+def layer_usage_to_proto(usage: LayerUsage) -> storage_pb2.LayerUsage:
+    return storage_pb2.LayerUsage(
+        digest=usage.digest, size_bytes=usage.size_bytes, images=usage.images, rootfs_count=usage.rootfs_count
+    )
+
+
+def rootfs_usage_to_proto(usage: RootfsUsage) -> storage_pb2.RootfsUsage:
+    return storage_pb2.RootfsUsage(container_id=usage.container_id, upper_size_bytes=usage.upper_size_bytes)
+
+
+def usage_to_proto(usage: Usage) -> storage_pb2.GetUsageResponse:
+    return storage_pb2.GetUsageResponse(
+        images=[image_to_proto(image) for image in usage.images],
+        layers=[layer_usage_to_proto(layer) for layer in usage.layers],
+        rootfs=[rootfs_usage_to_proto(rootfs) for rootfs in usage.rootfs],
+        volumes=[volume_usage_to_proto(volume) for volume in usage.volumes],
+    )
+
+
+def split_import(requests: Iterable[storage_pb2.ImportImageRequest]) -> tuple[storage_pb2.ImportImageHeader, Iterator[bytes]]:
+    """The header (first message) and a lazy iterator over the chunks that follow it."""
+    iterator = iter(requests)
+    first = next(iterator, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument("ImportImage: the first message must be the header")
+    header = first.header
+
+    def chunks() -> Iterator[bytes]:
+        for message in iterator:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument("ImportImage: only chunks may follow the header")
+            if header.source_path:
+                raise InvalidArgument("ImportImage: the header names a source path, so no chunks may follow")
+            yield message.chunk
+
+    return header, chunks()

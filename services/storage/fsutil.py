@@ -1,0 +1,123 @@
+"""Small filesystem helpers: atomic JSON files, fsync of directories, disk usage, and file locks."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or unlink in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(final: Path, tag: str = "tmp") -> Path:
+    """A hidden sibling of `final` that no listing mistakes for the real thing: .<name>.<tag>-<random>."""
+    return final.with_name(f".{final.name}.{tag}-{secrets.token_hex(4)}")
+
+
+def write_json_atomic(path: Path, data: object, durable: bool = True) -> None:
+    """Write JSON to a temp file in the same dir, fsync it, rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, sort_keys=True)
+            handle.write("\n")
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> object | None:
+    """The JSON in `path`, or None when it is missing or unreadable (a torn or foreign file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def disk_usage(path: Path, one_filesystem: bool = True) -> int:
+    """Bytes allocated below `path` (du -x -s --bytes of blocks), counting each hardlinked inode once."""
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def count(st: os.stat_result) -> None:
+        nonlocal total
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                return
+            seen.add(key)
+        total += st.st_blocks * 512
+
+    count(top)
+    if not stat.S_ISDIR(top.st_mode):
+        return total
+    stack = [os.fspath(path)]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if one_filesystem and st.st_dev != top.st_dev:
+                continue
+            count(st)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+    return total
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that never follows symlinks (shutil's fd-based rmtree); a missing path is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def flocked(lock_file: Path, shared: bool = False) -> Iterator[None]:
+    """Hold flock(2) on `lock_file` (created if needed); per open file, so it also excludes other threads."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

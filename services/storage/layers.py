@@ -1,0 +1,118 @@
+"""Read-only layers: each image content (by digest) extracted once into ROOT/layers/sha256/<hex>/fs.
+
+A layer appears only complete: extraction goes into ROOT/layers/tmp/<hex>-<random>/fs, the
+data is synced, layer.json is written, and the whole directory is renamed into place. A per-digest
+flock makes concurrent first uses of one image extract it once, across threads and processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from services.storage import mounts, tarsafe
+from services.storage.fsutil import disk_usage, flocked, fsync_dir, read_json, remove_tree, write_json_atomic
+from services.storage.model import Layer, Stats
+from services.storage.paths import DIGEST_PATTERN, StoragePaths
+
+log = logging.getLogger(__name__)
+
+LAYER_META = "layer.json"
+
+
+class LayerStore:
+    def __init__(self, paths: StoragePaths, stats: Stats):
+        self._paths = paths
+        self._stats = stats
+
+    def get(self, digest: str) -> Layer | None:
+        """The complete layer of `digest`, or None (a layer without its layer.json is not complete)."""
+        data = read_json(self._paths.layer_dir(digest) / LAYER_META)
+        if not isinstance(data, dict) or not self._paths.layer_fs(digest).is_dir():
+            return None
+        return Layer(digest=digest, size_bytes=int(data.get("size_bytes", 0)), created_at=float(data.get("created_at", 0)))
+
+    def list(self) -> list[Layer]:
+        try:
+            names = sorted(os.listdir(self._paths.layer_store))
+        except FileNotFoundError:
+            return []
+        layers = []
+        for hex_digest in names:
+            digest = f"sha256:{hex_digest}"
+            if DIGEST_PATTERN.fullmatch(digest):
+                layer = self.get(digest)
+                if layer is not None:
+                    layers.append(layer)
+        return layers
+
+    def lock(self, digest: str):
+        """The per-digest lock held while a layer is created or deleted."""
+        return flocked(self._paths.layer_lock(digest))
+
+    def ensure(self, digest: str, tar: io.BufferedReader, what: str) -> Layer:
+        """The layer of `digest`, extracting `tar` (whose content has that digest) if it is not there yet."""
+        layer = self.get(digest)
+        if layer is not None:
+            return layer
+        with self.lock(digest):
+            layer = self.get(digest)
+            if layer is not None:
+                return layer
+            return self._extract(digest, tar, what)
+
+    def _extract(self, digest: str, tar: io.BufferedReader, what: str) -> Layer:
+        final = self._paths.layer_dir(digest)
+        self._paths.layer_tmp.mkdir(parents=True, exist_ok=True)
+        self._paths.layer_store.mkdir(parents=True, exist_ok=True)
+        tmp = self._paths.layer_tmp / f"{final.name}-{secrets.token_hex(4)}"
+        started = time.monotonic()
+        try:
+            tmp.mkdir(0o700)
+            (tmp / "fs").mkdir(0o755)
+            tarsafe.extract(tar, str(tmp / "fs"), what)
+            size = disk_usage(tmp / "fs")
+            created = time.time()
+            write_json_atomic(tmp / LAYER_META, {"digest": digest, "size_bytes": size, "created_at": created}, durable=False)
+            # One syncfs for the whole tree: a crash after the rename never shows empty files.
+            mounts.syncfs(tmp)
+            if final.exists():
+                # A complete layer.json was missing: an unfinished leftover from an older version.
+                remove_tree(final)
+            os.rename(tmp, final)
+            fsync_dir(final.parent)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        self._stats.extractions += 1
+        self._stats.extracted_digests.append(digest)
+        log.info("extracted %s into %s: %d bytes in %.2fs", what, final, size, time.monotonic() - started)
+        return Layer(digest=digest, size_bytes=size, created_at=created)
+
+    def delete(self, digest: str) -> int:
+        """Delete a layer (the caller holds its lock and checked nothing uses it); returns bytes freed."""
+        layer = self.get(digest)
+        final = self._paths.layer_dir(digest)
+        if not final.exists():
+            return 0
+        self._paths.layer_tmp.mkdir(parents=True, exist_ok=True)
+        doomed = self._paths.layer_tmp / f"{final.name}-deleting-{secrets.token_hex(4)}"
+        os.rename(final, doomed)
+        fsync_dir(final.parent)
+        remove_tree(doomed)
+        return layer.size_bytes if layer is not None else 0
+
+    def cleanup(self) -> list[Path]:
+        """Remove extractions and deletions a crash interrupted (run at service start, before serving)."""
+        removed = []
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self._paths.layer_tmp):
+                path = self._paths.layer_tmp / name
+                remove_tree(path)
+                removed.append(path)
+        return removed

@@ -1,0 +1,117 @@
+"""Dataclasses of the storage service (no gRPC): images, layers, volumes, mounts and rootfs records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Image:
+    """ROOT/image/<name>.tar; digest is "" until the tar was first hashed."""
+
+    name: str
+    size_bytes: int
+    # Unix time of the tar's mtime.
+    created_at: float
+    digest: str = ""
+    container_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Layer:
+    """An extracted image, shared read-only by every rootfs of that content."""
+
+    digest: str
+    # Bytes on disk, computed once at extraction.
+    size_bytes: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A `-v host:container[:ro]` bind volume; both paths absolute and normalized."""
+
+    host_path: str
+    container_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount(2) call as data: mount -t type -o options source target."""
+
+    type: str
+    source: str
+    target: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RootfsRecord:
+    """What ROOT/overlay2/<id>/.rootfs.json keeps, so the service needs no other source after a restart."""
+
+    container_id: str
+    image: str
+    digest: str
+    volumes: tuple[Volume, ...] = ()
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """A container rootfs as reported: its record, where it is mounted, and the mounts performed."""
+
+    container_id: str
+    image: str
+    path: str
+    mounts: tuple[Mount, ...]
+    mounted: bool
+    volumes: tuple[Volume, ...]
+
+
+@dataclass(frozen=True)
+class VolumeUsage:
+    """One host directory used as a volume by some rootfs."""
+
+    volume: Volume
+    container_ids: tuple[str, ...]
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class LayerUsage:
+    digest: str
+    size_bytes: int
+    images: tuple[str, ...]
+    rootfs_count: int
+
+
+@dataclass(frozen=True)
+class RootfsUsage:
+    container_id: str
+    upper_size_bytes: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The GetUsage report: every shared layer counted once."""
+
+    images: tuple[Image, ...]
+    layers: tuple[LayerUsage, ...]
+    rootfs: tuple[RootfsUsage, ...]
+    volumes: tuple[VolumeUsage, ...]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    digests: tuple[str, ...]
+    reclaimed_bytes: int
+
+
+@dataclass
+class Stats:
+    """Counters a test or a benchmark can read: proof that work was done once."""
+
+    extractions: int = 0
+    hashes: int = 0
+    extracted_digests: list[str] = field(default_factory=list)

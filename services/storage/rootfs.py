@@ -1,0 +1,248 @@
+"""Per-container rootfs at ROOT/overlay2/<id>/{lower,upper,work,merged}: records, mount plans, mount, unmount.
+
+`lower` is a relative symlink to the shared layer, so `ls lower` shows the image without a copy.
+The overlay is mounted with redirect_dir=off, metacopy=off and index=off, so `upper` stays a plain
+diff. Volumes are bind mounts below `merged`. The record lives in the hidden `.rootfs.json`, so
+`ls overlay2/<id>` shows exactly the seed's four entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from services.common.errors import FailedPrecondition
+from services.storage import mountinfo, mounts
+from services.storage.fsutil import fsync_dir, read_json, remove_tree, write_json_atomic
+from services.storage.model import Mount, RootfsRecord, Volume
+from services.storage.paths import CONTAINER_ID_PATTERN, RootfsPaths, StoragePaths
+from services.storage.volumes import bind_options, mount_order, prepare_host_path, resolve_in_root
+
+log = logging.getLogger(__name__)
+
+OVERLAY_PARAMETERS = Path("/sys/module/overlay/parameters")
+# Turned off so the upper dir is a plain diff (no redirect or metacopy xattrs) and no index dir is used.
+OVERLAY_OFF_FEATURES = ("redirect_dir", "metacopy", "index")
+RECORD_VERSION = 1
+
+
+def overlay_options(lower: str, upper: str, work: str, supported: frozenset[str] | None = None) -> list[str]:
+    """Overlay mount options; features the kernel does not know (per `supported`) are left out. Pure."""
+    for label, path in (("lowerdir", lower), ("upperdir", upper), ("workdir", work)):
+        if any(character in path for character in (",", ":", "\0")):
+            raise ValueError(f"{label} {path!r} contains a character overlay options cannot carry")
+    options = [f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}"]
+    options += [f"{name}=off" for name in OVERLAY_OFF_FEATURES if supported is None or name in supported]
+    return options
+
+
+def kernel_overlay_features(parameters: Path = OVERLAY_PARAMETERS) -> frozenset[str] | None:
+    """The overlay module's parameters, i.e. the features this kernel has; None if unknown (module not loaded)."""
+    try:
+        return frozenset(os.listdir(parameters))
+    except FileNotFoundError:
+        return None
+
+
+def overlay_mount(paths: RootfsPaths, supported: frozenset[str] | None) -> Mount:
+    """The overlay at `merged`; lowerdir is the `lower` symlink, as in the seed's mount command."""
+    options = overlay_options(str(paths.lower), str(paths.upper), str(paths.work), supported)
+    return Mount(type="overlay", source="overlay", target=str(paths.merged), options=tuple(options))
+
+
+def volume_mount(paths: RootfsPaths, volume: Volume, relative: str | None = None) -> Mount:
+    """The bind mount of a volume; `relative` is the resolved target below merged when known."""
+    target = os.path.join(str(paths.merged), (relative if relative is not None else volume.container_path).lstrip("/"))
+    return Mount(type="bind", source=volume.host_path, target=target, options=bind_options(volume))
+
+
+def planned_mounts(paths: RootfsPaths, record: RootfsRecord, supported: frozenset[str] | None) -> list[Mount]:
+    """The mounts of a rootfs in order (overlay, then volumes parents first), targets not resolved."""
+    return [overlay_mount(paths, supported)] + [volume_mount(paths, volume) for volume in mount_order(record.volumes)]
+
+
+def record_to_json(record: RootfsRecord) -> dict:
+    data = asdict(record)
+    data["version"] = RECORD_VERSION
+    return data
+
+
+def record_from_json(data: object) -> RootfsRecord | None:
+    if not isinstance(data, dict):
+        return None
+    try:
+        return RootfsRecord(
+            container_id=str(data["container_id"]),
+            image=str(data["image"]),
+            digest=str(data["digest"]),
+            volumes=tuple(Volume(**volume) for volume in data.get("volumes", ())),
+            created_at=float(data.get("created_at", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class RootfsStore:
+    """The rootfs directories of one root and the mounts on them, in the service's mount namespace."""
+
+    def __init__(self, paths: StoragePaths):
+        self._paths = paths
+        self.supported = kernel_overlay_features()
+
+    def paths(self, container_id: str) -> RootfsPaths:
+        return self._paths.rootfs(container_id)
+
+    def read(self, container_id: str) -> RootfsRecord | None:
+        return record_from_json(read_json(self.paths(container_id).meta))
+
+    def exists(self, container_id: str) -> bool:
+        return os.path.lexists(self.paths(container_id).dir)
+
+    def ids(self) -> list[str]:
+        """Container ids with a directory in ROOT/overlay2 (temp dirs are hidden dot dirs), sorted."""
+        try:
+            names = os.listdir(self._paths.overlay)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if CONTAINER_ID_PATTERN.fullmatch(name))
+
+    def records(self) -> list[RootfsRecord]:
+        return [record for record in (self.read(container_id) for container_id in self.ids()) if record is not None]
+
+    def create(self, record: RootfsRecord) -> RootfsPaths:
+        """Create overlay2/<id> with lower, upper, work, merged and the record, appearing all at once."""
+        final = self.paths(record.container_id)
+        self._paths.overlay.mkdir(parents=True, exist_ok=True)
+        tmp_dir = self._paths.overlay / f".{record.container_id}.creating-{secrets.token_hex(4)}"
+        try:
+            tmp_dir.mkdir(0o700)
+            for name in ("upper", "work", "merged"):
+                (tmp_dir / name).mkdir(0o755)
+            os.symlink(self._paths.lower_link_target(record.digest), tmp_dir / "lower")
+            write_json_atomic(tmp_dir / final.meta.name, record_to_json(record))
+            os.rename(tmp_dir, final.dir)
+        except BaseException:
+            remove_tree(tmp_dir)
+            raise
+        fsync_dir(self._paths.overlay)
+        return final
+
+    def repair(self, record: RootfsRecord) -> None:
+        """Recreate what a partial deletion removed (work, merged, the lower link; upper only if gone)."""
+        paths = self.paths(record.container_id)
+        for directory in (paths.upper, paths.work, paths.merged):
+            directory.mkdir(mode=0o755, exist_ok=True)
+        target = self._paths.lower_link_target(record.digest)
+        if not os.path.islink(paths.lower) or os.readlink(paths.lower) != target:
+            with contextlib.suppress(FileNotFoundError):
+                paths.lower.unlink()
+            os.symlink(target, paths.lower)
+
+    # -- mounts ------------------------------------------------------------------------------
+
+    def is_mounted(self, container_id: str, table: list[mountinfo.MountInfo] | None = None) -> bool:
+        table = mountinfo.read() if table is None else table
+        entry = mountinfo.find(table, str(self.paths(container_id).merged))
+        return entry is not None and entry.fstype == "overlay"
+
+    def mount(self, record: RootfsRecord) -> list[Mount]:
+        """Mount what is not mounted yet (overlay, then volumes); return every mount with real targets."""
+        paths = self.paths(record.container_id)
+        overlay = overlay_mount(paths, self.supported)
+        if not self.is_mounted(record.container_id):
+            mounts.mount("overlay", overlay.target, "overlay", 0, ",".join(overlay.options))
+            log.info("mounted overlay of %s at %s", record.container_id, overlay.target)
+        performed = [overlay]
+        for volume in mount_order(record.volumes):
+            performed.append(self._mount_volume(paths, volume))
+        return performed
+
+    def _mount_volume(self, paths: RootfsPaths, volume: Volume) -> Mount:
+        is_dir = prepare_host_path(volume)
+        resolved = resolve_in_root(str(paths.merged), volume.container_path, make_file=not is_dir)
+        try:
+            planned = volume_mount(paths, volume, resolved.relative)
+            if mountinfo.find(mountinfo.read(), planned.target) is not None:
+                return planned
+            # Mount on the fd, not the path: nothing in the rootfs can redirect it between resolve and mount.
+            mounts.mount(volume.host_path, resolved.proc_path, None, mounts.MS_BIND | mounts.MS_REC)
+            if volume.read_only:
+                try:
+                    mounts.mount(None, planned.target, None, mounts.MS_REMOUNT | mounts.MS_BIND | mounts.MS_RDONLY)
+                except BaseException:
+                    self.unmount_tree(planned.target)
+                    raise
+            log.info("mounted volume %s at %s%s", volume.host_path, planned.target, " (ro)" if volume.read_only else "")
+            return planned
+        finally:
+            resolved.close()
+
+    @staticmethod
+    def unmount_tree(directory: str) -> list[str]:
+        """Unmount everything at or below `directory`, topmost first; lazily only if a mount is busy."""
+        unmounted = []
+        for entry in reversed(mountinfo.mounts_under(mountinfo.read(), directory)):
+            try:
+                mounts.umount2(entry.mount_point, mounts.UMOUNT_NOFOLLOW)
+            except OSError as err:
+                if err.errno in (errno.EINVAL, errno.ENOENT):
+                    continue  # already gone (e.g. went with its parent)
+                if err.errno != errno.EBUSY:
+                    raise
+                log.warning("%s is busy: detaching it lazily", entry.mount_point)
+                mounts.umount2(entry.mount_point, mounts.MNT_DETACH | mounts.UMOUNT_NOFOLLOW)
+            unmounted.append(entry.mount_point)
+        return unmounted
+
+    def unmount(self, container_id: str) -> list[str]:
+        """Unmount the volumes, then the overlay, of one rootfs; verify nothing stays mounted."""
+        directory = str(self.paths(container_id).dir)
+        unmounted = self.unmount_tree(directory)
+        left = mountinfo.mounts_under(mountinfo.read(), directory)
+        if left:
+            raise FailedPrecondition(
+                f"container {container_id}: still mounted after unmounting: {', '.join(m.mount_point for m in left)}"
+            )
+        return unmounted
+
+    def remove(self, container_id: str) -> bool:
+        """Unmount, then delete overlay2/<id>; True if there was something to remove. Idempotent."""
+        paths = self.paths(container_id)
+        if not os.path.lexists(paths.dir):
+            return False
+        self.unmount(container_id)
+        # Rename first: the id disappears at once, and a crash mid-delete leaves only a hidden dir.
+        doomed = self._paths.overlay / f".{container_id}.removing-{secrets.token_hex(4)}"
+        os.rename(paths.dir, doomed)
+        fsync_dir(self._paths.overlay)
+        remove_tree(doomed)
+        log.info("removed rootfs %s", container_id)
+        return True
+
+    def cleanup(self) -> list[str]:
+        """Finish creations and removals a crash interrupted: the hidden dirs in overlay2 (service start)."""
+        removed = []
+        try:
+            names = os.listdir(self._paths.overlay)
+        except FileNotFoundError:
+            return removed
+        for name in names:
+            if name.startswith(".") and (".creating-" in name or ".removing-" in name):
+                path = str(self._paths.overlay / name)
+                self.unmount_tree(path)
+                if mountinfo.mounts_under(mountinfo.read(), path):
+                    log.error("leaving %s: still mounted", path)
+                    continue
+                remove_tree(Path(path))
+                removed.append(path)
+        return removed
+
+
+def new_record(container_id: str, image: str, digest: str, volumes: tuple[Volume, ...]) -> RootfsRecord:
+    return RootfsRecord(container_id=container_id, image=image, digest=digest, volumes=volumes, created_at=time.time())

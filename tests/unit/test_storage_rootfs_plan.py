@@ -1,0 +1,73 @@
+"""Unit tests of the rootfs plan: overlay options, mount plans, and the on-disk record."""
+
+from pathlib import Path
+
+import pytest
+
+from services.storage.model import RootfsRecord, Volume
+from services.storage.paths import rootfs_paths
+from services.storage.rootfs import (
+    kernel_overlay_features,
+    overlay_options,
+    planned_mounts,
+    record_from_json,
+    record_to_json,
+)
+
+
+def test_overlay_options_turn_off_redirect_metacopy_index():
+    assert overlay_options("/l", "/u", "/w") == [
+        "lowerdir=/l",
+        "upperdir=/u",
+        "workdir=/w",
+        "redirect_dir=off",
+        "metacopy=off",
+        "index=off",
+    ]
+
+
+def test_overlay_options_leave_out_what_the_kernel_lacks():
+    options = overlay_options("/l", "/u", "/w", frozenset({"redirect_dir", "index"}))
+    assert "metacopy=off" not in options
+    assert "redirect_dir=off" in options and "index=off" in options
+
+
+@pytest.mark.parametrize("bad", ["/a,b", "/a:b", "/a\0"])
+def test_overlay_options_refuse_separators(bad):
+    with pytest.raises(ValueError):
+        overlay_options(bad, "/u", "/w")
+
+
+def test_kernel_overlay_features(tmp_path):
+    (tmp_path / "index").write_text("N")
+    (tmp_path / "metacopy").write_text("N")
+    assert kernel_overlay_features(tmp_path) == {"index", "metacopy"}
+    assert kernel_overlay_features(tmp_path / "missing") is None
+
+
+def test_planned_mounts_overlay_first_then_volumes_parents_first():
+    layout = rootfs_paths(Path("/r/overlay2"), "5341624332")
+    record = RootfsRecord(
+        "5341624332",
+        "busybox",
+        "sha256:" + "0" * 64,
+        (Volume("/h/sub", "/data/sub", True), Volume("/h/data", "/data")),
+    )
+    mounts = planned_mounts(layout, record, None)
+    assert [m.type for m in mounts] == ["overlay", "bind", "bind"]
+    assert mounts[0].target == "/r/overlay2/5341624332/merged"
+    assert "lowerdir=/r/overlay2/5341624332/lower" in mounts[0].options
+    assert [(m.source, m.target, m.options) for m in mounts[1:]] == [
+        ("/h/data", "/r/overlay2/5341624332/merged/data", ("rbind",)),
+        ("/h/sub", "/r/overlay2/5341624332/merged/data/sub", ("rbind", "ro")),
+    ]
+
+
+def test_record_round_trip():
+    record = RootfsRecord("5341624332", "busybox", "sha256:" + "1" * 64, (Volume("/h", "/c", True),), 12.5)
+    assert record_from_json(record_to_json(record)) == record
+
+
+@pytest.mark.parametrize("data", [None, [], {}, {"container_id": "1"}, {"container_id": "1", "image": "b", "digest": "d", "volumes": [{"x": 1}]}])
+def test_bad_records_read_as_none(data):
+    assert record_from_json(data) is None
