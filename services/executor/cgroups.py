@@ -1,10 +1,31 @@
-"""Cgroup facts and values as pure functions of a cgroup root directory, so tests can use a temp dir."""
+"""Per-container cgroups for v1 and v2: pure value conversions, and classes that take their root directory."""
 
 from __future__ import annotations
 
+import errno
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.errors import FailedPrecondition, InvalidArgument
+
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
+# v1 hierarchies a container gets a directory in: cpuacct for usage, pids for `kill --all` and limits.
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids")
+V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
+CPU_PERIOD_US = 100_000
+NANO = 1_000_000_000
+# The kernel refuses a CFS quota under 1 ms, i.e. 0.01 CPU with the 100 ms period.
+MIN_NANO_CPUS = NANO * 1000 // CPU_PERIOD_US
+# Docker's floor: below this the container's own init does not fit.
+MIN_MEMORY_BYTES = 6 * 1024 * 1024
+SHIMS_CGROUP = "shims"
+DEFAULT_PARENT = "mydocker"
+REMOVE_TIMEOUT = 5.0
+_CPUSET_LOCK = threading.Lock()
 
 
 def detect_cgroup_mode(root: Path = DEFAULT_CGROUP_ROOT) -> str:
@@ -17,3 +38,403 @@ def detect_cgroup_mode(root: Path = DEFAULT_CGROUP_ROOT) -> str:
     if (root / "unified" / "cgroup.controllers").exists():
         return "hybrid"
     return "v1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Cgroup limits of one container; zero or empty means "no limit"."""
+
+    memory_bytes: int = 0
+    nano_cpus: int = 0
+    cpuset_cpus: str = ""
+    pids_limit: int = 0
+
+
+def parse_cpuset(spec: str) -> list[int]:
+    """CPU numbers of a cpuset list ("0-2,4"); InvalidArgument for anything else."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        low, sep, high = part.strip().partition("-")
+        try:
+            first = int(low)
+            last = int(high) if sep else first
+        except ValueError:
+            raise InvalidArgument(f'invalid cpuset "{spec}": use a list like "0-1,3"') from None
+        if first < 0 or last < first:
+            raise InvalidArgument(f'invalid cpuset "{spec}": use a list like "0-1,3"')
+        cpus.update(range(first, last + 1))
+    return sorted(cpus)
+
+
+def validate_limits(limits: Limits, online_cpus: int | None = None) -> None:
+    if limits.memory_bytes < 0 or 0 < limits.memory_bytes < MIN_MEMORY_BYTES:
+        raise InvalidArgument(f"memory limit {limits.memory_bytes} bytes is too small: the minimum is 6m")
+    if limits.nano_cpus < 0 or 0 < limits.nano_cpus < MIN_NANO_CPUS:
+        raise InvalidArgument(f"cpu limit {limits.nano_cpus / NANO:g} is too small: the minimum is 0.01 CPU")
+    if online_cpus is not None and limits.nano_cpus > online_cpus * NANO:
+        raise InvalidArgument(
+            f"cpu limit {limits.nano_cpus / NANO:g} is more than the {online_cpus} CPUs of this host"
+        )
+    if limits.pids_limit < 0:
+        raise InvalidArgument(f"pids limit {limits.pids_limit} is negative")
+    if limits.cpuset_cpus:
+        cpus = parse_cpuset(limits.cpuset_cpus)
+        if online_cpus is not None and cpus[-1] >= online_cpus:
+            raise InvalidArgument(
+                f'cpuset "{limits.cpuset_cpus}" names CPU {cpus[-1]}: this host has CPUs 0-{online_cpus - 1}'
+            )
+
+
+def cpu_quota_us(nano_cpus: int, period_us: int = CPU_PERIOD_US) -> int:
+    """CFS quota for `nano_cpus` billionths of a CPU per `period_us`."""
+    return nano_cpus * period_us // NANO
+
+
+def v2_cpu_max(nano_cpus: int, period_us: int = CPU_PERIOD_US) -> str:
+    """The cpu.max line: "<quota> <period>", or "max <period>" without a limit."""
+    quota = cpu_quota_us(nano_cpus, period_us) if nano_cpus else "max"
+    return f"{quota} {period_us}"
+
+
+def v1_writes(limits: Limits, has_memsw: bool) -> list[tuple[str, str, str]]:
+    """(controller, file, value) in write order; memsw after memory since it may never be below it."""
+    writes: list[tuple[str, str, str]] = []
+    if limits.cpuset_cpus:
+        writes.append(("cpuset", "cpuset.cpus", limits.cpuset_cpus))
+    if limits.memory_bytes:
+        writes.append(("memory", "memory.limit_in_bytes", str(limits.memory_bytes)))
+        if has_memsw:
+            # Swap limit equal to the memory limit: no swap, so the OOM killer really fires.
+            writes.append(("memory", "memory.memsw.limit_in_bytes", str(limits.memory_bytes)))
+    if limits.nano_cpus:
+        writes.append(("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US)))
+        writes.append(("cpu", "cpu.cfs_quota_us", str(cpu_quota_us(limits.nano_cpus))))
+    if limits.pids_limit:
+        writes.append(("pids", "pids.max", str(limits.pids_limit)))
+    return writes
+
+
+def v2_writes(limits: Limits, has_swap: bool) -> list[tuple[str, str]]:
+    writes: list[tuple[str, str]] = []
+    if limits.cpuset_cpus:
+        writes.append(("cpuset.cpus", limits.cpuset_cpus))
+    if limits.memory_bytes:
+        writes.append(("memory.max", str(limits.memory_bytes)))
+        if has_swap:
+            writes.append(("memory.swap.max", "0"))
+    if limits.nano_cpus:
+        writes.append(("cpu.max", v2_cpu_max(limits.nano_cpus)))
+    if limits.pids_limit:
+        writes.append(("pids.max", str(limits.pids_limit)))
+    return writes
+
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """Controller -> cgroup path from /proc/<pid>/cgroup; the v2 line ("0::/x") has the key ""."""
+    paths: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = path
+    return paths
+
+
+def parse_counter(text: str, key: str) -> int:
+    """The value of `key N` in memory.oom_control, memory.events or cpu.stat; 0 when absent."""
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
+
+
+def join_cgroup_path(base: str, child: str) -> str:
+    """`child` if absolute, else `child` under `base`; always absolute and normalised."""
+    joined = child if child.startswith("/") else f"{base.rstrip('/')}/{child}"
+    parts = [part for part in joined.split("/") if part]
+    if any(part in (".", "..") for part in parts):
+        raise InvalidArgument(f'cgroup path "{child}" may not contain "." or ".."')
+    return "/" + "/".join(parts)
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(value)
+
+
+def _read(path: Path) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+def _rmdir_when_empty(directory: Path, timeout: float) -> None:
+    """rmdir a cgroup, retrying while its last processes finish exiting (EBUSY)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            directory.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise FailedPrecondition(f"cannot remove cgroup {directory}: {err.strerror}") from None
+            time.sleep(0.02)
+
+
+class CgroupV1:
+    """One cgroup in every v1 hierarchy we use; `paths` maps a controller to its path in that hierarchy."""
+
+    version = "v1"
+
+    def __init__(self, root: Path, paths: Mapping[str, str]):
+        self.root = Path(root)
+        self.paths = dict(paths)
+
+    def dir(self, controller: str) -> Path:
+        return self.root / controller / self.paths[controller].lstrip("/")
+
+    def dirs(self) -> list[Path]:
+        """One directory per hierarchy: co-mounted controllers (cpu,cpuacct) share one."""
+        seen: dict[str, Path] = {}
+        for controller in self.paths:
+            directory = self.dir(controller)
+            key = os.path.realpath(directory)
+            seen.setdefault(key, directory)
+        return list(seen.values())
+
+    def path(self) -> Path:
+        """The directory shown as the container's cgroup: the first hierarchy's."""
+        return self.dirs()[0]
+
+    def create(self) -> None:
+        for controller in self.paths:
+            directory = self.dir(controller)
+            if controller == "cpuset":
+                self._create_cpuset(directory)
+            else:
+                directory.mkdir(parents=True, exist_ok=True)
+
+    def _create_cpuset(self, directory: Path) -> None:
+        # A new v1 cpuset starts with empty cpus and mems, and then refuses tasks (ENOSPC): fill every
+        # empty level from its parent, top down. Every level, not just the ones we made, since a
+        # concurrent create may have made a level and not filled it yet.
+        hierarchy = self.root / "cpuset"
+        levels = [directory, *directory.parents]
+        levels = levels[: levels.index(hierarchy)] if hierarchy in levels else [directory]
+        with _CPUSET_LOCK:
+            for level in reversed(levels):
+                level.mkdir(exist_ok=True)
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    target = level / name
+                    current = _read(target).strip() if target.exists() else ""
+                    if not current:
+                        _write(target, _read(level.parent / name).strip())
+
+    def apply(self, limits: Limits) -> None:
+        has_memsw = "memory" in self.paths and (self.dir("memory") / "memory.memsw.limit_in_bytes").exists()
+        for controller, name, value in v1_writes(limits, has_memsw):
+            _write(self.dir(controller) / name, value)
+
+    def procs_files(self) -> list[str]:
+        return [str(directory / "cgroup.procs") for directory in self.dirs()]
+
+    def pids(self) -> list[int]:
+        controller = "pids" if "pids" in self.paths else next(iter(self.paths))
+        try:
+            return [int(line) for line in _read(self.dir(controller) / "cgroup.procs").split()]
+        except FileNotFoundError:
+            return []
+
+    def oom_file(self) -> str:
+        """memory.oom_control, or "" on a host without the memory hierarchy (OOM kills then go unseen)."""
+        return str(self.dir("memory") / "memory.oom_control") if "memory" in self.paths else ""
+
+    def cpu_usage_ns(self) -> int:
+        return int(_read(self.dir("cpuacct") / "cpuacct.usage"))
+
+    def exists(self) -> bool:
+        return any(directory.exists() for directory in self.dirs())
+
+    def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
+        for directory in self.dirs():
+            _rmdir_when_empty(directory, timeout)
+
+    def to_record(self) -> dict:
+        return {"version": "v1", "root": str(self.root), "paths": self.paths}
+
+
+class CgroupV2:
+    """One cgroup of the unified hierarchy mounted at `root`."""
+
+    version = "v2"
+
+    def __init__(self, root: Path, path: str):
+        self.root = Path(root)
+        self.cgroup = path
+
+    def path(self) -> Path:
+        return self.root / self.cgroup.lstrip("/")
+
+    def dirs(self) -> list[Path]:
+        return [self.path()]
+
+    def create(self) -> None:
+        self.enable_controllers()
+        self.path().mkdir(parents=True, exist_ok=True)
+
+    def enable_controllers(self) -> None:
+        """Enable our controllers in every ancestor's subtree_control, from the root down.
+
+        The no-internal-process rule makes this fail with EBUSY in a non-root cgroup that holds
+        processes: the parent must then be a cgroup delegated to us without processes of its own.
+        """
+        level = self.root
+        for part in [p for p in self.cgroup.split("/") if p][:-1]:
+            self._enable_in(level)
+            level = level / part
+            level.mkdir(exist_ok=True)
+        self._enable_in(level)
+
+    def _enable_in(self, level: Path) -> None:
+        available = set(_read(level / "cgroup.controllers").split()) if (level / "cgroup.controllers").exists() else set()
+        subtree = level / "cgroup.subtree_control"
+        enabled = set(_read(subtree).split()) if subtree.exists() else set()
+        wanted = [c for c in V2_CONTROLLERS if c in available and c not in enabled]
+        if not wanted:
+            return
+        try:
+            _write(subtree, " ".join(f"+{c}" for c in wanted))
+        except OSError as err:
+            if err.errno == errno.EBUSY:
+                raise FailedPrecondition(
+                    f"cannot enable {', '.join(wanted)} in {level}: it holds processes (cgroup v2 "
+                    "no-internal-process rule); set MYDOCKER_CGROUP_PARENT to an empty delegated cgroup"
+                ) from None
+            raise
+
+    def apply(self, limits: Limits) -> None:
+        has_swap = (self.path() / "memory.swap.max").exists()
+        for name, value in v2_writes(limits, has_swap):
+            _write(self.path() / name, value)
+
+    def procs_files(self) -> list[str]:
+        return [str(self.path() / "cgroup.procs")]
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(line) for line in _read(self.path() / "cgroup.procs").split()]
+        except FileNotFoundError:
+            return []
+
+    def oom_file(self) -> str:
+        return str(self.path() / "memory.events")
+
+    def cpu_usage_ns(self) -> int:
+        return parse_counter(_read(self.path() / "cpu.stat"), "usage_usec") * 1000
+
+    def exists(self) -> bool:
+        return self.path().exists()
+
+    def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
+        _rmdir_when_empty(self.path(), timeout)
+
+    def to_record(self) -> dict:
+        return {"version": "v2", "root": str(self.root), "path": self.cgroup}
+
+
+Cgroup = CgroupV1 | CgroupV2
+
+
+def cgroup_from_record(record: Mapping) -> Cgroup:
+    if record.get("version") == "v2":
+        return CgroupV2(Path(record["root"]), record["path"])
+    return CgroupV1(Path(record["root"]), record["paths"])
+
+
+def oom_kills(oom_file: str) -> int:
+    """The OOM kill counter of a cgroup: `oom_kill N` in v1 memory.oom_control and v2 memory.events."""
+    try:
+        return parse_counter(_read(Path(oom_file)), "oom_kill")
+    except FileNotFoundError:
+        return 0
+
+
+class CgroupLayout:
+    """Where container cgroups go: `<parent>/<id>` per hierarchy, shims in the `<parent>/shims` leaf.
+
+    `parent` is absolute (from each hierarchy's root) or relative to the executor's own cgroup,
+    never the root cgroup by default.
+    """
+
+    def __init__(self, root: Path, version: str, own: Mapping[str, str], parent: str | None = None):
+        self.root = Path(root)
+        self.version = "v2" if version == "v2" else "v1"
+        parent = parent or DEFAULT_PARENT
+        if self.version == "v2":
+            self.own = join_cgroup_path("/", own.get("", "/"))
+            self.parent = join_cgroup_path(self.own, parent)
+        else:
+            self.parents = {c: join_cgroup_path(own.get(c, "/"), parent) for c in V1_CONTROLLERS if (self.root / c).exists()}
+
+    @classmethod
+    def from_host(cls, root: Path = DEFAULT_CGROUP_ROOT, parent: str | None = None) -> "CgroupLayout":
+        own = parse_proc_cgroup(_read(Path("/proc/self/cgroup")))
+        return cls(root, detect_cgroup_mode(root), own, parent)
+
+    def prepare(self, pid: int) -> None:
+        """On v2, leave room for controllers below our own cgroup: move `pid` into an `executor` leaf.
+
+        The no-internal-process rule forbids enabling controllers for the children of a cgroup that
+        holds processes, and by default container cgroups live below the executor's own. Done only
+        when `pid` is alone there (a service unit of its own); otherwise enabling controllers fails
+        later with an error that names MYDOCKER_CGROUP_PARENT.
+        """
+        if self.version != "v2" or self.own == "/" or not self.parent.startswith(self.own + "/"):
+            return
+        own_dir = self.root / self.own.lstrip("/")
+        try:
+            members = [int(line) for line in _read(own_dir / "cgroup.procs").split()]
+        except FileNotFoundError:
+            return
+        if members != [pid]:
+            return
+        leaf = own_dir / "executor"
+        leaf.mkdir(exist_ok=True)
+        _write(leaf / "cgroup.procs", str(pid))
+
+    def _child(self, name: str) -> Cgroup:
+        if self.version == "v2":
+            return CgroupV2(self.root, f"{self.parent}/{name}")
+        return CgroupV1(self.root, {c: f"{p}/{name}" for c, p in self.parents.items()})
+
+    def container(self, container_id: str) -> Cgroup:
+        return self._child(container_id)
+
+    def shims(self) -> Cgroup:
+        return self._child(SHIMS_CGROUP)
+
+    def parent_dirs(self) -> list[Path]:
+        if self.version == "v2":
+            return [self.root / self.parent.lstrip("/")]
+        return CgroupV1(self.root, self.parents).dirs()
+
+    def remove_parent(self) -> bool:
+        """rmdir the shims leaf and the parent once nothing uses them; False while something still does.
+
+        The executor never does this itself: another executor may share the parent (containers and
+        shims outlive it). Test teardowns and uninstall scripts call it.
+        """
+        for directory in [*self.shims().dirs(), *self.parent_dirs()]:
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                if err.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                    return False
+                raise
+        return True

@@ -1,0 +1,102 @@
+"""PSS of idle container shims: N `sleep 1000` containers on a busybox rootfs, read from /proc/<pid>/smaps_rollup."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.common.config import Config  # noqa: E402
+from services.executor.model import CreateSpec, ProcessSpec, StdioMode  # noqa: E402
+from services.executor.servicer import build_core  # noqa: E402
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def pss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no Pss line for {pid}")
+
+
+@contextlib.contextmanager
+def busybox_rootfs(base: Path) -> Iterator[Path]:
+    """bin/busybox plus its applet links, bind-mounted onto itself as storage's overlay would be."""
+    rootfs = base / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            os.symlink("busybox", rootfs / "bin" / applet)
+    for name in ("proc", "sys", "dev", "tmp", "etc", "root"):
+        (rootfs / name).mkdir(exist_ok=True)
+    subprocess.run(["mount", "--bind", str(rootfs), str(rootfs)], check=True)
+    try:
+        yield rootfs
+    finally:
+        subprocess.run(["umount", str(rootfs)], check=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--containers", type=int, default=10)
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds to let the shims go idle")
+    parser.add_argument("--stdio", choices=[m.value for m in StdioMode], default=StdioMode.LOG.value,
+                        help="log (`run -d`, the default) or attach (`run -it`, not attached here)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("needs root: namespaces, mounts and cgroups", file=sys.stderr)
+        return 1
+
+    base = Path(tempfile.mkdtemp(prefix="mdk-bench-", dir="/tmp"))
+    parent = f"mdk-bench-{uuid.uuid4().hex[:8]}"
+    core = build_core(Config(root=base / "root", run=base / "run"), cgroup_parent=parent)
+    ids = [f"{4000000000 + n}" for n in range(args.containers)]
+    created: list[str] = []
+    try:
+        with busybox_rootfs(base) as rootfs:
+            try:
+                for container_id in ids:
+                    spec = CreateSpec(container_id, "bench", str(rootfs), ProcessSpec(args=("sleep", "1000")),
+                                      stdio_mode=StdioMode(args.stdio))
+                    core.create(spec)
+                    created.append(container_id)
+                    core.start(container_id)
+                time.sleep(args.settle)
+                shims = [core.get(container_id).shim_pid for container_id in ids]
+                values = [pss_kib(pid) for pid in shims]
+                print(f"idle shims: {len(values)} ({args.stdio} mode)")
+                print(f"PSS per shim: mean {statistics.mean(values) / 1024:.2f} MiB, max {max(values) / 1024:.2f} MiB, "
+                      f"min {min(values) / 1024:.2f} MiB")
+                bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100)"])
+                try:
+                    time.sleep(1.0)
+                    print(f"for scale, a bare interpreter here: {pss_kib(bare.pid) / 1024:.2f} MiB PSS")
+                finally:
+                    bare.kill()
+                    bare.wait()
+            finally:
+                for container_id in created:
+                    core.delete(container_id, force=True)
+    finally:
+        core.layout.remove_parent()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

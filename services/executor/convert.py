@@ -1,0 +1,133 @@
+"""Conversions between executor protos and the executor's dataclasses (containerd's helpers.go)."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos.executor.v1 import executor_pb2 as pb
+from services.common.errors import InvalidArgument
+from services.executor.cgroups import Limits
+from services.executor.model import (
+    CloseStdin,
+    CreateSpec,
+    Exited,
+    InputEvent,
+    LogEntry,
+    Output,
+    OutputEvent,
+    ProcessSpec,
+    ProcessState,
+    ProcessStatus,
+    Resize,
+    Signal,
+    Started,
+    Stdin,
+    StdioMode,
+)
+
+STATUS_TO_PROTO = {
+    ProcessStatus.CREATED: pb.PROCESS_STATUS_CREATED,
+    ProcessStatus.RUNNING: pb.PROCESS_STATUS_RUNNING,
+    ProcessStatus.EXITED: pb.PROCESS_STATUS_EXITED,
+}
+STDIO_FROM_PROTO = {
+    pb.STDIO_MODE_UNSPECIFIED: StdioMode.LOG,
+    pb.STDIO_MODE_LOG: StdioMode.LOG,
+    pb.STDIO_MODE_ATTACH: StdioMode.ATTACH,
+}
+STREAM_TO_PROTO = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
+
+
+def process_from_proto(process: pb.ProcessSpec) -> ProcessSpec:
+    return ProcessSpec(
+        args=tuple(process.args),
+        env=tuple(process.env),
+        cwd=process.cwd,
+        terminal=process.terminal,
+        stdin=process.stdin,
+    )
+
+
+def create_from_proto(request: pb.CreateContainerRequest) -> CreateSpec:
+    try:
+        stdio = STDIO_FROM_PROTO[request.stdio_mode]
+    except KeyError:
+        raise InvalidArgument(f"unknown stdio mode {request.stdio_mode}") from None
+    resources = request.resources
+    return CreateSpec(
+        id=request.id,
+        hostname=request.hostname,
+        rootfs_path=request.rootfs_path,
+        process=process_from_proto(request.process),
+        limits=Limits(
+            memory_bytes=resources.memory_bytes,
+            nano_cpus=resources.nano_cpus,
+            cpuset_cpus=resources.cpuset_cpus,
+            pids_limit=resources.pids_limit,
+        ),
+        stdio_mode=stdio,
+        network_namespace=request.network_namespace,
+    )
+
+
+def timestamp(time_ns: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(time_ns)
+    return stamp
+
+
+def state_to_proto(state: ProcessState) -> pb.ContainerProcess:
+    process = pb.ContainerProcess(
+        id=state.id,
+        status=STATUS_TO_PROTO[state.status],
+        pid=state.pid,
+        pid_start_time=state.pid_start_time,
+        shim_pid=state.shim_pid,
+        exit_code=state.exit_code,
+        oom_killed=state.oom_killed,
+        cgroup_path=state.cgroup_path,
+        log_path=state.log_path,
+    )
+    if state.exited_at_ns is not None:
+        process.exited_at.CopyFrom(timestamp(state.exited_at_ns))
+    return process
+
+
+def log_entry_to_proto(entry: LogEntry) -> pb.LogsResponse:
+    stream = STREAM_TO_PROTO.get(entry.stream, pb.LOG_STREAM_STDOUT)
+    return pb.LogsResponse(stream=stream, data=entry.data, time=timestamp(entry.time_ns))
+
+
+def input_event(message) -> InputEvent | None:
+    """An ExecRequest's or AttachRequest's event after the first; None for a repeated first message."""
+    kind = message.WhichOneof("event")
+    if kind == "stdin":
+        return Stdin(message.stdin)
+    if kind == "close_stdin":
+        return CloseStdin()
+    if kind == "resize":
+        return Resize(message.resize.rows, message.resize.cols)
+    if kind == "signal":
+        return Signal(message.signal)
+    return None
+
+
+def exec_response(event: OutputEvent) -> pb.ExecResponse:
+    if isinstance(event, Started):
+        return pb.ExecResponse(pid=event.pid)
+    if isinstance(event, Exited):
+        return pb.ExecResponse(exit_code=event.exit_code)
+    assert isinstance(event, Output)
+    if event.stream == "stderr":
+        return pb.ExecResponse(stderr=event.data)
+    return pb.ExecResponse(stdout=event.data)
+
+
+def attach_response(event: OutputEvent) -> pb.AttachResponse | None:
+    if isinstance(event, Exited):
+        return pb.AttachResponse(exit_code=event.exit_code)
+    if isinstance(event, Output):
+        if event.stream == "stderr":
+            return pb.AttachResponse(stderr=event.data)
+        return pb.AttachResponse(stdout=event.data)
+    return None

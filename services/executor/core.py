@@ -1,0 +1,776 @@
+"""Logic of the executor: containers under per-container shims, found again from MYDOCKER_RUN/<id>/ after a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import services
+from services.common.config import VERSION, Config
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MydockerError, NotFound
+from services.executor import framing, logfmt, nsexec, shim, statefiles
+from services.executor.cgroups import Cgroup, CgroupLayout, cgroup_from_record
+from services.executor.model import (
+    CloseStdin,
+    CreateSpec,
+    Exited,
+    InputEvent,
+    LogEntry,
+    Output,
+    OutputEvent,
+    ProcessSpec,
+    ProcessState,
+    ProcessStatus,
+    Resize,
+    ServiceInfo,
+    Signal,
+    Started,
+    Stdin,
+    StdioMode,
+)
+from services.executor.plan import ID_PATTERN, build_plan, merge_env, validate
+
+REPO_ROOT = str(Path(services.__file__).resolve().parent.parent)
+# Exit code reported when the shim and the process vanished without recording one.
+LOST_EXIT_CODE = 255
+POLL_SECONDS = 0.02
+CREATE_TIMEOUT = 30.0
+START_TIMEOUT = 30.0
+KILL_WAIT = 10.0
+SHIM_EXIT_WAIT = 2.0
+LOG_POLL_SECONDS = 0.05
+STREAM_POLL_SECONDS = 0.1
+READ_SIZE = 64 * 1024
+MAX_SIGNAL = 64
+
+
+def _error_for(text: str) -> Exception:
+    kind, message = statefiles.parse_error(text)
+    if kind == statefiles.ERROR_INVALID:
+        return InvalidArgument(message)
+    return FailedPrecondition(message)
+
+
+def _send_signal(pid: int, start_time: int, signum: int) -> bool:
+    """Signal exactly the recorded process: a pidfd pins it, the start time proves it is the same one."""
+    if pid <= 0:
+        return False
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if not statefiles.is_alive(pid, start_time):
+            return False
+        signal.pidfd_send_signal(pidfd, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class ExecutorCore:
+    def __init__(self, config: Config, layout: CgroupLayout, cgroup_mode: str, python: str = sys.executable):
+        self._config = config
+        self._layout = layout
+        self._cgroup_mode = cgroup_mode
+        self._python = python
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    @property
+    def layout(self) -> CgroupLayout:
+        return self._layout
+
+    # -- paths and records -------------------------------------------------------------------
+
+    def _dir(self, container_id: str) -> Path:
+        if not ID_PATTERN.fullmatch(container_id or ""):
+            raise InvalidArgument(f'invalid container id "{container_id}": use 1-64 letters, digits, "_" or "-"')
+        return self._config.run / container_id
+
+    def log_path(self, container_id: str) -> Path:
+        return self._config.root / "containers" / container_id / f"{container_id}-json.log"
+
+    def _lock(self, container_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(container_id, threading.Lock())
+
+    def _helper_env(self) -> dict[str, str]:
+        # Helpers get only what Python needs: nothing of ours reaches the container. Their bytecode
+        # is cached under MYDOCKER_RUN, never in the source tree, since every start imports them.
+        return {"PYTHONPATH": REPO_ROOT, "PYTHONPYCACHEPREFIX": str(self._config.run / "pycache"), "PATH": os.defpath}
+
+    def _cgroup(self, directory: Path, container_id: str) -> Cgroup:
+        text = statefiles.read_text(str(directory / statefiles.CGROUP))
+        if text:
+            return cgroup_from_record(json.loads(text))
+        return self._layout.container(container_id)
+
+    def _plan(self, directory: Path) -> dict:
+        text = statefiles.read_text(str(directory / statefiles.PLAN))
+        if text is None:
+            raise NotFound(f"no such container: {directory.name}")
+        return json.loads(text)
+
+    def _state(self, container_id: str) -> ProcessState:
+        directory = self._dir(container_id)
+        if not (directory / statefiles.PLAN).exists():
+            raise NotFound(f"no such container: {container_id}")
+
+        def read(name: str) -> str | None:
+            return statefiles.read_text(str(directory / name))
+
+        status = (read(statefiles.STATUS) or statefiles.CREATING).strip()
+        shim_pid, shim_start = statefiles.parse_pid(read(statefiles.SHIM_PID))
+        shim_alive = statefiles.is_alive(shim_pid, shim_start)
+        pid, start = statefiles.parse_pid(read(statefiles.PID))
+        exit_text = read(statefiles.EXIT)
+        common = {
+            "id": container_id,
+            "shim_pid": shim_pid if shim_alive else 0,
+            "cgroup_path": str(self._cgroup(directory, container_id).path()),
+            "log_path": str(self.log_path(container_id)),
+        }
+        if exit_text:
+            record = statefiles.parse_exit(exit_text)
+            return ProcessState(
+                status=ProcessStatus.EXITED,
+                exit_code=record["exit_code"],
+                oom_killed=record["oom_killed"],
+                exited_at_ns=record["exited_at_ns"] or None,
+                **common,
+            )
+        process_alive = statefiles.is_alive(pid, start)
+        if not shim_alive and not process_alive and (shim_pid or status != statefiles.CREATING):
+            # Shim and process are both gone without an exit record (killed, or the host rebooted).
+            return ProcessState(status=ProcessStatus.EXITED, exit_code=LOST_EXIT_CODE, **common)
+        if status == statefiles.RUNNING or (status == statefiles.EXITED and process_alive):
+            return ProcessState(status=ProcessStatus.RUNNING, pid=pid, pid_start_time=start, **common)
+        return ProcessState(status=ProcessStatus.CREATED, pid=pid, pid_start_time=start, **common)
+
+    def _container_ids(self) -> list[str]:
+        try:
+            entries = sorted(os.scandir(self._config.run), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        return [
+            e.name
+            for e in entries
+            if e.is_dir() and ID_PATTERN.fullmatch(e.name) and os.path.exists(os.path.join(e.path, statefiles.PLAN))
+        ]
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def info(self) -> ServiceInfo:
+        live = 0
+        for container_id in self._container_ids():
+            shim_pid, shim_start = statefiles.parse_pid(
+                statefiles.read_text(str(self._config.run / container_id / statefiles.SHIM_PID))
+            )
+            live += statefiles.is_alive(shim_pid, shim_start)
+        return ServiceInfo(
+            version=VERSION,
+            run_root=str(self._config.run),
+            cgroup_version=self._cgroup_mode,
+            kernel=os.uname().release,
+            containers_running=live,
+            pid=os.getpid(),
+        )
+
+    def get(self, container_id: str) -> ProcessState:
+        return self._state(container_id)
+
+    def list(self) -> list[ProcessState]:
+        states = []
+        for container_id in self._container_ids():
+            with contextlib.suppress(NotFound):
+                states.append(self._state(container_id))
+        return states
+
+    # -- create and start ---------------------------------------------------------------------
+
+    def create(self, spec: CreateSpec) -> ProcessState:
+        directory = self._dir(spec.id)
+        cgroup = self._layout.container(spec.id)
+        plan = validate(
+            build_plan(
+                spec.id,
+                spec.hostname,
+                spec.rootfs_path,
+                spec.process.args,
+                spec.process.env,
+                cwd=spec.process.cwd,
+                terminal=spec.process.terminal,
+                stdin=spec.process.stdin,
+                stdio_mode=spec.stdio_mode.value,
+                limits=spec.limits,
+                cgroup_procs=cgroup.procs_files(),
+                cgroup_namespace=os.path.exists("/proc/self/ns/cgroup"),
+            )
+        )
+        if not os.path.isdir(plan.rootfs):
+            raise InvalidArgument(f"rootfs_path {plan.rootfs} is not a directory")
+        with self._lock(spec.id):
+            if directory.exists():
+                self._check_reusable(spec.id, directory)
+            try:
+                self._prepare(plan, directory, cgroup)
+                self._spawn_shim(plan, directory, cgroup)
+                return self._await_created(spec.id, directory)
+            except BaseException as err:
+                # Leave nothing behind: no shim, no parked init, no cgroup, no state dir.
+                try:
+                    self._destroy(spec.id, directory)
+                except MydockerError as cleanup:
+                    raise FailedPrecondition(f"{err} (and cleaning up failed: {cleanup})") from err
+                raise
+
+    def _check_reusable(self, container_id: str, directory: Path) -> None:
+        """An id whose shim lives, or whose exit is recorded, belongs to a container; anything else is debris."""
+        shim_pid, shim_start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.SHIM_PID)))
+        if statefiles.is_alive(shim_pid, shim_start) or (directory / statefiles.EXIT).exists():
+            raise AlreadyExists(f"container {container_id} already exists in the executor: delete it first")
+        self._destroy(container_id, directory)
+
+    def _prepare(self, plan, directory: Path, cgroup: Cgroup) -> None:
+        try:
+            self._layout.shims().create()
+            cgroup.create()
+            cgroup.apply(plan.limits)
+        except OSError as err:
+            if err.errno in (errno.EINVAL, errno.ERANGE):
+                raise InvalidArgument(f"the host refused the cgroup limits: {err}") from None
+            raise FailedPrecondition(f"cannot set up the cgroup: {err}") from None
+        directory.mkdir(mode=0o700, parents=True)
+        statefiles.write_atomic(str(directory / statefiles.PLAN), plan.to_json())
+        statefiles.write_atomic(str(directory / statefiles.CGROUP), json.dumps(cgroup.to_record()))
+        statefiles.write_atomic(str(directory / statefiles.STATUS), statefiles.CREATING + "\n")
+        os.mkfifo(directory / statefiles.START_FIFO, 0o600)
+        log_path = self.log_path(plan.id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.touch(mode=0o640)
+
+    def _spawn_shim(self, plan, directory: Path, cgroup: Cgroup) -> None:
+        args = [
+            self._python, "-S", "-c", shim.BOOTSTRAP, "boot",
+            f"state={directory}",
+            f"log={self.log_path(plan.id)}",
+            f"stdio={plan.stdio_mode}",
+            f"terminal={int(plan.terminal)}",
+            f"stdin={int(plan.stdin)}",
+            f"oom={cgroup.oom_file()}",
+        ]
+        args += [f"shim-procs={procs}" for procs in self._layout.shims().procs_files()]
+        with open(directory / statefiles.SHIM_LOG, "ab") as shim_log:
+            # fork+exec of a fresh interpreter, never a fork of this gRPC server; no preexec_fn.
+            boot = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=shim_log,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+                env=self._helper_env(),
+            )
+        # The boot stage forks the shim and exits at once.
+        if boot.wait(timeout=CREATE_TIMEOUT) != 0:
+            raise FailedPrecondition(f"the shim did not start: see {directory / statefiles.SHIM_LOG}")
+
+    def _await_created(self, container_id: str, directory: Path) -> ProcessState:
+        deadline = time.monotonic() + CREATE_TIMEOUT
+        while True:
+            error = statefiles.read_text(str(directory / statefiles.ERROR))
+            if error:
+                raise _error_for(error)
+            state = self._state(container_id)
+            if state.status == ProcessStatus.CREATED and state.pid:
+                return state
+            if state.status != ProcessStatus.CREATED:
+                raise FailedPrecondition(
+                    f"container {container_id} exited while being created: see {directory / statefiles.SHIM_LOG}"
+                )
+            if time.monotonic() > deadline:
+                raise FailedPrecondition(f"container {container_id} was not ready after {CREATE_TIMEOUT:.0f}s")
+            time.sleep(POLL_SECONDS / 4)
+
+    def start(self, container_id: str) -> ProcessState:
+        directory = self._dir(container_id)
+        with self._lock(container_id):
+            state = self._state(container_id)
+            if state.status != ProcessStatus.CREATED or not state.pid:
+                raise FailedPrecondition(f"container {container_id} is {state.status.value}: only a created container starts")
+            try:
+                fd = os.open(directory / statefiles.START_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as err:
+                # ENXIO: nobody holds the fifo for reading, i.e. the parked init is gone.
+                raise FailedPrecondition(f"container {container_id} cannot start: its init is gone ({err.strerror})") from None
+            try:
+                os.write(fd, b"s")
+            finally:
+                os.close(fd)
+            deadline = time.monotonic() + START_TIMEOUT
+            while True:
+                error = statefiles.read_text(str(directory / statefiles.ERROR))
+                if error:
+                    raise _error_for(error)
+                current = self._state(container_id)
+                if current.status != ProcessStatus.CREATED:
+                    # It did exec: report the process that started, even if it has already exited since;
+                    # WaitContainer tells how it ended.
+                    return dataclasses.replace(
+                        current,
+                        status=ProcessStatus.RUNNING,
+                        pid=state.pid,
+                        pid_start_time=state.pid_start_time,
+                        exit_code=0,
+                        oom_killed=False,
+                        exited_at_ns=None,
+                    )
+                if time.monotonic() > deadline:
+                    raise FailedPrecondition(f"container {container_id} did not start within {START_TIMEOUT:.0f}s")
+                time.sleep(POLL_SECONDS / 4)
+
+    # -- signals, wait, delete ----------------------------------------------------------------
+
+    def kill(self, container_id: str, signum: int, all_processes: bool) -> None:
+        signum = signum or signal.SIGTERM
+        if not 0 < signum <= MAX_SIGNAL:
+            raise InvalidArgument(f"invalid signal {signum}")
+        state = self._state(container_id)
+        if state.status != ProcessStatus.RUNNING:
+            raise FailedPrecondition(f"container {container_id} is not running")
+        if all_processes:
+            cgroup = self._cgroup(self._dir(container_id), container_id)
+            for pid in cgroup.pids():
+                start = statefiles.proc_start_time(pid)
+                if start is not None:
+                    _send_signal(pid, start, signum)
+            return
+        if not _send_signal(state.pid, state.pid_start_time, signum):
+            raise FailedPrecondition(f"container {container_id} is not running")
+
+    def wait(
+        self, container_id: str, timeout: float | None, is_active: Callable[[], bool] = lambda: True
+    ) -> ProcessState | None:
+        """The exited state, or None when `timeout` seconds pass or the caller goes away first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self._state(container_id)
+            if state.status == ProcessStatus.EXITED:
+                return state
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if (remaining is not None and remaining <= 0) or not is_active():
+                return None
+            time.sleep(POLL_SECONDS if remaining is None else min(POLL_SECONDS, remaining))
+
+    def delete(self, container_id: str, force: bool) -> ProcessState | None:
+        directory = self._dir(container_id)
+        with self._lock(container_id):
+            if not (directory / statefiles.PLAN).exists():
+                # Nothing recorded: finish a half-done delete, then report nothing.
+                self._destroy(container_id, directory)
+                return None
+            state = self._state(container_id)
+            if state.status != ProcessStatus.EXITED:
+                if not force:
+                    raise FailedPrecondition(f"container {container_id} is {state.status.value}: stop it first or force")
+                if state.pid:
+                    _send_signal(state.pid, state.pid_start_time, signal.SIGKILL)
+                    final = self.wait(container_id, KILL_WAIT)
+                    if final is None:
+                        raise FailedPrecondition(f"container {container_id} did not exit after SIGKILL")
+                    state = final
+            self._destroy(container_id, directory)
+            return state
+
+    def _destroy(self, container_id: str, directory: Path) -> None:
+        """Shim, cgroup, state dir and log dir, in that order; each step tolerates what is already gone."""
+        shim_pid, shim_start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.SHIM_PID)))
+        pid, start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.PID)))
+        # A shim lingering for an attach client, or a half-created container: neither is wanted any more.
+        _send_signal(pid, start, signal.SIGKILL)
+        _send_signal(shim_pid, shim_start, signal.SIGKILL)
+        deadline = time.monotonic() + SHIM_EXIT_WAIT
+        while (statefiles.is_alive(shim_pid, shim_start) or statefiles.is_alive(pid, start)) and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS / 4)
+        cgroup = self._cgroup(directory, container_id)
+        cgroup.remove()
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(self.log_path(container_id).parent, ignore_errors=True)
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    def logs(
+        self, container_id: str, follow: bool, tail: int, since_ns: int, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[LogEntry]:
+        directory = self._dir(container_id)
+        path = self.log_path(container_id)
+        if not (directory / statefiles.PLAN).exists() and not path.exists():
+            raise NotFound(f"no such container: {container_id}")
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            entries = [e for e in self._entries(handle.read(), handle) if e.time_ns >= since_ns]
+            if tail > 0:
+                entries = entries[-tail:]
+            yield from entries
+            while follow and is_active():
+                # Exit checked before the read: lines written before the exit record are never missed.
+                exited = self._exited_or_gone(container_id)
+                data = handle.read()
+                yield from (e for e in self._entries(data, handle) if e.time_ns >= since_ns)
+                if exited and not data:
+                    return
+                if not data:
+                    time.sleep(LOG_POLL_SECONDS)
+
+    def _exited_or_gone(self, container_id: str) -> bool:
+        try:
+            return self._state(container_id).status == ProcessStatus.EXITED
+        except NotFound:
+            return True
+
+    @staticmethod
+    def _entries(data: bytes, handle) -> Iterator[LogEntry]:
+        """Complete lines of `data`; an unfinished last line is given back to the file position."""
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            handle.seek(end - len(data), os.SEEK_CUR)
+        for line in data[:end].splitlines():
+            try:
+                stream, payload, time_ns = logfmt.decode_entry(line)
+            except (ValueError, KeyError):
+                continue
+            yield LogEntry(stream, payload, time_ns)
+
+    # -- exec ---------------------------------------------------------------------------------
+
+    def exec(
+        self,
+        container_id: str,
+        process: ProcessSpec,
+        window: tuple[int, int] | None,
+        events: Iterator[InputEvent],
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[OutputEvent]:
+        state = self._state(container_id)
+        if state.status != ProcessStatus.RUNNING:
+            raise FailedPrecondition(f"container {container_id} is not running")
+        if not process.args or not process.args[0]:
+            raise InvalidArgument("the command is empty: give the program to run")
+        directory = self._dir(container_id)
+        plan = self._plan(directory)
+        env = self._exec_env(state, process)
+        spec = {
+            "pid": state.pid,
+            "start_time": state.pid_start_time,
+            "cgroup_procs": self._cgroup(directory, container_id).procs_files(),
+            "args": list(process.args),
+            "env": list(env),
+            "cwd": process.cwd or plan.get("cwd") or "/",
+            "terminal": process.terminal,
+        }
+        session = _ExecSession(process.terminal, process.stdin, window)
+        try:
+            session.spawn([self._python, "-S", "-c", nsexec.BOOTSTRAP, json.dumps(spec)], self._helper_env())
+            yield from session.run(events, is_active)
+        finally:
+            session.close()
+
+    def _exec_env(self, state: ProcessState, process: ProcessSpec) -> tuple[str, ...]:
+        """The container's environment (its PID 1's), then the exec's own values."""
+        try:
+            with open(f"/proc/{state.pid}/environ", "rb") as handle:
+                raw = handle.read()
+        except OSError:
+            raw = None
+        if raw is None or not statefiles.is_alive(state.pid, state.pid_start_time):
+            raise FailedPrecondition(f"container {state.id} is not running")
+        base = [entry.decode(errors="surrogateescape") for entry in raw.split(b"\0") if entry]
+        env = merge_env(base, process.env)
+        if process.terminal and not any(e.startswith("TERM=") for e in env):
+            env = (*env, "TERM=xterm")
+        for entry in env:
+            if "=" not in entry or entry.startswith("="):
+                raise InvalidArgument(f'invalid environment entry "{entry}": use KEY=VALUE')
+        return env
+
+    # -- attach -------------------------------------------------------------------------------
+
+    def attach(
+        self, container_id: str, events: Iterator[InputEvent], is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[OutputEvent]:
+        directory = self._dir(container_id)
+        plan = self._plan(directory)
+        if plan.get("stdio_mode") != StdioMode.ATTACH.value:
+            raise FailedPrecondition(f"container {container_id} runs detached: its output is in its log, not attachable")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                sock.connect(str(directory / statefiles.ATTACH_SOCKET))
+            except OSError:
+                state = self._state(container_id)
+                if state.status == ProcessStatus.EXITED:
+                    yield Exited(state.exit_code)
+                    return
+                raise FailedPrecondition(f"container {container_id} has no attach socket: its shim is gone") from None
+            threading.Thread(target=_feed_shim, args=(sock, events), name=f"attach-in-{container_id}", daemon=True).start()
+            reader = framing.FrameReader()
+            while is_active():
+                readable, _, _ = select.select([sock], [], [], STREAM_POLL_SECONDS)
+                if not readable:
+                    continue
+                try:
+                    data = sock.recv(READ_SIZE)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                for kind, payload in reader.feed(data):
+                    if kind == framing.EXIT:
+                        yield Exited(framing.decode_int(payload))
+                        return
+                    yield Output("stdout" if kind == framing.STDOUT else "stderr", payload)
+            if is_active():
+                state = self.wait(container_id, SHIM_EXIT_WAIT)
+                if state is None:
+                    raise FailedPrecondition(f"lost the attach socket of container {container_id}")
+                yield Exited(state.exit_code)
+        finally:
+            sock.close()
+
+
+def _feed_shim(sock: socket.socket, events: Iterator[InputEvent]) -> None:
+    """Client events to shim frames, until the client's stream ends or the shim goes away."""
+    try:
+        for event in events:
+            if isinstance(event, Stdin):
+                frame = framing.encode(framing.STDIN, event.data)
+            elif isinstance(event, CloseStdin):
+                frame = framing.encode(framing.CLOSE_STDIN)
+            elif isinstance(event, Resize):
+                frame = framing.encode(framing.RESIZE, framing.encode_resize(event.rows, event.cols))
+            elif isinstance(event, Signal):
+                frame = framing.encode(framing.SIGNAL, framing.encode_int(event.signum))
+            else:
+                continue
+            sock.sendall(frame)
+    except (OSError, ValueError):
+        # The shim closed (container exited) or the call was cancelled: nothing left to feed.
+        return
+
+
+class _ExecSession:
+    """One exec: the helper process, its stdio on our side, and its status pipe."""
+
+    def __init__(self, terminal: bool, stdin: bool, window: tuple[int, int] | None):
+        self.terminal = terminal
+        self.want_stdin = stdin
+        self.window = window
+        self.proc: subprocess.Popen | None = None
+        self.console: socket.socket | None = None
+        self.master = -1
+        self.stdin_fd = -1
+        self.outputs: dict[int, str] = {}
+        self.status_r = -1
+        self.pidfd = -1
+        self.pid = 0
+        self.status_buffer = b""
+        self.error: str | None = None
+        self.exit_code: int | None = None
+        self._stdin_lock = threading.Lock()
+
+    def spawn(self, args: list[str], env: dict[str, str]) -> None:
+        child_fds: list[int] = []
+        console_fd = -1
+        if self.terminal:
+            # The helper allocates the pty inside the container and sends us its master.
+            self.console, child_console = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            console_fd = child_console.detach()
+            child_fds.append(console_fd)
+            stdio = (subprocess.DEVNULL,) * 3
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            if self.want_stdin:
+                in_r, self.stdin_fd = os.pipe()
+            else:
+                in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            stdio = (in_r, out_w, err_w)
+            child_fds += [in_r, out_w, err_w]
+            self.outputs[out_r] = "stdout"
+            self.outputs[err_r] = "stderr"
+        self.status_r, status_w = os.pipe()
+        child_fds.append(status_w)
+        try:
+            # fork+exec of a fresh helper, never a fork of this server; it joins the namespaces itself.
+            self.proc = subprocess.Popen(
+                [*args, str(status_w), str(console_fd)],
+                stdin=stdio[0],
+                stdout=stdio[1],
+                stderr=stdio[2],
+                pass_fds=tuple(fd for fd in (status_w, console_fd) if fd >= 0),
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+                env=env,
+            )
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        threading.Thread(target=self.proc.wait, name="exec-reaper", daemon=True).start()
+
+    def _status_lines(self, data: bytes) -> None:
+        self.status_buffer += data
+        while b"\n" in self.status_buffer:
+            line, _, self.status_buffer = self.status_buffer.partition(b"\n")
+            text = line.decode(errors="replace")
+            if text.startswith("P "):
+                self.pid = int(text[2:])
+                with contextlib.suppress(OSError):
+                    self.pidfd = os.pidfd_open(self.pid)
+            elif text.startswith("E "):
+                self.error = text[2:]
+            elif text.startswith("X "):
+                self.exit_code = int(text[2:])
+
+    def run(self, events: Iterator[InputEvent], is_active: Callable[[], bool]) -> Iterator[OutputEvent]:
+        status_open = True
+        # The helper says "P <pid>" once inside the container, or why it could not get there.
+        while status_open and not self.pid and self.error is None:
+            readable, _, _ = select.select([self.status_r], [], [], STREAM_POLL_SECONDS)
+            if not is_active():
+                return
+            if readable:
+                data = os.read(self.status_r, 4096)
+                status_open = bool(data)
+                self._status_lines(data)
+        if self.terminal and self.pid and self.error is None:
+            status_open = self._receive_console(status_open, is_active)
+        if self.error is not None or not self.pid:
+            raise _error_for(self.error or "failed the exec helper exited before entering the container")
+        yield Started(self.pid)
+        threading.Thread(target=self._feed, args=(events,), name="exec-in", daemon=True).start()
+        while is_active() and (self.outputs or status_open):
+            watched = [*self.outputs, *([self.status_r] if status_open else [])]
+            readable, _, _ = select.select(watched, [], [], STREAM_POLL_SECONDS)
+            for fd in readable:
+                try:
+                    data = os.read(fd, READ_SIZE)
+                except OSError:
+                    data = b""  # EIO: the pty's last slave is closed
+                if fd == self.status_r:
+                    status_open = bool(data)
+                    self._status_lines(data)
+                elif data:
+                    yield Output(self.outputs[fd], data)
+                else:
+                    del self.outputs[fd]
+        if not is_active():
+            return
+        if self.error is not None:
+            raise _error_for(self.error)
+        yield Exited(self.exit_code if self.exit_code is not None else LOST_EXIT_CODE)
+
+    def _receive_console(self, status_open: bool, is_active: Callable[[], bool]) -> bool:
+        """Wait for the pty master from inside the container, or for the reason it will not come."""
+        console_open = True
+        while self.master < 0 and self.error is None and is_active() and (console_open or status_open):
+            watched = [*([self.console] if console_open else []), *([self.status_r] if status_open else [])]
+            readable, _, _ = select.select(watched, [], [], STREAM_POLL_SECONDS)
+            if self.status_r in readable:
+                data = os.read(self.status_r, 4096)
+                status_open = bool(data)
+                self._status_lines(data)
+            if self.console in readable:
+                data, fds, _, _ = socket.recv_fds(self.console, 16, 1)
+                if fds:
+                    self.master = fds[0]
+                    if self.window:
+                        _set_window(self.master, *self.window)
+                    self.outputs[self.master] = "stdout"
+                    self.stdin_fd = self.master if self.want_stdin else -1
+                elif not data:
+                    console_open = False
+        if self.master < 0 and self.error is None:
+            self.error = "failed the exec helper sent no terminal"
+        return status_open
+
+    def _feed(self, events: Iterator[InputEvent]) -> None:
+        try:
+            for event in events:
+                if isinstance(event, Stdin) and self.stdin_fd >= 0:
+                    with self._stdin_lock:
+                        if self.stdin_fd >= 0:
+                            _write_all(self.stdin_fd, event.data)
+                elif isinstance(event, CloseStdin):
+                    self._close_stdin()
+                elif isinstance(event, Resize):
+                    with self._stdin_lock:
+                        if self.master >= 0:
+                            _set_window(self.master, event.rows, event.cols)
+                elif isinstance(event, Signal) and self.pidfd >= 0:
+                    signal.pidfd_send_signal(self.pidfd, event.signum)
+        except (OSError, ValueError):
+            # The process is gone or the stream was cancelled.
+            return
+
+    def _close_stdin(self) -> None:
+        with self._stdin_lock:
+            if self.stdin_fd < 0:
+                return
+            if self.stdin_fd == self.master:
+                _write_all(self.master, b"\x04")
+                return
+            os.close(self.stdin_fd)
+            self.stdin_fd = -1
+
+    def close(self) -> None:
+        if self.console is not None:
+            self.console.close()
+        with self._stdin_lock:
+            if self.stdin_fd >= 0 and self.stdin_fd != self.master:
+                os.close(self.stdin_fd)
+            self.stdin_fd = -1
+        for fd in [*self.outputs, self.status_r, self.pidfd]:
+            if fd >= 0 and fd != self.master:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.outputs.clear()
+        with self._stdin_lock:
+            if self.master >= 0:
+                os.close(self.master)
+                self.master = -1
+
+
+def _set_window(fd: int, rows: int, cols: int) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+

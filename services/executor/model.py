@@ -1,0 +1,120 @@
+"""Dataclasses of the executor service: what is asked of it and the live state it reports; no gRPC here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from services.executor.cgroups import Limits
+
+
+class ProcessStatus(str, enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+class StdioMode(str, enum.Enum):
+    LOG = "log"
+    ATTACH = "attach"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What to run: argv (never joined), extra environment, working dir, terminal and stdin."""
+
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = ""
+    terminal: bool = False
+    stdin: bool = False
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    """A CreateContainer request."""
+
+    id: str
+    hostname: str
+    rootfs_path: str
+    process: ProcessSpec
+    limits: Limits = field(default_factory=Limits)
+    stdio_mode: StdioMode = StdioMode.LOG
+    network_namespace: bool = False
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """The executor's live view of one container, read from its state dir and /proc."""
+
+    id: str
+    status: ProcessStatus
+    pid: int = 0
+    pid_start_time: int = 0
+    shim_pid: int = 0
+    exit_code: int = 0
+    oom_killed: bool = False
+    exited_at_ns: int | None = None
+    cgroup_path: str = ""
+    log_path: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    version: str
+    run_root: str
+    cgroup_version: str
+    kernel: str
+    containers_running: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+    time_ns: int
+
+
+# Events of the Exec and Attach streams, in both directions.
+
+
+@dataclass(frozen=True)
+class Stdin:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CloseStdin:
+    pass
+
+
+@dataclass(frozen=True)
+class Resize:
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class Signal:
+    signum: int
+
+
+@dataclass(frozen=True)
+class Output:
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Exited:
+    exit_code: int
+
+
+InputEvent = Stdin | CloseStdin | Resize | Signal
+OutputEvent = Output | Started | Exited

@@ -1,0 +1,735 @@
+"""The executor through its gRPC API, as root on the real kernel: shims, namespaces, cgroups, stdio, exec, restarts.
+
+Each test gets temp roots, its own cgroup parent (MYDOCKER_CGROUP_PARENT) and a busybox rootfs bind-mounted
+onto itself; every container, cgroup and mount made here is removed here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.executor.v1 import executor_pb2 as pb
+from protos.executor.v1 import executor_pb2_grpc
+from protos.types.v1 import types_pb2
+from services.common.config import Config, unix_target
+from services.executor import statefiles
+from services.executor.__main__ import build
+from services.executor.cgroups import CgroupLayout, cgroup_from_record
+
+CODE = grpc.StatusCode
+BUSYBOX = Path("/bin/busybox")
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, mounts and cgroups"),
+    pytest.mark.skipif(not BUSYBOX.exists(), reason="needs busybox-static for the rootfs"),
+]
+
+_ids = iter(range(10**9))
+
+
+def new_id() -> str:
+    # Ten digits like the state service's ids, unique per test run.
+    return f"{7000000000 + os.getpid() % 100000 * 1000 + next(_ids) % 1000}"
+
+
+@pytest.fixture(scope="module")
+def rootfs() -> Iterator[str]:
+    """bin/busybox plus every applet link, bind-mounted onto itself as storage's overlay would be."""
+    base = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp"))
+    root = base / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            os.symlink("busybox", root / "bin" / applet)
+    for name in ("proc", "sys", "dev", "tmp", "etc", "root"):
+        (root / name).mkdir()
+    subprocess.run(["mount", "--bind", str(root), str(root)], check=True)
+    try:
+        yield str(root)
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+        shutil.rmtree(base)
+
+
+@pytest.fixture
+def cgroup_parent(monkeypatch) -> Iterator[str]:
+    parent = f"mdk-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("MYDOCKER_CGROUP_PARENT", parent)
+    yield parent
+    layout = CgroupLayout.from_host(parent=parent)
+    assert layout.remove_parent(), "a cgroup of the test is still in use"
+    for directory in layout.parent_dirs():
+        assert not directory.exists(), f"stray cgroup {directory}"
+
+
+@pytest.fixture
+def executor(cgroup_parent, start_server, temp_config):
+    """A stub of a real executor server; every container it still lists is force-deleted afterwards."""
+    _, channel = start_server(build(temp_config))
+    stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+    yield stub
+    cleanup(temp_config)
+
+
+def cleanup(config: Config) -> None:
+    """Force-delete whatever the tests left, through a fresh server (the test's own may be stopped)."""
+    from services.executor.servicer import build_core
+
+    core = build_core(config)
+    for state in core.list():
+        core.delete(state.id, force=True)
+    assert core.list() == []
+
+
+def create(stub, rootfs: str, args, container_id: str | None = None, **fields) -> pb.ContainerProcess:
+    process_fields = {key: fields.pop(key) for key in ("env", "cwd", "terminal", "stdin") if key in fields}
+    request = pb.CreateContainerRequest(
+        id=container_id or new_id(),
+        hostname=fields.pop("hostname", "box"),
+        rootfs_path=rootfs,
+        process=pb.ProcessSpec(args=list(args), **process_fields),
+        **fields,
+    )
+    return stub.CreateContainer(request, timeout=30).process
+
+
+def run(stub, rootfs: str, args, **fields) -> tuple[pb.ContainerProcess, bytes]:
+    """Create, start, wait: the final state and the stdout+stderr bytes of its log."""
+    process = create(stub, rootfs, args, **fields)
+    stub.StartContainer(pb.StartContainerRequest(id=process.id), timeout=30)
+    final = stub.WaitContainer(pb.WaitContainerRequest(id=process.id), timeout=30).process
+    return final, b"".join(line.data for line in logs(stub, process.id))
+
+
+def logs(stub, container_id: str, **fields) -> list[pb.LogsResponse]:
+    return list(stub.Logs(pb.LogsRequest(id=container_id, **fields), timeout=30))
+
+
+def expect(code: grpc.StatusCode, call, request, fragment: str = "", timeout: float = 30) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        result = call(request, timeout=timeout)
+        if hasattr(result, "__iter__") and not isinstance(result, (bytes, str)):
+            list(result)
+    assert caught.value.code() == code, caught.value.details()
+    assert fragment in caught.value.details()
+    return caught.value.details()
+
+
+def container_cgroup(config: Config, container_id: str):
+    record = json.loads((config.run / container_id / statefiles.CGROUP).read_text())
+    return cgroup_from_record(record)
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+def test_exit_code_and_lifecycle_states(executor, rootfs):
+    created = create(executor, rootfs, ["sh", "-c", "exit 3"])
+    assert created.status == pb.PROCESS_STATUS_CREATED
+    assert created.pid > 0 and created.shim_pid > 0 and created.pid_start_time > 0
+    assert statefiles.proc_start_time(created.pid) == created.pid_start_time
+    started = executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30).process
+    # Running as far as the start goes, even though `exit 3` may be over already.
+    assert (started.status, started.pid, started.pid_start_time) == (pb.PROCESS_STATUS_RUNNING, created.pid, created.pid_start_time)
+    final = executor.WaitContainer(pb.WaitContainerRequest(id=created.id), timeout=30).process
+    assert final.status == pb.PROCESS_STATUS_EXITED
+    assert (final.exit_code, final.oom_killed, final.pid) == (3, False, 0)
+    assert final.exited_at.seconds > 0
+    assert executor.GetContainer(pb.GetContainerRequest(id=created.id), timeout=5).process.exit_code == 3
+    expect(CODE.FAILED_PRECONDITION, executor.StartContainer, pb.StartContainerRequest(id=created.id))
+    expect(CODE.FAILED_PRECONDITION, executor.KillContainer, pb.KillContainerRequest(id=created.id, signal=9))
+
+
+def test_command_is_pid_1_with_hostname_proc_dev_and_readonly_sys(executor, rootfs):
+    script = (
+        "echo pid=$$; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; "
+        "echo data > /dev/null && echo devnull-ok; head -c 4 /dev/zero | wc -c; "
+        "ls /dev; touch /sys/x 2>/dev/null || echo sys-readonly; "
+        "cat /sys/class/net/lo/flags; ls /sys/class/net; "
+        "grep -c ' /proc ' /proc/self/mountinfo; grep ' /sys ' /proc/self/mountinfo | grep -c ' ro,'"
+    )
+    final, output = run(executor, rootfs, ["sh", "-c", script], hostname="web-1")
+    assert final.exit_code == 0, output
+    lines = output.decode().splitlines()
+    assert lines[0] == "pid=1"
+    assert lines[1] == "web-1"
+    assert lines[2].startswith("sh -c echo pid=$$")
+    assert "devnull-ok" in lines and "4" in lines
+    for device in ("null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm", "fd", "stdin", "stdout", "stderr"):
+        assert device in lines, device
+    assert "sys-readonly" in lines
+    # IFF_UP | IFF_LOOPBACK, and loopback is the only interface of the new network namespace.
+    assert int(lines[lines.index("sys-readonly") + 1], 16) & 0x1
+    assert lines[lines.index("sys-readonly") + 2] == "lo"
+    assert lines[-2:] == ["1", "1"]
+
+
+def test_environment_is_exactly_path_hostname_and_given(executor, rootfs, monkeypatch):
+    monkeypatch.setenv("MDK_HOST_SECRET", "leak")
+    final, output = run(executor, rootfs, ["env"], hostname="envbox", env=["FOO=bar", "EMPTY="])
+    assert final.exit_code == 0
+    assert sorted(output.decode().splitlines()) == sorted(
+        ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=envbox", "FOO=bar", "EMPTY="]
+    )
+
+
+def test_argv_is_a_list_so_quoted_spaces_survive(executor, rootfs):
+    final, output = run(executor, rootfs, ["sh", "-c", 'printf "[%s]\\n" "$@"', "sh", "a  b", "c"])
+    assert final.exit_code == 0
+    assert output == b"[a  b]\n[c]\n"
+
+
+def test_working_directory(executor, rootfs):
+    final, output = run(executor, rootfs, ["pwd"], cwd="/tmp")
+    assert (final.exit_code, output) == (0, b"/tmp\n")
+
+
+def test_mounts_stay_inside_the_container(executor, rootfs):
+    before = Path("/proc/self/mountinfo").read_text().count(rootfs)
+    final, _ = run(executor, rootfs, ["sh", "-c", "mount -t tmpfs none /tmp && echo ok"])
+    assert final.exit_code == 0
+    assert Path("/proc/self/mountinfo").read_text().count(rootfs) == before
+
+
+def test_unknown_command_fails_at_create_and_leaves_nothing(executor, rootfs, temp_config):
+    container_id = new_id()
+    details = expect(
+        CODE.INVALID_ARGUMENT,
+        executor.CreateContainer,
+        pb.CreateContainerRequest(id=container_id, hostname="box", rootfs_path=rootfs, process=pb.ProcessSpec(args=["nosuchcmd"])),
+    )
+    assert details == 'exec: "nosuchcmd": executable file not found in $PATH'
+    assert not (temp_config.run / container_id).exists()
+    layout = CgroupLayout.from_host(parent=os.environ["MYDOCKER_CGROUP_PARENT"])
+    assert not any(d.exists() for d in layout.container(container_id).dirs())
+    expect(CODE.NOT_FOUND, executor.GetContainer, pb.GetContainerRequest(id=container_id))
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"process": pb.ProcessSpec(args=[])}, "command is empty"),
+        ({"id": "../etc"}, "invalid container id"),
+        ({"hostname": ""}, "hostname"),
+        ({"rootfs_path": "/nonexistent/mdk"}, "not a directory"),
+        ({"rootfs_path": "relative"}, "absolute"),
+        ({"process": pb.ProcessSpec(args=["true"], env=["NOEQUALS"])}, "KEY=VALUE"),
+        ({"resources": types_pb2.Resources(memory_bytes=1024)}, "too small"),
+        ({"resources": types_pb2.Resources(nano_cpus=1000)}, "too small"),
+        ({"resources": types_pb2.Resources(cpuset_cpus="0-a")}, "cpuset"),
+        ({"resources": types_pb2.Resources(cpuset_cpus="99")}, "CPU 99"),
+    ],
+)
+def test_bad_create_requests_are_invalid_argument(executor, rootfs, fields, fragment):
+    request = {"id": new_id(), "hostname": "box", "rootfs_path": rootfs, "process": pb.ProcessSpec(args=["true"])}
+    request.update(fields)
+    expect(CODE.INVALID_ARGUMENT, executor.CreateContainer, pb.CreateContainerRequest(**request), fragment)
+
+
+def test_unknown_container_is_not_found(executor):
+    for call, request in [
+        (executor.GetContainer, pb.GetContainerRequest(id="1111111111")),
+        (executor.StartContainer, pb.StartContainerRequest(id="1111111111")),
+        (executor.KillContainer, pb.KillContainerRequest(id="1111111111")),
+        (executor.WaitContainer, pb.WaitContainerRequest(id="1111111111")),
+        (executor.Logs, pb.LogsRequest(id="1111111111")),
+    ]:
+        expect(CODE.NOT_FOUND, call, request)
+    assert executor.DeleteContainer(pb.DeleteContainerRequest(id="1111111111"), timeout=5).HasField("process") is False
+
+
+def test_same_id_twice_is_already_exists(executor, rootfs):
+    created = create(executor, rootfs, ["sleep", "100"])
+    expect(
+        CODE.ALREADY_EXISTS,
+        executor.CreateContainer,
+        pb.CreateContainerRequest(id=created.id, hostname="box", rootfs_path=rootfs, process=pb.ProcessSpec(args=["true"])),
+    )
+
+
+# -- logs -------------------------------------------------------------------------------------
+
+
+def test_detached_logs_keep_streams_and_times_and_follow_ends_at_exit(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sh", "-c", "echo hi; echo oops >&2; sleep 0.5; printf 'no newline'"])
+    follower = executor.Logs(pb.LogsRequest(id=created.id, follow=True), timeout=30)
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    lines = list(follower)  # ends by itself once the container exited
+    assert [(line.stream, line.data) for line in lines] == [
+        (pb.LOG_STREAM_STDOUT, b"hi\n"),
+        (pb.LOG_STREAM_STDERR, b"oops\n"),
+        (pb.LOG_STREAM_STDOUT, b"no newline"),
+    ] or sorted(line.data for line in lines) == [b"hi\n", b"no newline", b"oops\n"]
+    assert all(line.time.seconds > 0 for line in lines)
+    assert [line.data for line in logs(executor, created.id, tail=1)] == [b"no newline"]
+    late = lines[-1].time
+    assert [line.data for line in logs(executor, created.id, since=late)] == [b"no newline"]
+    # The file is docker's json-file format.
+    raw = (temp_config.root / "containers" / created.id / f"{created.id}-json.log").read_text().splitlines()
+    assert {"log", "stream", "time"} <= set(json.loads(raw[0]))
+    assert json.loads(raw[0])["log"] == "hi\n" and json.loads(raw[0])["time"].endswith("Z")
+
+
+def test_logs_keep_bytes_that_are_not_utf8(executor, rootfs):
+    final, output = run(executor, rootfs, ["printf", "\\377\\000\"\\\\\\n"])
+    assert final.exit_code == 0
+    assert output == b'\xff\x00"\\\n'
+
+
+# -- signals and stop ---------------------------------------------------------------------
+
+
+def test_stop_falls_back_to_sigkill_for_a_pid_1_ignoring_term(executor, rootfs):
+    created = create(executor, rootfs, ["sh", "-c", "trap '' TERM; sleep 1000 & wait"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    executor.KillContainer(pb.KillContainerRequest(id=created.id, signal=signal.SIGTERM), timeout=5)
+    expect(CODE.DEADLINE_EXCEEDED, executor.WaitContainer, pb.WaitContainerRequest(id=created.id), timeout=1.0)
+    executor.KillContainer(pb.KillContainerRequest(id=created.id, signal=signal.SIGKILL), timeout=5)
+    final = executor.WaitContainer(pb.WaitContainerRequest(id=created.id), timeout=10).process
+    assert final.exit_code == 128 + signal.SIGKILL
+
+
+def test_kill_all_signals_every_process_of_the_cgroup(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sh", "-c", "sleep 1000 & sleep 1000 & wait"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    cgroup = container_cgroup(temp_config, created.id)
+    deadline = time.monotonic() + 5
+    while len(cgroup.pids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(cgroup.pids()) == 3
+    executor.KillContainer(pb.KillContainerRequest(id=created.id, signal=signal.SIGKILL, all=True), timeout=5)
+    final = executor.WaitContainer(pb.WaitContainerRequest(id=created.id), timeout=10).process
+    assert final.exit_code == 137
+
+
+def test_a_recycled_pid_is_never_signalled(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    # Pretend the recorded start time belongs to another process: the kill must refuse.
+    pid_file = temp_config.run / created.id / statefiles.PID
+    pid, start = statefiles.parse_pid(pid_file.read_text())
+    pid_file.write_text(statefiles.format_pid(pid, start + 1))
+    expect(CODE.FAILED_PRECONDITION, executor.KillContainer, pb.KillContainerRequest(id=created.id, signal=9))
+    assert statefiles.is_alive(pid, start)
+    pid_file.write_text(statefiles.format_pid(pid, start))
+
+
+# -- cgroups ------------------------------------------------------------------------------
+
+
+def test_memory_hog_is_oom_killed(executor, rootfs):
+    final, _ = run(
+        executor,
+        rootfs,
+        ["sh", "-c", 'x=$(head -c 200m /dev/zero | tr "\\0" a); echo survived'],
+        resources=types_pb2.Resources(memory_bytes=32 << 20),
+    )
+    assert final.oom_killed
+    assert final.exit_code == 137
+
+
+def test_cpu_quota_holds_a_busy_loop_to_its_share(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sh", "-c", "while :; do :; done"], resources=types_pb2.Resources(nano_cpus=500_000_000))
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    cgroup = container_cgroup(temp_config, created.id)
+    if cgroup.version == "v1":
+        cpu_dir = cgroup.dir("cpu")
+        assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (cpu_dir / "cpu.cfs_period_us").read_text().strip() == "100000"
+    time.sleep(0.3)
+    used_before, wall_before = cgroup.cpu_usage_ns(), time.monotonic()
+    time.sleep(2.0)
+    used = (cgroup.cpu_usage_ns() - used_before) / 1e9
+    wall = time.monotonic() - wall_before
+    assert used / wall <= 0.5 * 1.25, f"{used:.2f}s of CPU in {wall:.2f}s"
+    assert used / wall >= 0.05, f"the busy loop barely ran: {used:.2f}s in {wall:.2f}s"
+    executor.KillContainer(pb.KillContainerRequest(id=created.id, signal=9), timeout=5)
+
+
+def test_cpuset_and_pids_limit(executor, rootfs, temp_config):
+    final, output = run(
+        executor,
+        rootfs,
+        ["sh", "-c", "grep Cpus_allowed_list /proc/self/status; for i in 1 2 3 4 5 6; do sleep 2 & done; wait"],
+        resources=types_pb2.Resources(cpuset_cpus="0", pids_limit=4),
+    )
+    text = output.decode()
+    assert "Cpus_allowed_list:\t0\n" in text
+    assert "can't fork" in text or "Resource temporarily unavailable" in text, text
+
+
+def test_cgroup_files_hold_the_limits(executor, rootfs, temp_config):
+    created = create(
+        executor,
+        rootfs,
+        ["sleep", "100"],
+        resources=types_pb2.Resources(memory_bytes=64 << 20, nano_cpus=1_500_000_000, cpuset_cpus="0-1", pids_limit=64),
+    )
+    cgroup = container_cgroup(temp_config, created.id)
+    if cgroup.version == "v1":
+        assert (cgroup.dir("memory") / "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+        memsw = cgroup.dir("memory") / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            assert memsw.read_text().strip() == str(64 << 20)
+        assert (cgroup.dir("cpu") / "cpu.cfs_quota_us").read_text().strip() == "150000"
+        assert (cgroup.dir("cpuset") / "cpuset.cpus").read_text().strip() == "0-1"
+        assert (cgroup.dir("cpuset") / "cpuset.mems").read_text().strip() != ""
+        assert (cgroup.dir("pids") / "pids.max").read_text().strip() == "64"
+    else:
+        assert (cgroup.path() / "cpu.max").read_text().strip() == "150000 100000"
+    # One cgroup per container, never shared, holding the container's process.
+    assert created.pid in cgroup.pids()
+    other = create(executor, rootfs, ["sleep", "100"])
+    assert container_cgroup(temp_config, other.id).path() != cgroup.path()
+
+
+# -- delete -------------------------------------------------------------------------------
+
+
+def test_delete_removes_cgroups_state_and_logs_and_is_idempotent(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    cgroup = container_cgroup(temp_config, created.id)
+    expect(CODE.FAILED_PRECONDITION, executor.DeleteContainer, pb.DeleteContainerRequest(id=created.id), "force")
+    final = executor.DeleteContainer(pb.DeleteContainerRequest(id=created.id, force=True), timeout=30).process
+    assert final.status == pb.PROCESS_STATUS_EXITED and final.exit_code == 137
+    assert not any(directory.exists() for directory in cgroup.dirs())
+    assert not (temp_config.run / created.id).exists()
+    assert not (temp_config.root / "containers" / created.id).exists()
+    assert not statefiles.is_alive(created.shim_pid, statefiles.proc_start_time(created.shim_pid) or 0)
+    again = executor.DeleteContainer(pb.DeleteContainerRequest(id=created.id, force=True), timeout=30)
+    assert not again.HasField("process")
+
+
+def test_delete_of_a_created_container_kills_its_parked_init(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    executor.DeleteContainer(pb.DeleteContainerRequest(id=created.id, force=True), timeout=30)
+    assert not statefiles.is_alive(created.pid, created.pid_start_time)
+    assert not (temp_config.run / created.id).exists()
+
+
+# -- exec ---------------------------------------------------------------------------------
+
+
+def exec_call(stub, container_id: str, args, env=(), terminal=False, stdin: list[bytes] | None = None, close=True):
+    """Run an Exec stream; returns (pid, stdout, stderr, exit code)."""
+    requests: queue.Queue = queue.Queue()
+    process = pb.ProcessSpec(args=list(args), env=list(env), terminal=terminal, stdin=stdin is not None)
+    start = pb.ExecStart(container_id=container_id, process=process)
+    requests.put(pb.ExecRequest(start=start))
+    for data in stdin or []:
+        requests.put(pb.ExecRequest(stdin=data))
+    if stdin is not None and close:
+        requests.put(pb.ExecRequest(close_stdin=True))
+
+    def feed():
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    pid, out, err, code = 0, b"", b"", None
+    responses = stub.Exec(feed(), timeout=30)
+    try:
+        for response in responses:
+            kind = response.WhichOneof("event")
+            if kind == "pid":
+                pid = response.pid
+            elif kind == "stdout":
+                out += response.stdout
+            elif kind == "stderr":
+                err += response.stderr
+            elif kind == "exit_code":
+                code = response.exit_code
+                break
+    finally:
+        requests.put(None)
+        responses.cancel()
+    return pid, out, err, code
+
+
+def test_exec_runs_inside_and_returns_the_real_exit_code(executor, rootfs):
+    created = create(executor, rootfs, ["sleep", "1000"], hostname="inside", env=["CONTAINER_VAR=1"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    pid, out, err, code = exec_call(
+        executor,
+        created.id,
+        ["sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $CONTAINER_VAR $EXTRA; echo to-err >&2; exit 5"],
+        env=["EXTRA=2"],
+    )
+    assert code == 5
+    assert pid > 0 and pid != created.pid
+    assert out.decode().splitlines() == ["inside", "sleep 1000 ", "1 2"]
+    assert err == b"to-err\n"
+
+
+def test_exec_joins_the_container_cgroup_and_gets_stdin(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    _, out, _, code = exec_call(executor, created.id, ["sh", "-c", "cat; cat /proc/self/cgroup"], stdin=[b"line one\n", b"two\n"])
+    assert code == 0
+    text = out.decode()
+    assert text.startswith("line one\ntwo\n")
+    # In its own cgroup namespace the container's cgroup is the root.
+    assert any(line.endswith(":/") for line in text.splitlines() if "memory" in line)
+
+
+def test_exec_with_a_terminal(executor, rootfs):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    _, out, _, code = exec_call(
+        executor, created.id, ["sh", "-c", "tty; [ -t 0 ] && echo is-a-tty; echo $TERM; exit 4"], terminal=True
+    )
+    assert code == 4
+    # The pty comes from the container's own devpts, so ttyname() works inside.
+    assert out.decode().splitlines() == ["/dev/pts/0", "is-a-tty", "xterm"]
+
+
+def test_exec_never_runs_on_the_host(executor, rootfs):
+    marker = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp")) / "ran-on-host"
+    try:
+        created = create(executor, rootfs, ["sleep", "1000"])
+        executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+        # Inside, the host's temp dir does not exist: the command fails there and the host stays untouched.
+        _, _, _, code = exec_call(executor, created.id, ["touch", str(marker)])
+        assert code != 0 and not marker.exists()
+        executor.KillContainer(pb.KillContainerRequest(id=created.id, signal=9), timeout=5)
+        executor.WaitContainer(pb.WaitContainerRequest(id=created.id), timeout=10)
+        with pytest.raises(grpc.RpcError) as caught:
+            exec_call(executor, created.id, ["touch", str(marker)])
+        assert caught.value.code() == CODE.FAILED_PRECONDITION
+        with pytest.raises(grpc.RpcError) as caught:
+            exec_call(executor, "2222222222", ["touch", str(marker)])
+        assert caught.value.code() == CODE.NOT_FOUND
+        assert not marker.exists()
+    finally:
+        shutil.rmtree(marker.parent)
+
+
+def test_exec_of_a_missing_command_is_a_clear_error(executor, rootfs):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    with pytest.raises(grpc.RpcError) as caught:
+        exec_call(executor, created.id, ["nosuchcmd"])
+    assert caught.value.code() == CODE.INVALID_ARGUMENT
+    assert caught.value.details() == 'exec: "nosuchcmd": executable file not found in $PATH'
+
+
+# -- attach -------------------------------------------------------------------------------
+
+
+def attach_call(stub, container_id: str, inputs: list, start: bool = True, after: bytes = b""):
+    """Open Attach, start the container, feed `inputs` (once `after` was output); returns (output, exit code)."""
+    requests: queue.Queue = queue.Queue()
+    requests.put(pb.AttachRequest(container_id=container_id))
+
+    def feed():
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    responses = stub.Attach(feed(), timeout=30)
+    if start:
+        stub.StartContainer(pb.StartContainerRequest(id=container_id), timeout=30)
+    pending = list(inputs)
+
+    def send_when_ready():
+        if after in output:
+            for item in pending:
+                requests.put(item)
+            pending.clear()
+
+    output, code = b"", None
+    send_when_ready()
+    try:
+        for response in responses:
+            kind = response.WhichOneof("event")
+            if kind == "exit_code":
+                code = response.exit_code
+                break
+            output += response.stdout + response.stderr
+            send_when_ready()
+    finally:
+        requests.put(None)
+        responses.cancel()
+    return output, code
+
+
+def test_attach_with_a_tty_echoes_input_and_ends_with_the_exit_code(executor, rootfs):
+    created = create(executor, rootfs, ["sh"], terminal=True, stdin=True, stdio_mode=pb.STDIO_MODE_ATTACH)
+    output, code = attach_call(
+        executor,
+        created.id,
+        [
+            pb.AttachRequest(resize=pb.WindowSize(rows=40, cols=100)),
+            pb.AttachRequest(stdin=b"stty size; echo $TERM; tty\n"),
+            pb.AttachRequest(stdin=b"echo hi\n"),
+            pb.AttachRequest(stdin=b"exit 7\n"),
+        ],
+    )
+    assert code == 7
+    text = output.decode(errors="replace")
+    assert "echo hi" in text  # the terminal echoes what was typed
+    assert "\nhi\r\n" in text or "hi\r\n" in text
+    assert "40 100" in text and "xterm" in text and "/dev/console" in text
+    # Attached output goes to the log as well.
+    assert b"hi" in b"".join(line.data for line in logs(executor, created.id))
+
+
+def test_attach_without_tty_pipes_stdin_until_closed(executor, rootfs):
+    created = create(executor, rootfs, ["sh", "-c", "cat; echo done >&2; exit 2"], stdin=True, stdio_mode=pb.STDIO_MODE_ATTACH)
+    output, code = attach_call(
+        executor, created.id, [pb.AttachRequest(stdin=b"hello\n"), pb.AttachRequest(close_stdin=True)]
+    )
+    assert code == 2
+    assert output == b"hello\ndone\n"
+
+
+def test_attach_signal_reaches_pid_1(executor, rootfs):
+    # PID 1 of a pid namespace drops signals it has no handler for: send only once the trap is set.
+    script = "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.1; done"
+    created = create(executor, rootfs, ["sh", "-c", script], stdio_mode=pb.STDIO_MODE_ATTACH)
+    output, code = attach_call(executor, created.id, [pb.AttachRequest(signal=signal.SIGINT)], after=b"ready\n")
+    assert code == 9 and b"got-int" in output
+
+
+def test_attach_to_a_detached_container_is_refused(executor, rootfs):
+    created = create(executor, rootfs, ["sleep", "100"])
+
+    def one():
+        yield pb.AttachRequest(container_id=created.id)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        list(executor.Attach(one(), timeout=10))
+    assert caught.value.code() == CODE.FAILED_PRECONDITION
+
+
+# -- restarts -----------------------------------------------------------------------------
+
+
+def test_a_restarted_executor_finds_its_running_containers(cgroup_parent, start_server, temp_config, rootfs):
+    running, channel = start_server(build(temp_config))
+    stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+    try:
+        created = create(stub, rootfs, ["sh", "-c", "echo before; sleep 1000"])
+        stub.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+        running.stop(grace=1)
+        _, channel = start_server(build(temp_config))
+        stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+        listed = stub.ListContainers(pb.ListContainersRequest(), timeout=5).processes
+        assert [(p.id, p.status, p.pid) for p in listed] == [(created.id, pb.PROCESS_STATUS_RUNNING, created.pid)]
+        assert stub.GetInfo(pb.GetInfoRequest(), timeout=5).containers_running == 1
+        deadline = time.monotonic() + 5
+        while not logs(stub, created.id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [line.data for line in logs(stub, created.id)] == [b"before\n"]
+        stub.KillContainer(pb.KillContainerRequest(id=created.id, signal=signal.SIGKILL), timeout=5)
+        assert stub.WaitContainer(pb.WaitContainerRequest(id=created.id), timeout=10).process.exit_code == 137
+    finally:
+        cleanup(temp_config)
+
+
+def test_the_shim_survives_the_executor_being_killed(cgroup_parent, start_server, temp_config, rootfs):
+    socket = temp_config.socket_path("executor")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.executor", "--root", str(temp_config.root), "--run", str(temp_config.run)],
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with grpc.insecure_channel(unix_target(socket)) as channel:
+            stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=20)
+            created = create(stub, rootfs, ["sleep", "1000"])
+            stub.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+        server.kill()
+        server.wait()
+        time.sleep(0.2)
+        shim_start = int(statefiles.parse_pid((temp_config.run / created.id / statefiles.SHIM_PID).read_text())[1])
+        assert statefiles.is_alive(created.shim_pid, shim_start)
+        assert statefiles.is_alive(created.pid, created.pid_start_time)
+        # The shim left the executor's session, process group and cgroups.
+        assert os.getsid(created.shim_pid) != os.getsid(0)
+        assert os.getpgid(created.shim_pid) != os.getpgid(0)
+        shim_cgroups = Path(f"/proc/{created.shim_pid}/cgroup").read_text()
+        assert f"/{cgroup_parent}/shims" in shim_cgroups
+        _, channel = start_server(build(temp_config))
+        stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+        assert stub.GetContainer(pb.GetContainerRequest(id=created.id), timeout=5).process.status == pb.PROCESS_STATUS_RUNNING
+        stub.KillContainer(pb.KillContainerRequest(id=created.id, signal=signal.SIGKILL), timeout=5)
+        assert stub.WaitContainer(pb.WaitContainerRequest(id=created.id), timeout=10).process.exit_code == 137
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        cleanup(temp_config)
+
+
+def test_info_counts_live_shims(executor, rootfs):
+    assert executor.GetInfo(pb.GetInfoRequest(), timeout=5).containers_running == 0
+    create(executor, rootfs, ["sleep", "100"])
+    assert executor.GetInfo(pb.GetInfoRequest(), timeout=5).containers_running == 1
+
+
+def test_the_exec_helper_refuses_a_gone_or_recycled_process(tmp_path):
+    """The helper itself: with no live target it reports why and runs nothing, not even on the host."""
+    from services.executor import nsexec
+
+    marker = tmp_path / "ran-on-host"
+    sleeper = subprocess.Popen(["sleep", "100"])
+    try:
+        start = statefiles.proc_start_time(sleeper.pid)
+        for pid, start_time in [(sleeper.pid, start + 1), (2**22 + 1, 1)]:
+            spec = {"pid": pid, "start_time": start_time, "cgroup_procs": [], "args": ["touch", str(marker)],
+                    "env": ["PATH=/usr/bin:/bin"], "cwd": "/", "terminal": False}
+            status_r, status_w = os.pipe()
+            helper = subprocess.Popen(
+                [sys.executable, "-S", "-c", nsexec.BOOTSTRAP, json.dumps(spec), str(status_w), "-1"],
+                pass_fds=(status_w,), env={"PYTHONPATH": str(REPO), "PATH": os.defpath},
+            )
+            os.close(status_w)
+            assert helper.wait(timeout=30) != 0
+            with os.fdopen(status_r, "rb") as status:
+                report = status.read().decode()
+            assert report.startswith("E failed container is not running"), report
+            assert not marker.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_parallel_creates_each_get_their_own_working_cgroup(executor, rootfs):
+    """Concurrent first creates race to make the parent cpuset; none may end up with empty cpus (ENOSPC)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(code: int) -> int:
+        final, _ = run(executor, rootfs, ["sh", "-c", f"exit {code}"])
+        return final.exit_code
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(one, range(6))) == list(range(6))
