@@ -1,0 +1,77 @@
+"""Fixtures for end-to-end tests: the real services brought up by scripts/up on temp roots, torn down fully."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.common.config import Config
+from services.common.ctl import REPO, service_env
+from services.executor.cgroups import CgroupLayout
+
+
+def mydocker_cli(env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """./mydocker ARGS with `env`; stdin is the given text, or nothing (like CI's closed stdin)."""
+    return subprocess.run(
+        [str(REPO / "mydocker"), *args],
+        env=env,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def mounts_below(path: Path) -> list[str]:
+    prefix = str(path)
+    with open("/proc/self/mountinfo") as mountinfo:
+        return [line.split()[4] for line in mountinfo if line.split()[4].startswith(prefix)]
+
+
+@dataclass
+class Host:
+    """The services of one test, and ./mydocker pointed at them."""
+
+    env: dict[str, str]
+    root: Path
+
+    def mydocker(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = mydocker_cli(self.env, *args, stdin=stdin)
+        if check and result.returncode != 0:
+            raise AssertionError(f"mydocker {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+
+@pytest.fixture
+def host(mydocker_config: Config, service_tracker) -> Iterator[Host]:
+    """The three services up (scripts/up) with the busybox image built; everything removed after.
+
+    Container cgroups go below a parent unique to this test, removed at teardown.
+    """
+    cgroup_parent = f"mdk-e2e-{uuid.uuid4().hex[:8]}"
+    env = service_env(mydocker_config)
+    env["MYDOCKER_CGROUP_PARENT"] = cgroup_parent
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    up = subprocess.run([str(REPO / "scripts/up")], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    service_tracker.note(mydocker_config)
+    try:
+        assert up.returncode == 0, f"scripts/up failed:\n{up.stdout}{up.stderr}"
+        yield Host(env, mydocker_config.root)
+    finally:
+        ids = mydocker_cli(env, "ps", "-a", "-q").stdout.split()
+        if ids:
+            mydocker_cli(env, "rm", "-f", *ids)
+        subprocess.run([str(REPO / "scripts/down")], env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        service_tracker.note(mydocker_config)
+        service_tracker.kill_leftovers()
+        leftover_mounts = mounts_below(mydocker_config.root)
+        for target in reversed(leftover_mounts):
+            subprocess.run(["umount", "-l", target], check=False)
+        CgroupLayout.from_host(parent=cgroup_parent).remove_parent()
+        assert not leftover_mounts, f"the test left mounts behind: {leftover_mounts}"
