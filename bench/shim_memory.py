@@ -15,11 +15,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from services.common.config import Config  # noqa: E402
-from services.executor.model import CreateSpec, ProcessSpec, StdioMode  # noqa: E402
-from services.executor.servicer import build_core  # noqa: E402
+from services.common.config import Config
+from services.executor.model import CreateSpec, ProcessSpec, StdioMode
+from services.executor.servicer import build_core
 
 BUSYBOX = Path("/bin/busybox")
 

@@ -11,7 +11,8 @@ import os
 import stat
 import termios
 
-from services.executor import linux, statefiles
+from services.common import linux
+from services.executor import statefiles
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # exec keeps ignored signals ignored (Python ignores SIGPIPE and SIGXFSZ): give every one its default back.

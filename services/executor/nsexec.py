@@ -11,7 +11,8 @@ import os
 import socket
 import sys
 
-from services.executor import linux, statefiles
+from services.common import linux
+from services.executor import statefiles
 from services.executor.init import ExecError, exec_command, report, resolve_executable, setup_stdio
 
 BOOTSTRAP = "import sys; from services.executor.nsexec import main; main(sys.argv[1:])"

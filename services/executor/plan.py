@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from services.common.errors import InvalidArgument
-from services.executor import linux as flags
+from services.common import linux as flags
 from services.executor.cgroups import Limits, validate_limits
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

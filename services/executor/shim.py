@@ -66,7 +66,7 @@ def boot(options, raw_args):
         for procs in options.get("shim-procs", []):
             with open(procs, "w") as handle:
                 handle.write("0")
-        from services.executor import linux
+        from services.common import linux
 
         # Our next child is PID 1 of a new pid namespace; exec keeps that, and drops ctypes.
         linux.unshare(linux.CLONE_NEWPID)

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from services.storage import mounts, tarsafe
+from services.common import linux
+from services.storage import tarsafe
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,14 @@ def detached_view(scratch: Path, source: str | None, overlay_data: str | None) -
     try:
         if source is not None:
             # Not MS_REC: the volumes mounted below merged stay out of the view.
-            mounts.mount(source, target, None, mounts.MS_BIND)
+            linux.mount(source, target, None, linux.MS_BIND)
         else:
-            mounts.mount("overlay", target, "overlay", 0, overlay_data)
+            linux.mount("overlay", target, "overlay", 0, overlay_data)
         try:
             fd = os.open(target, _DIR_FLAGS)
         finally:
             # The fd keeps the detached tree alive; nothing remains in the mount table.
-            mounts.umount2(target, mounts.MNT_DETACH | mounts.UMOUNT_NOFOLLOW)
+            linux.umount2(target, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
     finally:
         target.rmdir()
     try:

@@ -15,7 +15,8 @@ import secrets
 import time
 from pathlib import Path
 
-from services.storage import mounts, tarsafe
+from services.common import linux
+from services.storage import tarsafe
 from services.storage.fsutil import disk_usage, flocked, fsync_dir, read_json, remove_tree, write_json_atomic
 from services.storage.model import Layer, Stats
 from services.storage.paths import DIGEST_PATTERN, StoragePaths
@@ -80,7 +81,7 @@ class LayerStore:
             created = time.time()
             write_json_atomic(tmp / LAYER_META, {"digest": digest, "size_bytes": size, "created_at": created}, durable=False)
             # One syncfs for the whole tree: a crash after the rename never shows empty files.
-            mounts.syncfs(tmp)
+            linux.syncfs(tmp)
             if final.exists():
                 # A complete layer.json was missing: an unfinished leftover from an older version.
                 remove_tree(final)

@@ -17,8 +17,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from services.common import linux
 from services.common.errors import FailedPrecondition
-from services.storage import mountinfo, mounts
+from services.storage import mountinfo
 from services.storage.fsutil import fsync_dir, read_json, remove_tree, write_json_atomic
 from services.storage.model import Mount, RootfsRecord, Volume
 from services.storage.paths import CONTAINER_ID_PATTERN, RootfsPaths, StoragePaths
@@ -156,7 +157,7 @@ class RootfsStore:
         paths = self.paths(record.container_id)
         overlay = overlay_mount(paths, self.supported)
         if not self.is_mounted(record.container_id):
-            mounts.mount("overlay", overlay.target, "overlay", 0, ",".join(overlay.options))
+            linux.mount("overlay", overlay.target, "overlay", 0, ",".join(overlay.options))
             log.info("mounted overlay of %s at %s", record.container_id, overlay.target)
         performed = [overlay]
         for volume in mount_order(record.volumes):
@@ -171,10 +172,10 @@ class RootfsStore:
             if mountinfo.find(mountinfo.read(), planned.target) is not None:
                 return planned
             # Mount on the fd, not the path: nothing in the rootfs can redirect it between resolve and mount.
-            mounts.mount(volume.host_path, resolved.proc_path, None, mounts.MS_BIND | mounts.MS_REC)
+            linux.mount(volume.host_path, resolved.proc_path, None, linux.MS_BIND | linux.MS_REC)
             if volume.read_only:
                 try:
-                    mounts.mount(None, planned.target, None, mounts.MS_REMOUNT | mounts.MS_BIND | mounts.MS_RDONLY)
+                    linux.mount(None, planned.target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
                 except BaseException:
                     self.unmount_tree(planned.target)
                     raise
@@ -189,14 +190,14 @@ class RootfsStore:
         unmounted = []
         for entry in reversed(mountinfo.mounts_under(mountinfo.read(), directory)):
             try:
-                mounts.umount2(entry.mount_point, mounts.UMOUNT_NOFOLLOW)
+                linux.umount2(entry.mount_point, linux.UMOUNT_NOFOLLOW)
             except OSError as err:
                 if err.errno in (errno.EINVAL, errno.ENOENT):
                     continue  # already gone (e.g. went with its parent)
                 if err.errno != errno.EBUSY:
                     raise
                 log.warning("%s is busy: detaching it lazily", entry.mount_point)
-                mounts.umount2(entry.mount_point, mounts.MNT_DETACH | mounts.UMOUNT_NOFOLLOW)
+                linux.umount2(entry.mount_point, linux.MNT_DETACH | linux.UMOUNT_NOFOLLOW)
             unmounted.append(entry.mount_point)
         return unmounted
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.executor import linux
+from services.common import linux
 from services.executor.cgroups import Limits
 from services.executor.init import ExecError, InitError, resolve_executable, safe_target
 from services.executor.plan import (

@@ -1,4 +1,4 @@
-"""The executor's only syscall module: ctypes wrappers that raise OSError with the real errno."""
+"""mydocker's only syscall module: ctypes wrappers for what `os` lacks, raising OSError with the real errno."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 
+MNT_FORCE = 0x1
 MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -62,6 +64,7 @@ _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _libc.syscall.restype = ctypes.c_long
+_libc.syncfs.argtypes = (ctypes.c_int,)
 
 
 def _encode(value: str | bytes | None) -> bytes | None:
@@ -70,10 +73,12 @@ def _encode(value: str | bytes | None) -> bytes | None:
     return os.fsencode(value)
 
 
-def _check(result: int, what: str) -> None:
+def _check(result: int, what: str, path: str | os.PathLike | None = None) -> None:
     if result == -1:
         code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
+        if path is None:
+            raise OSError(code, f"{what}: {os.strerror(code)}")
+        raise OSError(code, f"{what}: {os.strerror(code)}", os.fsdecode(path))
 
 
 def unshare(flags: int) -> None:
@@ -84,13 +89,24 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(fd, nstype), f"setns({nstype:#x})")
 
 
-def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+def mount(
+    source: str | os.PathLike | None, target: str | os.PathLike, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
     result = _libc.mount(_encode(source), _encode(target), _encode(fstype), flags, _encode(data))
-    _check(result, f"mount {source or fstype} on {target}")
+    _check(result, f"mount {os.fsdecode(source) if source else fstype} on {os.fsdecode(target)}", target)
 
 
-def umount2(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(_encode(target), flags), f"umount {target}")
+def umount2(target: str | os.PathLike, flags: int = 0) -> None:
+    _check(_libc.umount2(_encode(target), flags), f"umount {os.fsdecode(target)}", target)
+
+
+def syncfs(path: str | os.PathLike) -> None:
+    """syncfs(2) of the filesystem holding `path`: one flush for a whole extracted tree."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.syncfs(fd), f"syncfs {os.fsdecode(path)}", path)
+    finally:
+        os.close(fd)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
