@@ -11,7 +11,6 @@ import typer
 from cli.services import CliError, Services
 
 PS_HEADER = ("ID", "NAME", "PID", "STATUS", "COMMAND", "CREATED")
-DEFAULT_COMMAND = ["/bin/sh"]
 # Options end at the image name: what follows is the container's own command line.
 COMMAND_CONTEXT = {"allow_interspersed_args": False}
 
@@ -22,7 +21,7 @@ def _bad_value(err: ValueError) -> CliError:
 
 def run(
     image: str = typer.Argument(..., help="Image name: a tar under <root>/image/."),
-    command: Optional[list[str]] = typer.Argument(None, help="Command and arguments (default: /bin/sh)."),
+    command: Optional[list[str]] = typer.Argument(None, help="Command and arguments to run as PID 1."),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Keep stdin attached."),
     tty: bool = typer.Option(False, "--tty", "-t", help="Give the command a terminal."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and print the id."),
@@ -42,15 +41,17 @@ def run(
     from cli import lifecycle, parse
     from protos.types.v1 import types_pb2
 
-    if detach and auto_remove:
-        raise CliError("--rm with -d is not supported yet: remove the container with `mydocker rm` when done")
+    if detach and (interactive or tty):
+        raise CliError("-d cannot be combined with -i or -t: run in the foreground with -it, or detached with -d")
+    if not command:
+        raise CliError(f"missing command: give the command to run after the image, e.g. mydocker run -it {image} sh")
     if cpu and cpus:
         raise CliError("give either --cpu (percent of one CPU) or --cpus (number of CPUs), not both")
     try:
         volumes = [parse.parse_volume(text) for text in volume or []]
         request = lifecycle.RunRequest(
             image=image,
-            command=list(command) if command else list(DEFAULT_COMMAND),
+            command=list(command),
             name=name,
             env=[parse.parse_env(text, dict(os.environ)) for text in env or []],
             volumes=[types_pb2.Volume(host_path=v.host_path, container_path=v.container_path, read_only=v.read_only) for v in volumes],
@@ -126,6 +127,7 @@ def logs(
     container: str = typer.Argument(..., help="Container id, name or unique id prefix."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output until the container exits."),
     tail: int = typer.Option(0, "--tail", help="Only the last N lines (0: all)."),
+    timestamps: bool = typer.Option(False, "--timestamps", "-t", help="Prefix each line with the time it was written."),
 ) -> None:
     """Print a container's output (stdout and stderr, as written)."""
     import grpc
@@ -141,7 +143,8 @@ def logs(
     try:
         for line in stream:
             fd = 2 if line.stream == executor_pb2.LOG_STREAM_STDERR else 1
-            write_all(fd, line.data)
+            prefix = (line.time.ToJsonString() + " ").encode() if timestamps else b""
+            write_all(fd, prefix + line.data)
     except grpc.RpcError as err:
         raise CliError(describe_rpc_error("executor", services.config, err)) from None
 

@@ -63,6 +63,14 @@ class RunRequest:
     auto_remove: bool = False
 
 
+def step(what: str, call: Callable[[], object]):
+    """Run one step of a sequence; a failure names the step, so the user knows how far it got."""
+    try:
+        return call()
+    except CliError as err:
+        raise CliError(f"{what} failed: {err}") from None
+
+
 def resolve(services: Services, reference: str) -> st.Container:
     return services.call("state", "GetContainer", st.GetContainerRequest(reference=reference)).container
 
@@ -76,25 +84,40 @@ def record_exit(services: Services, container: st.Container, process: ex.Contain
     return services.call("state", "UpdateContainerStatus", request).container
 
 
-def sync(services: Services, containers: list[st.Container]) -> list[st.Container]:
-    """Records that say RUNNING but whose process is gone become EXITED, so ps never lies."""
+def sync(services: Services, containers: list[st.Container], auto_remove: bool = True) -> list[st.Container]:
+    """Records that say RUNNING but whose process is gone become EXITED, so ps never lies.
+
+    A container run with --rm that is found exited is removed here (nothing else watches detached
+    containers) and left out of the result, unless `auto_remove` is False.
+    """
     running = [c for c in containers if c.status == st.CONTAINER_STATUS_RUNNING]
     if not running:
         return containers
     live = {p.id: p for p in services.call("executor", "ListContainers", ex.ListContainersRequest()).processes}
-    fresh = {}
+    fresh: dict[str, st.Container | None] = {}
     for container in running:
         process = live.get(container.id)
         if process is None:
-            lost = ex.ContainerProcess(id=container.id, exit_code=LOST_EXIT_CODE)
-            fresh[container.id] = record_exit(services, container, lost)
-        elif process.status == ex.PROCESS_STATUS_EXITED:
-            fresh[container.id] = record_exit(services, container, process)
-    return [fresh.get(c.id, c) for c in containers]
+            process = ex.ContainerProcess(id=container.id, exit_code=LOST_EXIT_CODE)
+        elif process.status != ex.PROCESS_STATUS_EXITED:
+            continue
+        exited = record_exit(services, container, process)
+        if auto_remove and exited.auto_remove:
+            remove_stopped(services, exited)
+            fresh[container.id] = None
+        else:
+            fresh[container.id] = exited
+    result = [fresh.get(c.id, c) if c.id in fresh else c for c in containers]
+    return [c for c in result if c is not None]
 
 
 def resolve_synced(services: Services, reference: str) -> st.Container:
-    return sync(services, [resolve(services, reference)])[0]
+    """The record, with its status brought up to date; an exited --rm container is gone by now."""
+    container = resolve(services, reference)
+    synced = sync(services, [container])
+    if not synced:
+        raise CliError(f"container {container.id} ({container.name}) exited and was removed (--rm)")
+    return synced[0]
 
 
 def create_and_start(services: Services, request: RunRequest, attach: Callable[[str], Callable[[], int]] | None):
@@ -116,48 +139,45 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
         stdin_open=request.stdin_open,
         auto_remove=request.auto_remove,
     )
-    container = services.call("state", "CreateContainer", spec).container
+    container = step("creating the record", lambda: services.call("state", "CreateContainer", spec).container)
     with Rollback() as undo:
         undo.add("deleting the record", lambda: services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id)))
-        rootfs = services.call(
-            "storage",
-            "PrepareRootfs",
-            sto.PrepareRootfsRequest(container_id=container.id, image=container.image, volumes=container.volumes),
-            timeout=600,
-        ).rootfs
-        undo.add("removing the rootfs", lambda: services.call("storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container.id)))
-        services.call(
-            "executor",
-            "CreateContainer",
-            ex.CreateContainerRequest(
-                id=container.id,
-                hostname=container.hostname,
-                rootfs_path=rootfs.path,
-                process=ex.ProcessSpec(
-                    args=container.command,
-                    env=container.env,
-                    cwd=container.working_dir,
-                    terminal=container.tty,
-                    stdin=container.stdin_open,
-                ),
-                resources=container.resources,
-                stdio_mode=ex.STDIO_MODE_LOG if request.detach else ex.STDIO_MODE_ATTACH,
-            ),
+        prepare = sto.PrepareRootfsRequest(container_id=container.id, image=container.image, volumes=container.volumes)
+        rootfs = step(
+            "preparing the rootfs", lambda: services.call("storage", "PrepareRootfs", prepare, timeout=600).rootfs
         )
+        undo.add("removing the rootfs", lambda: services.call("storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container.id)))
+        create = ex.CreateContainerRequest(
+            id=container.id,
+            hostname=container.hostname,
+            rootfs_path=rootfs.path,
+            process=ex.ProcessSpec(
+                args=container.command,
+                env=container.env,
+                cwd=container.working_dir,
+                terminal=container.tty,
+                stdin=container.stdin_open,
+            ),
+            resources=container.resources,
+            stdio_mode=ex.STDIO_MODE_LOG if request.detach else ex.STDIO_MODE_ATTACH,
+        )
+        step("creating the process", lambda: services.call("executor", "CreateContainer", create))
         undo.add("deleting the process", lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)))
         wait = attach(container.id) if attach is not None else None
-        process = services.call("executor", "StartContainer", ex.StartContainerRequest(id=container.id)).process
-        container = services.call(
-            "state",
-            "UpdateContainerStatus",
-            st.UpdateContainerStatusRequest(
-                id=container.id,
-                status=st.CONTAINER_STATUS_RUNNING,
-                pid=process.pid,
-                pid_start_time=process.pid_start_time,
-                shim_pid=process.shim_pid,
-            ),
-        ).container
+        process = step(
+            "starting the process",
+            lambda: services.call("executor", "StartContainer", ex.StartContainerRequest(id=container.id)).process,
+        )
+        running = st.UpdateContainerStatusRequest(
+            id=container.id,
+            status=st.CONTAINER_STATUS_RUNNING,
+            pid=process.pid,
+            pid_start_time=process.pid_start_time,
+            shim_pid=process.shim_pid,
+        )
+        container = step(
+            "recording the start", lambda: services.call("state", "UpdateContainerStatus", running).container
+        )
     return container, wait
 
 
@@ -171,12 +191,18 @@ def finish_foreground(services: Services, container: st.Container) -> st.Contain
 
 
 def stop(services: Services, reference: str, timeout: float) -> st.Container:
-    """SIGTERM, wait up to `timeout`, then SIGKILL: a PID 1 that ignores TERM still stops."""
+    """SIGTERM, wait up to `timeout`, then SIGKILL: a PID 1 that ignores TERM still stops.
+
+    A container run with --rm is removed once stopped, as docker does.
+    """
     container = resolve_synced(services, reference)
     if container.status != st.CONTAINER_STATUS_RUNNING:
         return container
     process = _terminate(services, container.id, timeout)
-    return record_exit(services, container, process, stopped=True)
+    container = record_exit(services, container, process, stopped=True)
+    if container.auto_remove:
+        remove_stopped(services, container)
+    return container
 
 
 def _kill(services: Services, container_id: str, signum: int) -> None:
@@ -208,7 +234,7 @@ def _wait(services: Services, container_id: str, timeout: float) -> ex.Container
 
 def remove(services: Services, reference: str, force: bool) -> st.Container:
     """Kill (with force), then rootfs, process state and record; each step is idempotent, so a retry finishes a half-done rm."""
-    container = resolve_synced(services, reference)
+    container = sync(services, [resolve(services, reference)], auto_remove=False)[0]
     if container.status == st.CONTAINER_STATUS_RUNNING:
         if not force:
             raise CliError(
@@ -217,13 +243,21 @@ def remove(services: Services, reference: str, force: bool) -> st.Container:
         _kill(services, container.id, signals.SIGKILL)
         process = _wait(services, container.id, STOP_KILL_WAIT)
         container = record_exit(services, container, process, stopped=True)
-    if container.status != st.CONTAINER_STATUS_REMOVING:
-        container = services.call(
-            "state",
-            "UpdateContainerStatus",
-            st.UpdateContainerStatusRequest(id=container.id, status=st.CONTAINER_STATUS_REMOVING),
-        ).container
-    services.call("storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container.id), timeout=120)
-    services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True))
-    services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id))
+    remove_stopped(services, container)
     return container
+
+
+def remove_stopped(services: Services, container: st.Container) -> None:
+    """The removal steps for a container whose process is gone: REMOVING, rootfs, process state, record."""
+    if container.status != st.CONTAINER_STATUS_REMOVING:
+        removing = st.UpdateContainerStatusRequest(id=container.id, status=st.CONTAINER_STATUS_REMOVING)
+        services.call("state", "UpdateContainerStatus", removing)
+    step(
+        "removing the rootfs",
+        lambda: services.call("storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container.id), timeout=120),
+    )
+    step(
+        "deleting the process state",
+        lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)),
+    )
+    services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id))
