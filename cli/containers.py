@@ -39,6 +39,7 @@ def run(
 ) -> None:
     """Create and start a container from IMAGE: `run -d -name c1 busybox top`, `run -it busybox sh`."""
     from cli import lifecycle, parse
+    from cli.stdio import window_size
     from protos.types.v1 import types_pb2
 
     if detach and (interactive or tty):
@@ -67,6 +68,7 @@ def run(
             stdin_open=interactive,
             detach=detach,
             auto_remove=auto_remove,
+            window=window_size(sys.stdin.fileno()) if tty and os.isatty(sys.stdin.fileno()) else None,
         )
     except parse.BadValue as err:
         raise _bad_value(err) from None

@@ -61,6 +61,8 @@ class RunRequest:
     stdin_open: bool = False
     detach: bool = False
     auto_remove: bool = False
+    # (rows, cols) of the caller's terminal, for a -t container's first instant.
+    window: tuple[int, int] | None = None
 
 
 def step(what: str, call: Callable[[], object]):
@@ -160,6 +162,7 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
             ),
             resources=container.resources,
             stdio_mode=ex.STDIO_MODE_LOG if request.detach else ex.STDIO_MODE_ATTACH,
+            window_size=ex.WindowSize(rows=request.window[0], cols=request.window[1]) if request.window else None,
         )
         step("creating the process", lambda: services.call("executor", "CreateContainer", create))
         undo.add("deleting the process", lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)))

@@ -67,6 +67,7 @@ def create_from_proto(request: pb.CreateContainerRequest) -> CreateSpec:
         ),
         stdio_mode=stdio,
         network_namespace=request.network_namespace,
+        window=(request.window_size.rows, request.window_size.cols) if request.HasField("window_size") else None,
     )
 
 

@@ -236,7 +236,7 @@ class ExecutorCore:
                 self._check_reusable(spec.id, directory)
             try:
                 self._prepare(plan, directory, cgroup)
-                self._spawn_shim(plan, directory, cgroup)
+                self._spawn_shim(plan, directory, cgroup, spec.window)
                 return self._await_created(spec.id, directory)
             except BaseException as err:
                 # Leave nothing behind: no shim, no parked init, no cgroup, no state dir.
@@ -271,7 +271,7 @@ class ExecutorCore:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch(mode=0o640)
 
-    def _spawn_shim(self, plan, directory: Path, cgroup: Cgroup) -> None:
+    def _spawn_shim(self, plan, directory: Path, cgroup: Cgroup, window: tuple[int, int] | None) -> None:
         args = [
             self._python, "-S", "-c", shim.BOOTSTRAP, "boot",
             f"state={directory}",
@@ -282,6 +282,8 @@ class ExecutorCore:
             f"oom={cgroup.oom_file()}",
         ]
         args += [f"shim-procs={procs}" for procs in self._layout.shims().procs_files()]
+        if window and plan.terminal:
+            args.append(f"window={window[0]}x{window[1]}")
         with open(directory / statefiles.SHIM_LOG, "ab") as shim_log:
             # fork+exec of a fresh interpreter, never a fork of this gRPC server; no preexec_fn.
             boot = subprocess.Popen(

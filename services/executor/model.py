@@ -41,6 +41,8 @@ class CreateSpec:
     limits: Limits = field(default_factory=Limits)
     stdio_mode: StdioMode = StdioMode.LOG
     network_namespace: bool = False
+    # (rows, cols) of the terminal when process.terminal is set; None leaves the kernel's 0x0.
+    window: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

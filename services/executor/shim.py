@@ -95,6 +95,7 @@ class Shim:
         self.terminal = options["terminal"][0] == "1"
         self.want_stdin = options["stdin"][0] == "1"
         self.oom_file = options.get("oom", [""])[0]
+        self.window = options.get("window", [""])[0]
         self.poll = select.poll()
         self.handlers = {}
         self.pending = {}  # output fd -> unfinished line
@@ -148,6 +149,9 @@ class Shim:
         """(stdin, stdout, stderr) for the child, and the fds only the child keeps."""
         if self.terminal:
             self.master, slave = posix.openpty()
+            if self.window:
+                rows, cols = self.window.split("x")
+                self.set_window(int(rows), int(cols))
             self.add_output(self.master, "stdout")
             self.handlers[self.master] = self.on_master
             if self.attach and self.want_stdin:
@@ -405,15 +409,18 @@ class Shim:
                 self.stdin_closing = True
                 self.flush_stdin()
         elif kind == framing.RESIZE and self.master >= 0:
-            import fcntl
-            import termios
-
-            rows, cols = framing.decode_resize(payload)
-            winsize = rows.to_bytes(2, sys.byteorder) + cols.to_bytes(2, sys.byteorder) + bytes(4)
-            fcntl.ioctl(self.master, termios.TIOCSWINSZ, winsize)
+            self.set_window(*framing.decode_resize(payload))
         elif kind == framing.SIGNAL and self.child and self.wait_status is None:
             # We are its parent and have not reaped it: the pid cannot have been recycled.
             posix.kill(self.child, framing.decode_int(payload))
+
+    def set_window(self, rows, cols):
+        # Imported here: only terminal containers pay for these modules.
+        import fcntl
+        import termios
+
+        winsize = rows.to_bytes(2, sys.byteorder) + cols.to_bytes(2, sys.byteorder) + bytes(4)
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, winsize)
 
     def flush_stdin(self):
         if self.stdin_fd < 0:
