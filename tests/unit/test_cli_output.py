@@ -49,3 +49,12 @@ def test_human_size_and_progress():
     assert progress_line(0, 100, width=10) == "[          ]   0% 0B/100B"
     assert progress_line(50, 100, width=10) == "[====>     ]  50% 50B/100B"
     assert progress_line(100, 100, width=10) == "[=========>] 100% 100B/100B"
+
+
+def test_exit_status_of_system_exit_codes(capsys):
+    from cli.main import exit_status
+
+    assert exit_status(None) == 0
+    assert exit_status(3) == 3
+    assert exit_status("boom") == 1
+    assert capsys.readouterr().err == "boom\n"
