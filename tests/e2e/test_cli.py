@@ -638,7 +638,7 @@ def container_cgroups(host) -> set[str]:
 
 def test_bad_input_is_one_line_and_leaves_nothing_behind(host):
     run_detached(host, "--name", "dup", "busybox", "top")
-    before = (ps_ids(host, "-a"), sorted(os.listdir(host.root / "overlay2")), container_cgroups(host), mounts())
+    before = (ps_ids(host, "-a"), sorted(os.listdir(host.root / "overlay2")), container_cgroups(host), mounts(host.root))
 
     cases = {
         ("run", "nosuchimage", "true"): "nosuchimage",
@@ -663,12 +663,13 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(host):
         line = one_line_error(host.mydocker(*args, check=False))
         assert needle in line, (args, line)
 
-    after = (ps_ids(host, "-a"), sorted(os.listdir(host.root / "overlay2")), container_cgroups(host), mounts())
+    after = (ps_ids(host, "-a"), sorted(os.listdir(host.root / "overlay2")), container_cgroups(host), mounts(host.root))
     assert after == before
     assert not Path("/tmp/mdk-x").exists() and not Path("/tmp/mdk-only-one-part").exists()
     assert not (host.root / "evil.tar").exists()
 
 
-def mounts() -> list[str]:
+def mounts(root: Path) -> list[str]:
+    """Mount points below this test's root: other work on the host may mount elsewhere meanwhile."""
     with open("/proc/self/mountinfo") as mountinfo:
-        return sorted(line.split()[4] for line in mountinfo)
+        return sorted(point for point in (line.split()[4] for line in mountinfo) if point.startswith(f"{root}/"))
