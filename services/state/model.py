@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from services.common.errors import InvalidArgument, InvalidTransition
+from services.common.types import Volume
 
 
 class ContainerStatus(str, enum.Enum):
@@ -42,15 +43,6 @@ def check_transition(
     """Raise InvalidTransition unless the state machine allows moving from current to target."""
     if target not in ALLOWED_TRANSITIONS[current]:
         raise InvalidTransition(what, current.value, target.value)
-
-
-@dataclass(frozen=True)
-class Volume:
-    """One `-v host:container[:ro]` bind volume; both paths absolute."""
-
-    host_path: str
-    container_path: str
-    read_only: bool = False
 
 
 @dataclass(frozen=True)

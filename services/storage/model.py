@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common.types import Volume
+
 
 @dataclass(frozen=True)
 class Image:
@@ -25,15 +27,6 @@ class Layer:
     # Bytes on disk, computed once at extraction.
     size_bytes: int
     created_at: float
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A `-v host:container[:ro]` bind volume; both paths absolute and normalized."""
-
-    host_path: str
-    container_path: str
-    read_only: bool = False
 
 
 @dataclass(frozen=True)
