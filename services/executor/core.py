@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import marshal
 import os
 import select
 import shutil
@@ -47,6 +48,8 @@ REPO_ROOT = str(Path(services.__file__).resolve().parent.parent)
 # Exit code reported when the shim and the process vanished without recording one.
 LOST_EXIT_CODE = 255
 POLL_SECONDS = 0.02
+# Longest wait for a notify-fifo wakeup before the state is read again anyway.
+NOTIFY_FALLBACK = 0.05
 CREATE_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
 KILL_WAIT = 10.0
@@ -81,6 +84,42 @@ def _send_signal(pid: int, start_time: int, signum: int) -> bool:
         return False
     finally:
         os.close(pidfd)
+
+
+class _Notifier:
+    """The read side of a container's notify fifo, held while waiting for the shim's next status change.
+
+    Opened before the state is checked, so a change made after the check always leaves a byte to wake on.
+    Read-write, so it never reports end-of-file when the shim closes its side. A state dir made before
+    the fifo existed, or a shim that dies without a word, falls back to waking every NOTIFY_FALLBACK seconds.
+    """
+
+    def __init__(self, directory: Path):
+        self._path = directory / statefiles.NOTIFY_FIFO
+        self._fd = -1
+
+    def __enter__(self) -> _Notifier:
+        try:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            self._fd = -1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def wait(self, deadline: float | None, cap: float = NOTIFY_FALLBACK, fallback: float = POLL_SECONDS / 4) -> None:
+        timeout = cap if deadline is None else max(0.0, min(deadline - time.monotonic(), cap))
+        if self._fd < 0:
+            time.sleep(min(timeout, fallback))
+            return
+        readable, _, _ = select.select([self._fd], [], [], timeout)
+        if readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._fd, 4096):
+                    pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -263,10 +302,14 @@ class ExecutorCore:
                 raise InvalidArgument(f"the host refused the cgroup limits: {err}") from None
             raise FailedPrecondition(f"cannot set up the cgroup: {err}") from None
         directory.mkdir(mode=0o700, parents=True)
-        statefiles.write_atomic(str(directory / statefiles.PLAN), plan.to_json())
+        plan_json = plan.to_json()
+        statefiles.write_atomic(str(directory / statefiles.PLAN), plan_json)
+        # JSON's types only (dicts, lists, str, int, bool, None), so the init's marshal.loads sees what json would.
+        statefiles.write_atomic(str(directory / statefiles.INIT_PLAN), marshal.dumps(json.loads(plan_json)))
         statefiles.write_atomic(str(directory / statefiles.CGROUP), json.dumps(cgroup.to_record()))
         statefiles.write_atomic(str(directory / statefiles.STATUS), statefiles.CREATING + "\n")
         os.mkfifo(directory / statefiles.START_FIFO, 0o600)
+        os.mkfifo(directory / statefiles.NOTIFY_FIFO, 0o600)
         log_path = self.log_path(plan.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch(mode=0o640)
@@ -301,6 +344,10 @@ class ExecutorCore:
             raise FailedPrecondition(f"the shim did not start: see {directory / statefiles.SHIM_LOG}")
 
     def _await_created(self, container_id: str, directory: Path) -> ProcessState:
+        with _Notifier(directory) as notifier:
+            return self._await_created_notified(container_id, directory, notifier)
+
+    def _await_created_notified(self, container_id: str, directory: Path, notifier: _Notifier) -> ProcessState:
         deadline = time.monotonic() + CREATE_TIMEOUT
         while True:
             error = statefiles.read_text(str(directory / statefiles.ERROR))
@@ -315,7 +362,7 @@ class ExecutorCore:
                 )
             if time.monotonic() > deadline:
                 raise FailedPrecondition(f"container {container_id} was not ready after {CREATE_TIMEOUT:.0f}s")
-            time.sleep(POLL_SECONDS / 4)
+            notifier.wait(deadline)
 
     def start(self, container_id: str) -> ProcessState:
         directory = self._dir(container_id)
@@ -323,36 +370,42 @@ class ExecutorCore:
             state = self._state(container_id)
             if state.status != ProcessStatus.CREATED or not state.pid:
                 raise FailedPrecondition(f"container {container_id} is {state.status.value}: only a created container starts")
-            try:
-                fd = os.open(directory / statefiles.START_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError as err:
-                # ENXIO: nobody holds the fifo for reading, i.e. the parked init is gone.
-                raise FailedPrecondition(f"container {container_id} cannot start: its init is gone ({err.strerror})") from None
-            try:
-                os.write(fd, b"s")
-            finally:
-                os.close(fd)
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                error = statefiles.read_text(str(directory / statefiles.ERROR))
-                if error:
-                    raise _error_for(error)
-                current = self._state(container_id)
-                if current.status != ProcessStatus.CREATED:
-                    # It did exec: report the process that started, even if it has already exited since;
-                    # WaitContainer tells how it ended.
-                    return dataclasses.replace(
-                        current,
-                        status=ProcessStatus.RUNNING,
-                        pid=state.pid,
-                        pid_start_time=state.pid_start_time,
-                        exit_code=0,
-                        oom_killed=False,
-                        exited_at_ns=None,
-                    )
-                if time.monotonic() > deadline:
-                    raise FailedPrecondition(f"container {container_id} did not start within {START_TIMEOUT:.0f}s")
-                time.sleep(POLL_SECONDS / 4)
+            with _Notifier(directory) as notifier:
+                return self._start_notified(container_id, directory, state, notifier)
+
+    def _start_notified(
+        self, container_id: str, directory: Path, state: ProcessState, notifier: _Notifier
+    ) -> ProcessState:
+        try:
+            fd = os.open(directory / statefiles.START_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as err:
+            # ENXIO: nobody holds the fifo for reading, i.e. the parked init is gone.
+            raise FailedPrecondition(f"container {container_id} cannot start: its init is gone ({err.strerror})") from None
+        try:
+            os.write(fd, b"s")
+        finally:
+            os.close(fd)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            error = statefiles.read_text(str(directory / statefiles.ERROR))
+            if error:
+                raise _error_for(error)
+            current = self._state(container_id)
+            if current.status != ProcessStatus.CREATED:
+                # It did exec: report the process that started, even if it has already exited since;
+                # WaitContainer tells how it ended.
+                return dataclasses.replace(
+                    current,
+                    status=ProcessStatus.RUNNING,
+                    pid=state.pid,
+                    pid_start_time=state.pid_start_time,
+                    exit_code=0,
+                    oom_killed=False,
+                    exited_at_ns=None,
+                )
+            if time.monotonic() > deadline:
+                raise FailedPrecondition(f"container {container_id} did not start within {START_TIMEOUT:.0f}s")
+            notifier.wait(deadline)
 
     # -- signals, wait, delete ----------------------------------------------------------------
 
@@ -378,14 +431,16 @@ class ExecutorCore:
     ) -> ProcessState | None:
         """The exited state, or None when `timeout` seconds pass or the caller goes away first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            state = self._state(container_id)
-            if state.status == ProcessStatus.EXITED:
-                return state
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if (remaining is not None and remaining <= 0) or not is_active():
-                return None
-            time.sleep(POLL_SECONDS if remaining is None else min(POLL_SECONDS, remaining))
+        # Several waiters may share the fifo and one may take another's wakeup: none sleeps longer than before.
+        with _Notifier(self._dir(container_id)) as notifier:
+            while True:
+                state = self._state(container_id)
+                if state.status == ProcessStatus.EXITED:
+                    return state
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (remaining is not None and remaining <= 0) or not is_active():
+                    return None
+                notifier.wait(deadline, cap=POLL_SECONDS, fallback=POLL_SECONDS)
 
     def delete(self, container_id: str, force: bool) -> ProcessState | None:
         directory = self._dir(container_id)

@@ -50,6 +50,7 @@ def _fail(state_dir, message):
         f"{state_dir}/{statefiles.ERROR}", statefiles.format_error(statefiles.ERROR_FAILED, message)
     )
     statefiles.write_atomic(f"{state_dir}/{statefiles.STATUS}", statefiles.EXITED + "\n")
+    statefiles.notify(state_dir)
 
 
 def boot(options, raw_args):
@@ -273,6 +274,7 @@ class Shim:
         self.status_reader = -1
         if self.ready and not self.errored:
             statefiles.write_atomic(self.path(statefiles.STATUS), statefiles.RUNNING + "\n")
+            statefiles.notify(self.state_dir)
 
     def status_line(self, line):
         if line == "R":
@@ -280,9 +282,11 @@ class Shim:
             start = statefiles.proc_start_time(self.child) or 0
             statefiles.write_atomic(self.path(statefiles.PID), statefiles.format_pid(self.child, start))
             statefiles.write_atomic(self.path(statefiles.STATUS), statefiles.CREATED + "\n")
+            statefiles.notify(self.state_dir)
         elif line.startswith("E "):
             self.errored = True
             statefiles.write_atomic(self.path(statefiles.ERROR), line[2:] + "\n")
+            statefiles.notify(self.state_dir)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -479,6 +483,7 @@ class Shim:
             self.path(statefiles.EXIT), statefiles.format_exit(exit_code, signum, oom, self.exited_ns)
         )
         statefiles.write_atomic(self.path(statefiles.STATUS), statefiles.EXITED + "\n")
+        statefiles.notify(self.state_dir)
         if self.attach:
             self.deliver_exit(framing.encode(framing.EXIT, framing.encode_int(exit_code)))
         posix._exit(0)

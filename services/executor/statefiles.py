@@ -7,6 +7,8 @@ about 140 KiB of its 3.4 MiB budget.
 import posix
 
 PLAN = "plan.json"
+# The same plan for the container init, in marshal format: parsed without importing json (and its re, enum).
+INIT_PLAN = "plan.marshal"
 CGROUP = "cgroup.json"
 SHIM_PID = "shim.pid"
 PID = "pid"
@@ -14,6 +16,8 @@ STATUS = "status"
 EXIT = "exit"
 ERROR = "error"
 START_FIFO = "start"
+# Poked by the shim after every status change, so a waiting executor wakes at once instead of polling.
+NOTIFY_FIFO = "notify"
 ATTACH_SOCKET = "attach.sock"
 SHIM_LOG = "shim.log"
 
@@ -27,17 +31,31 @@ ERROR_INVALID = "invalid"
 ERROR_FAILED = "failed"
 
 
-def write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str | bytes) -> None:
     """Write via a temp file and rename, so readers see the old content or the new, never half."""
     tmp = f"{path}.tmp{posix.getpid()}"
     fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_CLOEXEC, 0o600)
     try:
-        data = text.encode()
+        data = text.encode() if isinstance(text, str) else text
         while data:
             data = data[posix.write(fd, data):]
     finally:
         posix.close(fd)
     posix.replace(tmp, path)
+
+
+def notify(state_dir: str) -> None:
+    """One byte down the notify fifo if an executor is waiting on it; nothing (ENXIO) when none is."""
+    try:
+        fd = posix.open(f"{state_dir}/{NOTIFY_FIFO}", posix.O_WRONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        posix.write(fd, b"\n")
+    except OSError:
+        pass  # full: a wakeup is pending anyway
+    finally:
+        posix.close(fd)
 
 
 def read_text(path: str) -> str | None:

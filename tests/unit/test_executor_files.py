@@ -184,3 +184,34 @@ def test_shim_imports_nothing_heavy():
     loaded = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
     for heavy in ("grpc", "json", "ctypes", "socket", "enum", "re", "pathlib", "dataclasses", "google", "os"):
         assert heavy not in loaded, heavy
+
+
+def test_init_imports_no_json_re_or_enum():
+    """The container init runs on every create: the plan is marshal, so json (and its re and enum) stay out."""
+    code = (
+        "import sys; import services.executor.shim; before = set(sys.modules); import services.executor.init; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": os.defpath}
+    loaded = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    for heavy in ("json", "re", "enum", "grpc", "pathlib", "dataclasses"):
+        assert heavy not in loaded, heavy
+
+
+def test_write_atomic_takes_bytes(tmp_path):
+    path = str(tmp_path / "plan.marshal")
+    statefiles.write_atomic(path, b"\x00\xffbytes")
+    assert (tmp_path / "plan.marshal").read_bytes() == b"\x00\xffbytes"
+
+
+def test_notify_wakes_a_waiting_reader_and_is_silent_without_one(tmp_path):
+    statefiles.notify(str(tmp_path))  # no fifo at all
+    os.mkfifo(tmp_path / statefiles.NOTIFY_FIFO)
+    statefiles.notify(str(tmp_path))  # no reader: ENXIO, ignored
+    fd = os.open(tmp_path / statefiles.NOTIFY_FIFO, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        statefiles.notify(str(tmp_path))
+        statefiles.notify(str(tmp_path))
+        assert os.read(fd, 16) == b"\n\n"
+    finally:
+        os.close(fd)
