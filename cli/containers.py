@@ -15,10 +15,6 @@ PS_HEADER = ("ID", "NAME", "PID", "STATUS", "COMMAND", "CREATED")
 COMMAND_CONTEXT = {"allow_interspersed_args": False}
 
 
-def _bad_value(err: ValueError) -> CliError:
-    return CliError(str(err))
-
-
 def run(
     image: str = typer.Argument(..., help="Image name: a tar under <root>/image/."),
     command: Optional[list[str]] = typer.Argument(None, help="Command and arguments to run as PID 1."),
@@ -71,7 +67,7 @@ def run(
             window=window_size(sys.stdin.fileno()) if tty and os.isatty(sys.stdin.fileno()) else None,
         )
     except parse.BadValue as err:
-        raise _bad_value(err) from None
+        raise CliError(str(err)) from None
 
     services = Services()
     if detach:
@@ -171,7 +167,7 @@ def exec_(
     try:
         extra_env = [parse.parse_env(text, dict(os.environ)) for text in env or []]
     except parse.BadValue as err:
-        raise _bad_value(err) from None
+        raise CliError(str(err)) from None
     services = Services()
     record = lifecycle.resolve_synced(services, container)
     if record.status != state_pb2.CONTAINER_STATUS_RUNNING:

@@ -9,7 +9,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import Config, unix_target
 
-DEFAULT_TIMEOUT = 10.0
 HEALTH_TIMEOUT = 2.0
 
 
