@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import statistics
@@ -12,14 +11,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 from services.common.config import Config
 from services.executor.model import CreateSpec, ProcessSpec, StdioMode
 from services.executor.servicer import build_core
+from tests.busybox import busybox_rootfs
 
-BUSYBOX = Path("/bin/busybox")
 
 
 def pss_kib(pid: int) -> int:
@@ -28,25 +26,6 @@ def pss_kib(pid: int) -> int:
             if line.startswith("Pss:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no Pss line for {pid}")
-
-
-@contextlib.contextmanager
-def busybox_rootfs(base: Path) -> Iterator[Path]:
-    """bin/busybox plus its applet links, bind-mounted onto itself as storage's overlay would be."""
-    rootfs = base / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", rootfs / "bin" / applet)
-    for name in ("proc", "sys", "dev", "tmp", "etc", "root"):
-        (rootfs / name).mkdir(exist_ok=True)
-    subprocess.run(["mount", "--bind", str(rootfs), str(rootfs)], check=True)
-    try:
-        yield rootfs
-    finally:
-        subprocess.run(["umount", str(rootfs)], check=True)
 
 
 def main() -> int:

@@ -29,16 +29,18 @@ from services.common.config import Config, unix_target
 from services.executor import statefiles
 from services.executor.__main__ import build
 from services.executor.cgroups import CgroupLayout, cgroup_from_record
+from tests.busybox import busybox_rootfs
 
 CODE = grpc.StatusCode
-BUSYBOX = Path("/bin/busybox")
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, mounts and cgroups"),
-    pytest.mark.skipif(not BUSYBOX.exists(), reason="needs busybox-static for the rootfs"),
-]
+pytestmark = pytest.mark.root
+
+def until_none(requests: queue.Queue) -> Iterator:
+    """A request stream fed from a queue; None ends it."""
+    while (item := requests.get()) is not None:
+        yield item
+
 
 _ids = iter(range(10**9))
 
@@ -50,22 +52,11 @@ def new_id() -> str:
 
 @pytest.fixture(scope="module")
 def rootfs() -> Iterator[str]:
-    """bin/busybox plus every applet link, bind-mounted onto itself as storage's overlay would be."""
     base = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp"))
-    root = base / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", root / "bin" / applet)
-    for name in ("proc", "sys", "dev", "tmp", "etc", "root"):
-        (root / name).mkdir()
-    subprocess.run(["mount", "--bind", str(root), str(root)], check=True)
     try:
-        yield str(root)
+        with busybox_rootfs(base) as root:
+            yield str(root)
     finally:
-        subprocess.run(["umount", str(root)], check=True)
         shutil.rmtree(base)
 
 
@@ -440,15 +431,8 @@ def exec_call(stub, container_id: str, args, env=(), terminal=False, stdin: list
     if stdin is not None and close:
         requests.put(pb.ExecRequest(close_stdin=True))
 
-    def feed():
-        while True:
-            item = requests.get()
-            if item is None:
-                return
-            yield item
-
     pid, out, err, code = 0, b"", b"", None
-    responses = stub.Exec(feed(), timeout=30)
+    responses = stub.Exec(until_none(requests), timeout=30)
     try:
         for response in responses:
             kind = response.WhichOneof("event")
@@ -542,14 +526,7 @@ def attach_call(stub, container_id: str, inputs: list, start: bool = True, after
     requests: queue.Queue = queue.Queue()
     requests.put(pb.AttachRequest(container_id=container_id))
 
-    def feed():
-        while True:
-            item = requests.get()
-            if item is None:
-                return
-            yield item
-
-    responses = stub.Attach(feed(), timeout=30)
+    responses = stub.Attach(until_none(requests), timeout=30)
     if start:
         stub.StartContainer(pb.StartContainerRequest(id=container_id), timeout=30)
     pending = list(inputs)
