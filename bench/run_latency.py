@@ -3,7 +3,8 @@
 Measures, with the three services up on temp roots (/tmp/mdk-bench-*), whole processes only:
   - `./mydocker run --rm busybox /bin/true`, and `runc run` of /bin/true on the same busybox rootfs;
   - `./mydocker run -d busybox /bin/true` and `./mydocker rm -f` of the exited container;
-  - where a run's time goes: the CLI run in a fresh traced process, every RPC timestamped;
+  - the same run with the CLI in-process (MYDOCKER_CLI_SERVER=off), i.e. without the warm CLI server;
+  - where a run's time goes, every RPC timestamped: through a traced CLI server, and in a fresh process;
   - `run --rm debian /bin/true` on a debootstrap minbase image: the first (cold) run, which extracts the
     image once, apart from the warm runs, to show warm start does not grow with image size;
   - the PSS of idle shims with 10 `sleep` containers running (bench.shim_memory's reader).
@@ -23,37 +24,17 @@ import time
 _T0 = time.monotonic()  # the traced child's first instant, as close to interpreter start as we can get
 
 
-# --- the traced child: the CLI in-process, every RPC timestamped ----------------------------------
-# Defined and dispatched before the harness's own imports, so the child imports what the CLI imports.
+# --- traced CLIs: every RPC timestamped -----------------------------------------------------------
+# Defined and dispatched before the harness's own imports, so a traced child imports what the CLI imports.
 
 
-def trace_child(mode: str, out: str) -> int:
-    """Run `mydocker run --rm|-d busybox /bin/true` through the real typer app, recording when each step starts and ends.
-
-    Only hooks are added (a Services subclass timing `call`, wrappers around the lifecycle phases and
-    the attach stream); the product code runs unchanged.
-    """
-    marks: list[tuple[str, float, float]] = []
+def install_hooks(marks: list) -> None:
+    """Time every service call and the attach stream by patching hooks in; the product code runs unchanged."""
 
     def mark(label: str, start: float) -> None:
         marks.append((label, start, time.monotonic()))
 
-    start = time.monotonic()
-    import cli.main
-
-    mark("import typer + cli.main", start)
-    start = time.monotonic()
-    import grpc  # noqa: F401
-
-    mark("import grpc", start)
-    start = time.monotonic()
-    import cli.lifecycle
-    import cli.parse  # noqa: F401
     import cli.streams
-    from protos.types.v1 import types_pb2  # noqa: F401
-
-    mark("import generated protos + cli.lifecycle/streams", start)
-
     from cli import containers
     from cli.services import Services
 
@@ -87,6 +68,31 @@ def trace_child(mode: str, out: str) -> int:
         return timed_pump
 
     cli.streams.attach_stream = timed_attach
+
+
+def trace_child(mode: str, out: str) -> int:
+    """Run `mydocker run --rm|-d busybox /bin/true` in this fresh process (the CLI in-process), timing each step."""
+    marks: list[tuple[str, float, float]] = []
+
+    def mark(label: str, start: float) -> None:
+        marks.append((label, start, time.monotonic()))
+
+    start = time.monotonic()
+    import cli.main
+
+    mark("import typer + cli.main", start)
+    start = time.monotonic()
+    import grpc  # noqa: F401
+
+    mark("import grpc", start)
+    start = time.monotonic()
+    import cli.lifecycle  # noqa: F401
+    import cli.parse  # noqa: F401
+    import cli.streams  # noqa: F401
+    from protos.types.v1 import types_pb2  # noqa: F401
+
+    mark("import generated protos + cli.lifecycle/streams", start)
+    install_hooks(marks)
     import json
     import os
 
@@ -94,7 +100,7 @@ def trace_child(mode: str, out: str) -> int:
         with open(out, "w") as handle:
             json.dump({"t0": _T0, "marks": marks, "main": [start, time.monotonic()], "exit_code": code}, handle)
 
-    # The CLI may end with os._exit (skipping interpreter teardown): write the trace on that path too.
+    # The CLI ends with os._exit (skipping interpreter teardown): write the trace on that path too.
     real_exit = os._exit
 
     def traced_exit(status: int) -> None:
@@ -113,10 +119,40 @@ def trace_child(mode: str, out: str) -> int:
     return code
 
 
+def trace_server() -> int:
+    """The warm CLI server with the hooks in: each worker writes its steps to $MDK_BENCH_TRACE (the client's env)."""
+    import json
+    import os
+
+    from cli import forkserver
+
+    forkserver.preload()
+    marks: list[tuple[str, float, float]] = []
+    install_hooks(marks)
+    import cli.main
+
+    run_command = cli.main.run_command
+
+    def traced(argv: list[str]) -> int:
+        start = time.monotonic()
+        status = run_command(argv)
+        out = os.environ.get("MDK_BENCH_TRACE")
+        if out:
+            with open(out, "w") as handle:
+                json.dump({"t0": start, "marks": marks, "main": [start, time.monotonic()], "exit_code": status}, handle)
+        return status
+
+    cli.main.run_command = traced
+    return forkserver.main()
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--trace-child"]:
     sys.exit(trace_child(sys.argv[2], sys.argv[3]))
+if __name__ == "__main__" and sys.argv[1:2] == ["--trace-server"]:
+    sys.exit(trace_server())
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
@@ -125,10 +161,12 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from bench.common import REPO  # noqa: E402
+from services.common.config import Config  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 LAUNCHER = str(REPO / "mydocker")
@@ -337,21 +375,32 @@ def mib(path: Path) -> float:
     return path.stat().st_size / (1 << 20)
 
 
-def breakdown(env: dict[str, str], mode: str, runs: int, warmup: int, scratch: Path) -> tuple[list[tuple[str, float]], list[float]]:
-    """Median ms of each step of a traced `run` over `runs` fresh processes, in the order they happen."""
+def breakdown(env: dict[str, str], mode: str, served: bool, runs: int, warmup: int, scratch: Path) -> tuple[list[tuple[str, float]], list[float]]:
+    """Median ms of each step of a traced `run` over `runs` commands, in the order they happen.
+
+    `served`: ./mydocker through the traced CLI server (which must be up); otherwise a fresh traced
+    process runs the CLI in-process.
+    """
     per_run: list[list[tuple[str, float]]] = []
     totals: list[float] = []
     for n in range(warmup + runs):
-        out = scratch / f"trace-{mode}-{n}.json"
+        out = scratch / f"trace-{mode}-{'served' if served else 'alone'}-{n}.json"
         spawned = time.monotonic()
-        run_checked([PYTHON, "-m", "bench.run_latency", "--trace-child", mode, str(out)], env)
+        if served:
+            args = ["run", "--rm" if mode == "rm" else "-d", "busybox", "/bin/true"]
+            run_checked([LAUNCHER, *args], dict(env, MDK_BENCH_TRACE=str(out), MYDOCKER_CLI_SERVER="require"))
+        else:
+            run_checked([PYTHON, "-m", "bench.run_latency", "--trace-child", mode, str(out)], env)
         exited = time.monotonic()
         if n < warmup:
             continue
         trace = json.loads(out.read_text())
         marks = [(label, a, b) for label, a, b in trace["marks"]]
         main_start, main_end = trace["main"]
-        steps = [("interpreter start (python -m, up to the module's first line)", trace["t0"] - spawned)]
+        if served:
+            steps = [("client start (python -S), hand-off to a forked worker", trace["t0"] - spawned)]
+        else:
+            steps = [("interpreter start (python -m, up to the module's first line)", trace["t0"] - spawned)]
         counts: dict[str, int] = {}
         in_main = 0.0
         for label, a, b in marks:
@@ -360,8 +409,11 @@ def breakdown(env: dict[str, str], mode: str, runs: int, warmup: int, scratch: P
             steps.append((name, b - a))
             if a >= main_start:
                 in_main += b - a
-        steps.append(("CLI Python between steps (typer, building requests)", (main_end - main_start) - in_main))
-        steps.append(("process exit (interpreter teardown unless os._exit)", exited - main_end))
+        steps.append(("CLI Python between steps (click, building requests)", (main_end - main_start) - in_main))
+        if served:
+            steps.append(("exit status back to the client, client exits", exited - main_end))
+        else:
+            steps.append(("process exit (os._exit: no interpreter teardown)", exited - main_end))
         per_run.append(steps)
         totals.append(exited - spawned)
     names = [name for name, _ in per_run[0]]
@@ -370,6 +422,36 @@ def breakdown(env: dict[str, str], mode: str, runs: int, warmup: int, scratch: P
         values = [steps[index][1] for steps in per_run if len(steps) > index and steps[index][0] == name]
         medians.append((name, statistics.median(values) * 1000))
     return medians, totals
+
+
+@contextlib.contextmanager
+def traced_cli_server(env: dict[str, str], scratch: Path) -> Iterator[None]:
+    """The CLI server swapped for a traced one for the duration, then the real one back."""
+    import socket
+
+    config = Config(root=Path(env["MYDOCKER_ROOT"]), run=Path(env["MYDOCKER_RUN"]))
+
+    def answers() -> bool:
+        # ctl's health check would not count it: its command line is not `-m cli.forkserver`.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+            return probe.connect_ex(str(config.socket_path("cli"))) == 0
+
+    run_checked([PYTHON, "-m", "services.common.ctl", "down", "cli"], env, cwd=REPO)
+    with open(scratch / "traced-cli-server.log", "ab") as log:
+        server = subprocess.Popen(
+            [PYTHON, "-m", "bench.run_latency", "--trace-server"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not answers():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the traced CLI server did not start: see {scratch / 'traced-cli-server.log'}")
+            time.sleep(0.05)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        run_checked([PYTHON, "-m", "services.common.ctl", "up", "cli"], env, cwd=REPO)
 
 
 # --- the benchmark --------------------------------------------------------------------------------
@@ -386,7 +468,6 @@ def cleanup_mounts_below(root: Path) -> list[str]:
 def bench(args: argparse.Namespace, base: Path, state: dict, results: Results) -> None:
     root, run = base / "root", base / "run"
     parent = state["cgroup_parent"]
-    from services.common.config import Config
     from services.common.ctl import service_env
 
     env = service_env(Config(root=root, run=run))
@@ -419,7 +500,13 @@ def bench(args: argparse.Namespace, base: Path, state: dict, results: Results) -
 
     n, w = args.runs, args.warmup
     # mydocker and runc interleaved, run by run.
-    commands = {"mydocker run --rm busybox /bin/true": (lambda i: [LAUNCHER, "run", "--rm", "busybox", "/bin/true"], env)}
+    commands = {
+        "mydocker run --rm busybox /bin/true": (lambda i: [LAUNCHER, "run", "--rm", "busybox", "/bin/true"], env),
+        "  same, CLI in-process (no CLI server)": (
+            lambda i: [LAUNCHER, "run", "--rm", "busybox", "/bin/true"],
+            dict(env, MYDOCKER_CLI_SERVER="off"),
+        ),
+    }
     if runc is not None:
         prefix = f"mdk-bench-{uuid.uuid4().hex[:8]}"
         commands["runc run (busybox rootfs) /bin/true"] = (
@@ -442,10 +529,15 @@ def bench(args: argparse.Namespace, base: Path, state: dict, results: Results) -
     if not args.no_breakdown:
         scratch = base / "traces"
         scratch.mkdir()
-        for mode, label in (("rm", "run --rm"), ("detach", "run -d")):
-            steps, totals = breakdown(env, mode, n, min(w, 2), scratch)
-            results.breakdowns[label] = steps
-            results.add(Figure(f"  traced child: {label} (instrumented)", totals))
+        plans = (("rm", True, "run --rm, through the CLI server"), ("detach", True, "run -d, through the CLI server"))
+        with traced_cli_server(env, scratch):
+            for mode, served, label in plans:
+                steps, totals = breakdown(env, mode, served, n, min(w, 2), scratch)
+                results.breakdowns[label] = steps
+                results.add(Figure(f"  traced: {label}", totals))
+        steps, totals = breakdown(env, "rm", False, n, min(w, 2), scratch)
+        results.breakdowns["run --rm, CLI in-process"] = steps
+        results.add(Figure("  traced: run --rm, CLI in-process", totals))
         leftover = mydocker(env, "ps", "-a", "-q").split()
         if leftover:
             mydocker(env, "rm", "-f", *leftover)
@@ -531,7 +623,7 @@ def report(results: Results) -> None:
     say(f"peers measured on this machine for run --rm busybox /bin/true: {PEERS}")
     for label, steps in results.breakdowns.items():
         say("")
-        say(f"where `{label} busybox /bin/true` goes (traced fresh process, median ms per step):")
+        say(f"where `{label.split(',')[0]} busybox /bin/true` goes,{label.split(',', 1)[1]} (traced, median ms per step):")
         total = 0.0
         for name, ms in steps:
             say(f"  {ms:7.1f}  {name}")

@@ -19,13 +19,37 @@ from services.executor.servicer import build_core
 from tests.busybox import busybox_rootfs
 
 
-
-def pss_kib(pid: int) -> int:
+def rollup_kib(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/<pid>/smaps_rollup (Rss, Pss, Private_Dirty, ...)."""
+    fields = {}
     with open(f"/proc/{pid}/smaps_rollup") as handle:
         for line in handle:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no Pss line for {pid}")
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1])
+    if "Pss" not in fields:
+        raise RuntimeError(f"no Pss line for {pid}")
+    return fields
+
+
+def pss_kib(pid: int) -> int:
+    return rollup_kib(pid)["Pss"]
+
+
+def private_kib(pid: int) -> int:
+    fields = rollup_kib(pid)
+    return fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.2f} MiB"
+
+
+def report(label: str, shims: list[int]) -> None:
+    values = [pss_kib(pid) for pid in shims]
+    private = [private_kib(pid) for pid in shims]
+    print(f"{label}: PSS per shim mean {mib(statistics.mean(values))}, max {mib(max(values))}, min {mib(min(values))}; "
+          f"private (USS) mean {mib(statistics.mean(private))}")
 
 
 def main() -> int:
@@ -55,14 +79,22 @@ def main() -> int:
                     core.start(container_id)
                 time.sleep(args.settle)
                 shims = [core.get(container_id).shim_pid for container_id in ids]
-                values = [pss_kib(pid) for pid in shims]
-                print(f"idle shims: {len(values)} ({args.stdio} mode)")
-                print(f"PSS per shim: mean {statistics.mean(values) / 1024:.2f} MiB, max {max(values) / 1024:.2f} MiB, "
-                      f"min {min(values) / 1024:.2f} MiB")
+                print(f"idle shims: {len(shims)} ({args.stdio} mode)")
+                # Shims are forked from the executor's launcher and share pages with it and with each other:
+                # PSS splits those pages among all of them. The launcher is one per executor, not per shim,
+                # so the figure that counts is without it (an executor restarted or stopped since).
+                launcher = core.launcher_pid
+                launcher_pss = pss_kib(launcher)
+                report("with the launcher running", shims)
+                print(f"  the launcher (one per executor): {mib(launcher_pss)} PSS; shims and launcher together: "
+                      f"{mib((sum(pss_kib(pid) for pid in shims) + launcher_pss) / len(shims))} per shim")
+                core.close()
+                time.sleep(0.5)
+                report("with the launcher stopped", shims)
                 bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100)"])
                 try:
                     time.sleep(1.0)
-                    print(f"for scale, a bare interpreter here: {pss_kib(bare.pid) / 1024:.2f} MiB PSS")
+                    print(f"for scale, a bare interpreter here: {mib(pss_kib(bare.pid))} PSS")
                 finally:
                     bare.kill()
                     bare.wait()
@@ -70,6 +102,7 @@ def main() -> int:
                 for container_id in created:
                     core.delete(container_id, force=True)
     finally:
+        core.close()
         core.layout.remove_parent()
         shutil.rmtree(base, ignore_errors=True)
     return 0

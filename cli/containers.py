@@ -82,7 +82,8 @@ def run(
     exit_code = wait()
     container = lifecycle.finish_foreground(services, container)
     if auto_remove:
-        lifecycle.remove(services, container.id, force=True)
+        # Its process is gone and its exit recorded: straight to the removal steps.
+        lifecycle.remove_stopped(services, container)
     raise typer.Exit(exit_code)
 
 

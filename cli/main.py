@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
+import click
 import typer
+import typer.main
 
 from cli import containers, images, system
 from cli.argv import normalize_argv
@@ -23,6 +26,12 @@ containers.register(app)
 images.register(app)
 
 
+@functools.cache
+def command() -> click.Command:
+    """The click command typer builds from the app (~5 ms): once per process, ahead of time in the CLI server."""
+    return typer.main.get_command(app)
+
+
 def exit_status(code: object) -> int:
     """SystemExit's code as a process status: None is 0, a message is printed and becomes 1."""
     if code is None:
@@ -33,10 +42,10 @@ def exit_status(code: object) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+def run_command(argv: list[str]) -> int:
+    """Run one command line (without the program name) and return its exit status; output is flushed."""
     try:
-        app(args=args, prog_name="mydocker")
+        command().main(args=normalize_argv(list(argv)), prog_name="mydocker")
         status = 0
     except SystemExit as done:
         status = exit_status(done.code)
@@ -45,6 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         status = 1
     sys.stdout.flush()
     sys.stderr.flush()
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    status = run_command(sys.argv[1:] if argv is None else argv)
     # Skip interpreter teardown: unloading grpc's modules costs ~45 ms per command, and nothing
     # here needs it (channels die with the process, output is flushed above).
     os._exit(status)

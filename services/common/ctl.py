@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,9 @@ from pathlib import Path
 
 from services.common.config import SERVICES, Config
 
+# The warm CLI server (cli/forkserver.py): started after the services, stopped before them.
+CLI_SERVER = "cli"
+PROCESSES = (*SERVICES, CLI_SERVER)
 REPO = Path(__file__).resolve().parents[2]
 UP_TIMEOUT = 20.0
 DOWN_TIMEOUT = 15.0
@@ -34,14 +38,19 @@ def parse_pid(text: str) -> int | None:
     return pid if pid > 0 else None
 
 
+def module_of(service: str) -> str:
+    """The module `python -m` runs for a service or the CLI server."""
+    return "cli.forkserver" if service == CLI_SERVER else f"services.{service}"
+
+
 def cmdline_is_service(cmdline: bytes, service: str) -> bool:
-    """True when a NUL-separated /proc cmdline runs `python -m services.<service>`.
+    """True when a NUL-separated /proc cmdline runs `python -m services.<service>` (or the CLI server).
 
     The module must be a whole argument: a shim (`services.executor.shim`) or ctl itself
     (`services.common.ctl up state`) must never be mistaken for the service.
     """
     args = cmdline.split(b"\0")
-    return f"services.{service}".encode() in args
+    return module_of(service).encode() in args
 
 
 def is_service_process(pid: int, service: str, proc: Path = PROC) -> bool:
@@ -68,7 +77,7 @@ def service_pid(config: Config, service: str, proc: Path = PROC) -> int | None:
 
 def running_services(config: Config, proc: Path = PROC) -> dict[str, int]:
     """Pid of each service whose pidfile names a live process of that service."""
-    pids = {service: service_pid(config, service, proc) for service in SERVICES}
+    pids = {service: service_pid(config, service, proc) for service in PROCESSES}
     return {service: pid for service, pid in pids.items() if pid is not None}
 
 
@@ -91,21 +100,37 @@ def status_line(service: str, pid: int | None, socket: Path, health: str) -> str
 
 
 def parse_services(names: Sequence[str]) -> list[str]:
-    """The services named (all of them when none), in start order; ValueError for an unknown one."""
-    unknown = [name for name in names if name not in SERVICES]
+    """The services named (all of them and the CLI server when none), in start order; ValueError for an unknown one."""
+    unknown = [name for name in names if name not in PROCESSES]
     if unknown:
-        raise ValueError(f"unknown service {unknown[0]!r}: choose from {', '.join(SERVICES)}")
-    return [service for service in SERVICES if not names or service in names]
+        raise ValueError(f"unknown service {unknown[0]!r}: choose from {', '.join(PROCESSES)}")
+    return [service for service in PROCESSES if not names or service in names]
 
 
 # --- side effects -------------------------------------------------------------------------------
 
 
 def _health(config: Config, service: str) -> str:
+    if service == CLI_SERVER:
+        return cli_server_health(config)
     # Imported here so `down` never loads grpc.
     from services.common.client import check_health
 
     return check_health(config, service).status
+
+
+def cli_server_health(config: Config) -> str:
+    """SERVING when the CLI server's process runs and accepts connections on its socket."""
+    if service_pid(config, CLI_SERVER) is None:
+        return "UNREACHABLE"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(str(config.socket_path(CLI_SERVER)))
+    except OSError:
+        return "UNREACHABLE"
+    finally:
+        probe.close()
+    return "SERVING"
 
 
 def spawn(config: Config, service: str) -> subprocess.Popen:
@@ -117,7 +142,7 @@ def spawn(config: Config, service: str) -> subprocess.Popen:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", f"services.{service}"],
+            [sys.executable, "-m", module_of(service)],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -239,7 +264,7 @@ def status(config: Config, services: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ctl", description="Start, stop or report the mydocker services.")
     parser.add_argument("action", choices=("up", "down", "status"))
-    parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"default: {' '.join(SERVICES)}")
+    parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"default: {' '.join(PROCESSES)}")
     parser.add_argument("--root", help="state root (default: $MYDOCKER_ROOT or /var/lib/mydocker)")
     parser.add_argument("--run", help="runtime root (default: $MYDOCKER_RUN or /run/mydocker)")
     args = parser.parse_args(argv)

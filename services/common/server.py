@@ -38,6 +38,8 @@ class ServiceDefinition:
     full_name: str
     # Registers the servicer on the server; called once per server built.
     register: Callable[[grpc.Server], None]
+    # Releases what the servicer holds besides the server (e.g. the executor's shim launcher), after the last call.
+    on_stop: Callable[[], None] | None = None
 
 
 @dataclass
@@ -48,11 +50,14 @@ class RunningServer:
     health: health.HealthServicer
     address: str
     socket: Path | None
+    on_stop: Callable[[], None] | None = None
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
         """Refuse new calls, let in-flight ones finish within `grace`, then remove the socket."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.on_stop is not None:
+            self.on_stop()
         if self.socket is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.socket.unlink()
@@ -65,6 +70,21 @@ def prepare_unix_socket(socket: Path) -> None:
     os.chmod(socket.parent, 0o700)
     with contextlib.suppress(FileNotFoundError):
         socket.unlink()
+
+
+@contextlib.contextmanager
+def root_only_socket(socket: Path) -> Iterator[None]:
+    """Around the bind of a unix socket: a clean path before, mode 0600 after.
+
+    The umask closes the window between bind() and chmod() in which others could connect.
+    """
+    prepare_unix_socket(socket)
+    old_umask = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old_umask)
+    os.chmod(socket, 0o600)
 
 
 def create_server(definition: ServiceDefinition, address: str, max_workers: int = MAX_WORKERS) -> RunningServer:
@@ -83,26 +103,23 @@ def create_server(definition: ServiceDefinition, address: str, max_workers: int 
     socket: Path | None = None
     if address.startswith("unix:"):
         socket = Path(address.removeprefix("unix://").removeprefix("unix:"))
-        prepare_unix_socket(socket)
-        # umask closes the window between bind() and chmod() in which others could connect.
-        old_umask = os.umask(0o077)
-        try:
+        with root_only_socket(socket):
             server.add_insecure_port(unix_target(socket))
-        finally:
-            os.umask(old_umask)
-        os.chmod(socket, 0o600)
     else:
         port = server.add_insecure_port(address)
         address = f"{address.rsplit(':', 1)[0]}:{port}"
     server.start()
     for name in ("", definition.full_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, address, socket)
+    return RunningServer(server, health_servicer, address, socket, definition.on_stop)
 
 
 @contextlib.contextmanager
-def single_instance(lock_path: Path, service: str) -> Iterator[None]:
-    """Hold an exclusive lock for the process lifetime, so two instances never share a socket or database."""
+def single_instance(lock_path: Path, service: str) -> Iterator[int]:
+    """Hold an exclusive lock for the process lifetime, so two instances never share a socket or database.
+
+    Yields the lock's fd, which a process that forks must close in its children.
+    """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -110,7 +127,7 @@ def single_instance(lock_path: Path, service: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SystemExit(f"mydocker-{service}: another {service} service holds {lock_path}: stop it first") from None
-        yield
+        yield fd
     finally:
         os.close(fd)
 

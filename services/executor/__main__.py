@@ -12,6 +12,7 @@ def build(config: Config) -> ServiceDefinition:
         name="executor",
         full_name=executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name,
         register=lambda server: executor_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server),
+        on_stop=servicer.close,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import threading
 import time
@@ -185,6 +186,13 @@ def _rmdir_when_empty(directory: Path, timeout: float) -> None:
             time.sleep(0.02)
 
 
+@functools.lru_cache(maxsize=64)
+def _hierarchy(controller_dir: str) -> str:
+    # Only the mount point is resolved, once: resolving whole cgroup paths cost ~40 lstat calls per
+    # state read, and co-mounted controllers (cpu -> cpu,cpuacct) differ only there.
+    return os.path.realpath(controller_dir)
+
+
 class CgroupV1:
     """One cgroup in every v1 hierarchy we use; `paths` maps a controller to its path in that hierarchy."""
 
@@ -199,11 +207,10 @@ class CgroupV1:
 
     def dirs(self) -> list[Path]:
         """One directory per hierarchy: co-mounted controllers (cpu,cpuacct) share one."""
-        seen: dict[str, Path] = {}
-        for controller in self.paths:
-            directory = self.dir(controller)
-            key = os.path.realpath(directory)
-            seen.setdefault(key, directory)
+        seen: dict[tuple[str, str], Path] = {}
+        for controller, path in self.paths.items():
+            key = (_hierarchy(str(self.root / controller)), path.strip("/"))
+            seen.setdefault(key, self.dir(controller))
         return list(seen.values())
 
     def path(self) -> Path:

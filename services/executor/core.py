@@ -16,13 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import services
 from services.common.config import VERSION, Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MydockerError, NotFound
-from services.executor import framing, logfmt, nsexec, shim, statefiles
+from services.executor import framing, logfmt, nsexec, shim_launcher, statefiles
 from services.executor.cgroups import Cgroup, CgroupLayout, cgroup_from_record
 from services.executor.model import (
     CloseStdin,
@@ -58,6 +59,8 @@ LOG_POLL_SECONDS = 0.05
 STREAM_POLL_SECONDS = 0.1
 READ_SIZE = 64 * 1024
 MAX_SIGNAL = 64
+# How long a stopping executor waits for its shim launcher to see end of file and exit.
+LAUNCHER_EXIT_WAIT = 5.0
 
 
 def _error_for(text: str) -> Exception:
@@ -82,6 +85,22 @@ def _send_signal(pid: int, start_time: int, signum: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+    finally:
+        os.close(pidfd)
+
+
+def _await_exit(pid: int, start_time: int, deadline: float) -> None:
+    """Until the recorded process has exited or the deadline passes: its pidfd wakes us at once, no polling."""
+    if not statefiles.is_alive(pid, start_time):
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        # Checked again with the pidfd held: the pid cannot be recycled under us any more.
+        if statefiles.is_alive(pid, start_time):
+            select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
     finally:
         os.close(pidfd)
 
@@ -128,6 +147,109 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _stop_launcher(proc: subprocess.Popen, sock: socket.socket) -> None:
+    # End of file on its stdin is the launcher's only stop signal: a kill could catch it mid-fork.
+    sock.close()
+    try:
+        proc.wait(timeout=LAUNCHER_EXIT_WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class ShimLauncher:
+    """The executor's side of the shim launcher (shim_launcher.py): starts it, restarts it when dead, one request at a time."""
+
+    def __init__(self, python: str, env: Callable[[], dict[str, str]]):
+        self._python = python
+        self._env = env
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid if self._proc is not None else 0
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            self._ensure()
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard()
+
+    def spawn(self, options: dict) -> int:
+        """Have the launcher fork a shim with these options; the intermediate child's exit status."""
+        request = shim_launcher.encode_request(options)
+        with self._lock:
+            for _ in range(2):
+                self._ensure()
+                try:
+                    self._sock.sendall(request)
+                except OSError:
+                    # Dead before reading a byte of it (EPIPE): a fresh launcher gets the request.
+                    self._discard()
+                    continue
+                return self._reply()
+            raise FailedPrecondition("the shim launcher died twice in a row: see the executor's log")
+
+    def _reply(self, what: str = "starting the shim") -> int:
+        data = b""
+        try:
+            while len(data) < shim_launcher.REPLY_SIZE:
+                chunk = self._sock.recv(shim_launcher.REPLY_SIZE - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as err:
+            self._discard()
+            raise FailedPrecondition(f"the shim launcher did not answer while {what}: {err}") from None
+        if len(data) < shim_launcher.REPLY_SIZE:
+            # It died while serving the request: whether a shim started is unknown, so this create fails.
+            self._discard()
+            raise FailedPrecondition(f"the shim launcher died while {what}: see the executor's log")
+        return shim_launcher.decode_reply(data)
+
+    def _ensure(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            return
+        self._discard()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours.settimeout(CREATE_TIMEOUT)
+            # fork+exec of a fresh interpreter, never a fork of this gRPC server; no preexec_fn.
+            proc = subprocess.Popen(
+                [self._python, "-S", "-c", shim_launcher.BOOTSTRAP],
+                stdin=theirs,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+                env=self._env(),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._proc, self._sock = proc, ours
+        # Reaped as soon as it exits, so a launcher that dies between creates leaves no zombie.
+        threading.Thread(target=proc.wait, name="shim-launcher-reaper", daemon=True).start()
+        # Stopped with the executor: at interpreter exit, or when this object goes away first.
+        self._finalizer = weakref.finalize(self, _stop_launcher, proc, ours)
+        # Ready once its imports are done: from then on it writes nothing (no bytecode) under MYDOCKER_RUN.
+        if self._reply("starting up") != shim_launcher.READY:
+            self._discard()
+            raise FailedPrecondition("the shim launcher did not start: see the executor's log")
+
+    def _discard(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+        self._proc = self._sock = self._finalizer = None
+
+
 class ExecutorCore:
     def __init__(self, config: Config, layout: CgroupLayout, cgroup_mode: str, python: str = sys.executable):
         self._config = config
@@ -136,6 +258,20 @@ class ExecutorCore:
         self._python = python
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._launcher = ShimLauncher(python, self._helper_env)
+
+    @property
+    def launcher_pid(self) -> int:
+        """The shim launcher's pid, 0 before the first create (or warm_up) and after close."""
+        return self._launcher.pid
+
+    def warm_up(self) -> None:
+        """Start the shim launcher now rather than on the first create."""
+        self._launcher.ensure_started()
+
+    def close(self) -> None:
+        """Stop the shim launcher (shims are left running); a later create starts a new one."""
+        self._launcher.close()
 
     @property
     def layout(self) -> CgroupLayout:
@@ -274,8 +410,9 @@ class ExecutorCore:
             if directory.exists():
                 self._check_reusable(spec.id, directory)
             try:
-                self._prepare(plan, directory, cgroup)
-                self._spawn_shim(plan, directory, cgroup, spec.window)
+                plan_json = plan.to_json()
+                self._prepare(plan, plan_json, directory, cgroup)
+                self._spawn_shim(plan, plan_json, directory, cgroup, spec.window)
                 return self._await_created(spec.id, directory)
             except BaseException as err:
                 # Leave nothing behind: no shim, no parked init, no cgroup, no state dir.
@@ -292,7 +429,7 @@ class ExecutorCore:
             raise AlreadyExists(f"container {container_id} already exists in the executor: delete it first")
         self._destroy(container_id, directory)
 
-    def _prepare(self, plan, directory: Path, cgroup: Cgroup) -> None:
+    def _prepare(self, plan, plan_json: str, directory: Path, cgroup: Cgroup) -> None:
         try:
             self._layout.shims().create()
             cgroup.create()
@@ -302,46 +439,32 @@ class ExecutorCore:
                 raise InvalidArgument(f"the host refused the cgroup limits: {err}") from None
             raise FailedPrecondition(f"cannot set up the cgroup: {err}") from None
         directory.mkdir(mode=0o700, parents=True)
-        plan_json = plan.to_json()
         statefiles.write_atomic(str(directory / statefiles.PLAN), plan_json)
-        # JSON's types only (dicts, lists, str, int, bool, None), so the init's marshal.loads sees what json would.
-        statefiles.write_atomic(str(directory / statefiles.INIT_PLAN), marshal.dumps(json.loads(plan_json)))
         statefiles.write_atomic(str(directory / statefiles.CGROUP), json.dumps(cgroup.to_record()))
-        statefiles.write_atomic(str(directory / statefiles.STATUS), statefiles.CREATING + "\n")
         os.mkfifo(directory / statefiles.START_FIFO, 0o600)
         os.mkfifo(directory / statefiles.NOTIFY_FIFO, 0o600)
         log_path = self.log_path(plan.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch(mode=0o640)
 
-    def _spawn_shim(self, plan, directory: Path, cgroup: Cgroup, window: tuple[int, int] | None) -> None:
-        args = [
-            self._python, "-S", "-c", shim.BOOTSTRAP, "boot",
-            f"state={directory}",
-            f"log={self.log_path(plan.id)}",
-            f"stdio={plan.stdio_mode}",
-            f"terminal={int(plan.terminal)}",
-            f"stdin={int(plan.stdin)}",
-            f"oom={cgroup.oom_file()}",
-        ]
-        args += [f"shim-procs={procs}" for procs in self._layout.shims().procs_files()]
-        if window and plan.terminal:
-            args.append(f"window={window[0]}x{window[1]}")
-        with open(directory / statefiles.SHIM_LOG, "ab") as shim_log:
-            # fork+exec of a fresh interpreter, never a fork of this gRPC server; no preexec_fn.
-            boot = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=shim_log,
-                start_new_session=True,
-                close_fds=True,
-                cwd="/",
-                env=self._helper_env(),
-            )
-        # The boot stage forks the shim and exits at once.
-        if boot.wait(timeout=CREATE_TIMEOUT) != 0:
-            raise FailedPrecondition(f"the shim did not start: see {directory / statefiles.SHIM_LOG}")
+    def _spawn_shim(
+        self, plan, plan_json: str, directory: Path, cgroup: Cgroup, window: tuple[int, int] | None
+    ) -> None:
+        options = {
+            "state": str(directory),
+            "log": str(self.log_path(plan.id)),
+            "stdio": plan.stdio_mode,
+            "terminal": plan.terminal,
+            "stdin": plan.stdin,
+            "oom": cgroup.oom_file(),
+            "shim_procs": self._layout.shims().procs_files(),
+            "window": (window[0], window[1]) if window and plan.terminal else None,
+            # JSON's types only (dicts, lists, str, int, bool, None), so the init's marshal.loads sees what json would.
+            "plan": marshal.dumps(json.loads(plan_json)),
+        }
+        status = self._launcher.spawn(options)
+        if status != 0:
+            raise FailedPrecondition(f"the shim did not start (status {status}): see {directory / statefiles.SHIM_LOG}")
 
     def _await_created(self, container_id: str, directory: Path) -> ProcessState:
         with _Notifier(directory) as notifier:
@@ -470,8 +593,8 @@ class ExecutorCore:
         _send_signal(pid, start, signal.SIGKILL)
         _send_signal(shim_pid, shim_start, signal.SIGKILL)
         deadline = time.monotonic() + SHIM_EXIT_WAIT
-        while (statefiles.is_alive(shim_pid, shim_start) or statefiles.is_alive(pid, start)) and time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS / 4)
+        _await_exit(shim_pid, shim_start, deadline)
+        _await_exit(pid, start, deadline)
         cgroup = self._cgroup(directory, container_id)
         cgroup.remove()
         shutil.rmtree(directory, ignore_errors=True)

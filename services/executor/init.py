@@ -1,11 +1,8 @@
-"""Container init, run in the child the shim forks as PID 1 of the new pid namespace: applies the plan, then execs.
+"""Container init, run in the child the shim forks as PID 1 of the new pid namespace: applies the plan, then execs."""
 
-It reads the plan the executor wrote in marshal format (plan.json's content; marshal is loaded in every
-interpreter, while json and the re and enum it pulls in cost ~16 ms here) and imports little: it sits on
-every start's path.
-Every import is at the top: after pivot_root (or nsexec's setns) the host's Python library is out of reach.
-"""
-
+# Every import is at the top: after pivot_root (or nsexec's setns) the host's Python library is out of reach.
+# The plan comes from the shim in marshal format (plan.json's content): marshal is built in, while json
+# and the re and enum it pulls in would grow the launcher and every shim forked from it.
 import _signal
 import fcntl
 import marshal
@@ -192,14 +189,12 @@ def prepare(plan: dict, stdio) -> str:
     return executable
 
 
-def run(state_dir: str, stdio, status_fd: int) -> None:
+def run(state_dir: str, plan_data: bytes, stdio, status_fd: int) -> None:
     """Never returns: execs the command, or reports one error line on `status_fd` and exits."""
     try:
-        try:
-            with open(os.path.join(state_dir, statefiles.INIT_PLAN), "rb") as handle:
-                plan = marshal.loads(handle.read())
-        except FileNotFoundError:
-            raise InitError(f"no plan in {state_dir}") from None
+        # Until the exec, ps would show the shim's name: this is the container's parked init.
+        statefiles.set_comm(f"init {os.path.basename(state_dir)}")
+        plan = marshal.loads(plan_data)
         # Read-write, so reads block until the executor writes and never see end-of-file.
         start_fd = os.open(os.path.join(state_dir, statefiles.START_FIFO), os.O_RDWR | os.O_CLOEXEC)
         executable = prepare(plan, stdio)

@@ -52,6 +52,12 @@ def _first(requests: Iterator, field: str, rpc: str):
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     def __init__(self, config: Config, core: ExecutorCore | None = None, cgroup_root: Path = DEFAULT_CGROUP_ROOT):
         self._core = core or build_core(config, cgroup_root)
+        # The shim launcher's interpreter start and imports happen now, not in the first CreateContainer.
+        self._core.warm_up()
+
+    def close(self) -> None:
+        """Stop the shim launcher once the server has stopped (shims and containers stay)."""
+        self._core.close()
 
     def GetInfo(self, request, context):
         info = self._core.info()

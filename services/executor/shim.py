@@ -1,11 +1,4 @@
-"""Per-container shim: parent and reaper of the container's init; holds its stdio, log file and exit status.
-
-Started by the executor as `python -S -c BOOTSTRAP boot key=value...`. Stage "boot" daemonizes (so the
-shim is nobody's child and outlives the executor), joins the shims cgroup, unshares the pid namespace
-and re-execs itself as stage "run": a fresh interpreter without ctypes, since an idle shim must stay
-near the size of a bare interpreter. It imports no gRPC and nothing heavy: posix (not even os),
-select, _signal, time; the attach socket's modules only in attach mode.
-"""
+"""Per-container shim, forked by the launcher: parent and reaper of the container's init; holds its stdio, log and exit."""
 
 import _signal as signal
 import posix
@@ -15,7 +8,6 @@ import time
 
 from services.executor import framing, logfmt, statefiles
 
-BOOTSTRAP = "import sys; from services.executor.shim import main; main(sys.argv[1:])"
 READ_SIZE = 64 * 1024
 # Output kept for the first attach client when the container starts before it connects.
 PREATTACH_LIMIT = 1 << 20
@@ -26,55 +18,13 @@ CLIENT_SEND_TIMEOUT = 5.0
 _POLL_IN = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-def parse_options(argv):
-    """key=value arguments; a key may repeat (shim-procs)."""
-    options = {}
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        options.setdefault(key, []).append(value)
-    return options
-
-
-def main(argv):
-    stage, options = argv[0], parse_options(argv[1:])
-    if stage == "boot":
-        boot(options, argv[1:])
-    elif stage == "run":
-        Shim(options).run()
-    else:
-        raise SystemExit(f"shim: unknown stage {stage!r}")
-
-
-def _fail(state_dir, message):
+def fail(state_dir, message):
+    """Record a failure before the container's init ran: the error, and the container as exited."""
     statefiles.write_atomic(
         f"{state_dir}/{statefiles.ERROR}", statefiles.format_error(statefiles.ERROR_FAILED, message)
     )
     statefiles.write_atomic(f"{state_dir}/{statefiles.STATUS}", statefiles.EXITED + "\n")
     statefiles.notify(state_dir)
-
-
-def boot(options, raw_args):
-    state_dir = options["state"][0]
-    # Double fork: the executor reaps this process at once and the shim is reparented away from it.
-    if posix.fork():
-        posix._exit(0)
-    pid = posix.getpid()
-    try:
-        statefiles.write_atomic(
-            f"{state_dir}/{statefiles.SHIM_PID}", statefiles.format_pid(pid, statefiles.proc_start_time(pid) or 0)
-        )
-        # Out of the executor's cgroups, so stopping or limiting the executor leaves shims alone.
-        for procs in options.get("shim-procs", []):
-            with open(procs, "w") as handle:
-                handle.write("0")
-        from services.common import linux
-
-        # Our next child is PID 1 of a new pid namespace; exec keeps that, and drops ctypes.
-        linux.unshare(linux.CLONE_NEWPID)
-    except OSError as err:
-        _fail(state_dir, f"shim: {err}")
-        posix._exit(1)
-    posix.execv(sys.executable, [sys.executable, "-S", "-c", BOOTSTRAP, "run", *raw_args])
 
 
 class Client:
@@ -90,13 +40,14 @@ class Client:
 
 class Shim:
     def __init__(self, options):
-        self.state_dir = options["state"][0]
-        self.log_path = options["log"][0]
-        self.attach = options["stdio"][0] == "attach"
-        self.terminal = options["terminal"][0] == "1"
-        self.want_stdin = options["stdin"][0] == "1"
-        self.oom_file = options.get("oom", [""])[0]
-        self.window = options.get("window", [""])[0]
+        self.state_dir = options["state"]
+        self.log_path = options["log"]
+        self.attach = options["stdio"] == "attach"
+        self.terminal = options["terminal"]
+        self.want_stdin = options["stdin"]
+        self.oom_file = options["oom"]
+        self.window = options["window"]
+        self.init_plan = options["plan"]
         self.poll = select.poll()
         self.handlers = {}
         self.pending = {}  # output fd -> unfinished line
@@ -138,6 +89,8 @@ class Shim:
         if pid == 0:
             self.become_init(child_stdio, status_w, (status_r, wake_r, wake_w))
         self.child = pid
+        # Only the init needed it: the idle shim keeps nothing it will not use.
+        self.init_plan = None
         for fd in child_only:
             posix.close(fd)
         posix.close(status_w)
@@ -151,8 +104,7 @@ class Shim:
         if self.terminal:
             self.master, slave = posix.openpty()
             if self.window:
-                rows, cols = self.window.split("x")
-                self.set_window(int(rows), int(cols))
+                self.set_window(*self.window)
             self.add_output(self.master, "stdout")
             self.handlers[self.master] = self.on_master
             if self.attach and self.want_stdin:
@@ -197,7 +149,7 @@ class Shim:
                 posix.close(fd)
             from services.executor import init
 
-            init.run(self.state_dir, stdio, status_w)
+            init.run(self.state_dir, self.init_plan, stdio, status_w)
         finally:
             posix._exit(127)
 
@@ -280,8 +232,8 @@ class Shim:
         if line == "R":
             self.ready = True
             start = statefiles.proc_start_time(self.child) or 0
+            # The pid file is what "created" means to the executor: no status write on the create path.
             statefiles.write_atomic(self.path(statefiles.PID), statefiles.format_pid(self.child, start))
-            statefiles.write_atomic(self.path(statefiles.STATUS), statefiles.CREATED + "\n")
             statefiles.notify(self.state_dir)
         elif line.startswith("E "):
             self.errored = True

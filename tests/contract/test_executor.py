@@ -124,6 +124,38 @@ def expect(code: grpc.StatusCode, call, request, fragment: str = "", timeout: fl
     return caught.value.details()
 
 
+def launcher_of(config: Config, parent: int | None = None) -> int:
+    """The pid of the shim launcher of `config`'s executor (a child of `parent`, by default this process), or 0."""
+    parent = os.getpid() if parent is None else parent
+    marker = f"PYTHONPYCACHEPREFIX={config.run / 'pycache'}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if comm == "shim-launcher" and ppid == parent and marker in environ:
+            return int(entry)
+    return 0
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once `pid` no longer exists at all: exited and reaped."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
 def container_cgroup(config: Config, container_id: str):
     record = json.loads((config.run / container_id / statefiles.CGROUP).read_text())
     return cgroup_from_record(record)
@@ -627,7 +659,9 @@ def test_a_restarted_executor_finds_its_running_containers(cgroup_parent, start_
         cleanup(temp_config)
 
 
-def test_the_shim_survives_the_executor_being_killed(cgroup_parent, start_server, temp_config, rootfs):
+@pytest.fixture
+def executor_process(cgroup_parent, temp_config) -> Iterator[subprocess.Popen]:
+    """`python -m services.executor` on the test's roots, once its socket is there; killed and cleaned up after."""
     socket = temp_config.socket_path("executor")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     server = subprocess.Popen(
@@ -639,32 +673,98 @@ def test_the_shim_survives_the_executor_being_killed(cgroup_parent, start_server
         deadline = time.monotonic() + 20
         while not socket.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        with grpc.insecure_channel(unix_target(socket)) as channel:
-            stub = executor_pb2_grpc.ExecutorServiceStub(channel)
-            grpc.channel_ready_future(channel).result(timeout=20)
-            created = create(stub, rootfs, ["sleep", "1000"])
-            stub.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
-        server.kill()
-        server.wait()
-        time.sleep(0.2)
-        shim_start = int(statefiles.parse_pid((temp_config.run / created.id / statefiles.SHIM_PID).read_text())[1])
-        assert statefiles.is_alive(created.shim_pid, shim_start)
-        assert statefiles.is_alive(created.pid, created.pid_start_time)
-        # The shim left the executor's session, process group and cgroups.
-        assert os.getsid(created.shim_pid) != os.getsid(0)
-        assert os.getpgid(created.shim_pid) != os.getpgid(0)
-        shim_cgroups = Path(f"/proc/{created.shim_pid}/cgroup").read_text()
-        assert f"/{cgroup_parent}/shims" in shim_cgroups
-        _, channel = start_server(build(temp_config))
-        stub = executor_pb2_grpc.ExecutorServiceStub(channel)
-        assert stub.GetContainer(pb.GetContainerRequest(id=created.id), timeout=5).process.status == pb.PROCESS_STATUS_RUNNING
-        stub.KillContainer(pb.KillContainerRequest(id=created.id, signal=signal.SIGKILL), timeout=5)
-        assert stub.WaitContainer(pb.WaitContainerRequest(id=created.id), timeout=10).process.exit_code == 137
+        yield server
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
         cleanup(temp_config)
+
+
+def _start_sleeper(config: Config, server: subprocess.Popen, rootfs: str) -> tuple[pb.ContainerProcess, int]:
+    """A running `sleep 1000` through the executor process `server`, and that executor's shim launcher pid."""
+    with grpc.insecure_channel(unix_target(config.socket_path("executor"))) as channel:
+        stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+        grpc.channel_ready_future(channel).result(timeout=20)
+        created = create(stub, rootfs, ["sleep", "1000"])
+        stub.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    launcher = launcher_of(config, server.pid)
+    assert launcher
+    return created, launcher
+
+
+def _kill_through_a_new_executor(start_server, config: Config, container_id: str) -> None:
+    """A fresh executor finds the container running, kills it and reports SIGKILL's exit code."""
+    _, channel = start_server(build(config))
+    stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+    assert stub.GetContainer(pb.GetContainerRequest(id=container_id), timeout=5).process.status == pb.PROCESS_STATUS_RUNNING
+    stub.KillContainer(pb.KillContainerRequest(id=container_id, signal=signal.SIGKILL), timeout=5)
+    assert stub.WaitContainer(pb.WaitContainerRequest(id=container_id), timeout=10).process.exit_code == 137
+
+
+def test_the_shim_survives_the_executor_being_killed(cgroup_parent, executor_process, start_server, temp_config, rootfs):
+    server = executor_process
+    created, launcher = _start_sleeper(temp_config, server, rootfs)
+    server.kill()
+    server.wait()
+    # The launcher sees end of file on its control socket and exits; it never stops a shim.
+    assert gone(launcher)
+    time.sleep(0.2)
+    shim_start = int(statefiles.parse_pid((temp_config.run / created.id / statefiles.SHIM_PID).read_text())[1])
+    assert statefiles.is_alive(created.shim_pid, shim_start)
+    assert statefiles.is_alive(created.pid, created.pid_start_time)
+    # The shim left the executor's session, process group and cgroups.
+    assert os.getsid(created.shim_pid) != os.getsid(0)
+    assert os.getpgid(created.shim_pid) != os.getpgid(0)
+    shim_cgroups = Path(f"/proc/{created.shim_pid}/cgroup").read_text()
+    assert f"/{cgroup_parent}/shims" in shim_cgroups
+    _kill_through_a_new_executor(start_server, temp_config, created.id)
+
+
+def test_sigterm_stops_the_executor_and_its_launcher_and_leaves_the_shims(cgroup_parent, executor_process, start_server, temp_config, rootfs):
+    server = executor_process
+    created, launcher = _start_sleeper(temp_config, server, rootfs)
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=30) == 0
+    # Stopped and reaped by the executor itself before it exited: no orphan, no zombie.
+    assert not os.path.exists(f"/proc/{launcher}")
+    assert statefiles.is_alive(created.pid, created.pid_start_time)
+    _kill_through_a_new_executor(start_server, temp_config, created.id)
+
+
+def test_a_killed_launcher_is_reaped_and_replaced_and_its_shims_live_on(executor, rootfs, temp_config):
+    before = create(executor, rootfs, ["sleep", "1000"])
+    executor.StartContainer(pb.StartContainerRequest(id=before.id), timeout=30)
+    launcher = launcher_of(temp_config)
+    assert launcher
+    os.kill(launcher, signal.SIGKILL)
+    assert gone(launcher), "the killed launcher was left a zombie"
+    shim_start = statefiles.parse_pid((temp_config.run / before.id / statefiles.SHIM_PID).read_text())[1]
+    assert statefiles.is_alive(before.shim_pid, shim_start)
+    final, output = run(executor, rootfs, ["echo", "again"])
+    assert (final.exit_code, output) == (0, b"again\n")
+    assert launcher_of(temp_config) not in (0, launcher)
+    executor.KillContainer(pb.KillContainerRequest(id=before.id, signal=signal.SIGKILL), timeout=5)
+    assert executor.WaitContainer(pb.WaitContainerRequest(id=before.id), timeout=10).process.exit_code == 137
+
+
+def test_a_shim_is_nobodys_child_and_keeps_no_fd_or_signal_of_the_launcher(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    launcher = launcher_of(temp_config)
+    shim = proc_status(created.shim_pid)
+    assert int(shim["PPid"]) not in (os.getpid(), launcher)
+    assert shim["Name"] == f"shim {created.id}"[:15]
+    fds = {int(fd): os.readlink(f"/proc/{created.shim_pid}/fd/{fd}") for fd in os.listdir(f"/proc/{created.shim_pid}/fd")}
+    assert fds[0] == fds[1] == "/dev/null"
+    assert fds[2] == str(temp_config.run / created.id / statefiles.SHIM_LOG)
+    # A detached container's shim has no socket at all: the launcher's control socket stayed behind.
+    assert not [target for target in fds.values() if target.startswith("socket:")], fds
+    # A fresh interpreter's dispositions (SIGPIPE, SIGXFSZ ignored) plus the shim's own SIGHUP; nothing blocked.
+    ignored = {signum for signum in range(1, 65) if int(shim["SigIgn"], 16) >> (signum - 1) & 1}
+    assert ignored == {signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ}
+    assert int(shim["SigBlk"], 16) == 0
+    # The parked init carries its own name until the exec.
+    assert proc_status(created.pid)["Name"] == f"init {created.id}"[:15]
 
 
 def test_info_counts_live_shims(executor, rootfs):

@@ -14,7 +14,7 @@ import pytest
 
 from protos.state.v1 import state_pb2, state_pb2_grpc
 from services.common.config import SERVICES, Config, unix_target
-from services.common.ctl import REPO, is_service_process, service_env
+from services.common.ctl import PROCESSES, REPO, is_service_process, service_env
 
 SERVING = re.compile(r"\bSERVING\b")
 
@@ -65,7 +65,7 @@ def test_up_is_idempotent_and_everything_serves(checkout: Checkout) -> None:
     info = checkout.run("mydocker", "system", "info")
     assert serving_rows(info.stdout) == list(SERVICES)
     first = checkout.pids()
-    assert sorted(first) == sorted(SERVICES)
+    assert sorted(first) == sorted(PROCESSES)
 
     again = checkout.run("scripts/up")
     assert "started" not in again.stdout
@@ -73,7 +73,7 @@ def test_up_is_idempotent_and_everything_serves(checkout: Checkout) -> None:
 
     status = checkout.run("scripts/status")
     lines = status.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == list(SERVICES)
+    assert [line.split()[0] for line in lines] == list(PROCESSES)
     for line in lines:
         service, pid, socket, health = line.split()
         assert (pid, socket, health) == (str(first[service]), str(checkout.config.socket_path(service)), "SERVING")
@@ -124,7 +124,7 @@ def test_down_stops_everything_and_cleans_up(checkout: Checkout) -> None:
     checkout.run("scripts/up")
     pids = checkout.pids()
     checkout.run("scripts/down")
-    for service in SERVICES:
+    for service in PROCESSES:
         assert not is_service_process(pids[service], service)
         assert not checkout.config.pid_path(service).exists()
         assert not checkout.config.socket_path(service).exists()

@@ -33,6 +33,9 @@ def test_read_pidfile_missing_is_none(tmp_path: Path) -> None:
         (b"/repo/.venv/bin/python\0-m\0services.executor.shim\0123\0", "executor", False),
         (b"/repo/.venv/bin/python\0-m\0services.common.ctl\0up\0state\0", "state", False),
         (b"/bin/sleep\0services.statex\0", "state", False),
+        # The CLI server, and a worker of it (a fork: the same cmdline) or a CLI run in-process.
+        (b"/repo/.venv/bin/python\0-m\0cli.forkserver\0", "cli", True),
+        (b"/repo/.venv/bin/python\0-P\0-m\0cli\0ps\0", "cli", False),
         # A zombie's cmdline is empty.
         (b"", "state", False),
     ],
@@ -84,7 +87,7 @@ def test_status_line() -> None:
 
 
 def test_parse_services_keeps_start_order() -> None:
-    assert ctl.parse_services([]) == ["state", "storage", "executor"]
+    assert ctl.parse_services([]) == ["state", "storage", "executor", "cli"]
     assert ctl.parse_services(["executor", "state"]) == ["state", "executor"]
     with pytest.raises(ValueError, match="unknown service 'bogus'"):
         ctl.parse_services(["bogus"])

@@ -1,0 +1,382 @@
+"""The warm CLI server: a process that has imported the whole CLI and forks one worker per command line.
+
+`python -m cli.forkserver` (started by `scripts/up`) listens on <MYDOCKER_RUN>/cli.sock (root only).
+It never creates a gRPC channel or a thread, so forking it is safe; one spare worker is forked ahead
+of time and initialises gRPC, and each command line goes to the spare, which becomes a copy of the
+in-process CLI: the client's stdio, directory, umask and environment, then `cli.main.run_command`.
+The server reports the worker's exit status, and kills the worker when its client disappears
+(as a killed in-process CLI would be gone). When the CLI's source changes under it, it answers
+"fallback" (the client runs the CLI itself) and exits, so no command ever runs stale code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from cli import forkclient as proto
+from services.common.config import Config
+
+REPO = Path(__file__).resolve().parent.parent
+# The code a worker runs: a change to any of it makes this server stale.
+SOURCE_DIRS = ("cli", "services/common", "protos")
+SERVICE = "cli"
+BACKLOG = 64
+# A worker's stdio, directory and environment arrive with its request.
+REQUEST_FDS = 4
+
+
+class SourceWatch:
+    """Tells whether the CLI's source changed since it was loaded: a .py file edited, added or removed."""
+
+    def __init__(self, repo: Path = REPO, dirs: tuple[str, ...] = SOURCE_DIRS):
+        # Bytecode caches come and go as modules get compiled (a directory's mtime with them): not source.
+        self._dirs = [
+            str(path)
+            for directory in dirs
+            for path in [repo / directory, *(repo / directory).rglob("*")]
+            if path.is_dir() and "__pycache__" not in path.parts
+        ]
+        self._stamp = self._snapshot()
+
+    def _snapshot(self) -> list[tuple[str, int, int]]:
+        stamps = []
+        for directory in self._dirs:
+            with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".py"):
+                        with contextlib.suppress(FileNotFoundError):
+                            info = entry.stat()
+                            stamps.append((entry.path, info.st_size, info.st_mtime_ns))
+        return sorted(stamps)
+
+    def changed(self) -> bool:
+        return self._snapshot() != self._stamp
+
+
+def exit_code(wait_status: int) -> int:
+    """A shell's view of a wait status: the exit code, or 128 + the signal that killed it."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return code if code >= 0 else 128 - code
+
+
+def peer_uid(conn: socket.socket) -> int:
+    import struct
+
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def send(conn: socket.socket, message: tuple) -> None:
+    """Best effort: a client that is gone cannot be told anything."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
+        conn.send(proto.encode(message))
+
+
+@dataclass
+class Spare:
+    """A worker forked ahead of time, waiting for the connection it will serve."""
+
+    pid: int
+    handoff: socket.socket
+
+
+class ForkServer:
+    def __init__(self, config: Config, listener: socket.socket, keep_fds: list[int]):
+        self.config = config
+        self.listener = listener
+        # fds only the server may hold (e.g. its lock): workers close them.
+        self.keep_fds = keep_fds
+        self.source = SourceWatch()
+        self.clients: dict[int, socket.socket] = {}  # worker pid -> its client's connection
+        self.spare: Spare | None = None
+        self.stopping = False
+        # Set when the source changed: main() re-executes the server after cleaning up.
+        self.restart = False
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poll = select.poll()
+
+    # -- the server's loop --------------------------------------------------------------------
+
+    def serve(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        self.poll.register(self.listener, select.POLLIN)
+        self.poll.register(self.wake_r, select.POLLIN)
+        # Imported modules become permanent: the GC never touches their pages, so forks share them.
+        gc.freeze()
+        self._fork_spare()
+        while not self.stopping:
+            for fd, events in self.poll.poll():
+                if fd == self.listener.fileno():
+                    self._accept()
+                elif fd == self.wake_r:
+                    self._drain_wakeups()
+                else:
+                    self._client_gone(fd)
+            self._reap()
+        self._shutdown()
+
+    def _stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 512):
+                pass
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        if peer_uid(conn) != os.getuid():
+            conn.close()
+            return
+        if self.source.changed():
+            send(conn, (proto.FALLBACK, "the CLI's source changed since the server started"))
+            conn.close()
+            print(f"cli server: the CLI's source changed: restarting pid {os.getpid()} with it", flush=True)
+            self.stopping = self.restart = True
+            return
+        spare = self.spare or self._fork_spare()
+        self.spare = None
+        try:
+            spare.handoff.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto.pack_fds([conn.fileno()]))])
+        except OSError as err:
+            # The spare died (it is reaped below); this client runs the CLI itself.
+            send(conn, (proto.FALLBACK, f"no worker: {err}"))
+            conn.close()
+            spare.handoff.close()
+            return
+        spare.handoff.close()
+        self.clients[spare.pid] = conn
+        # POLLRDHUP alone: the request's data is the worker's to read, only the client's hangup is ours.
+        self.poll.register(conn, select.POLLRDHUP)
+        self._fork_spare()
+
+    def _client_gone(self, fd: int) -> None:
+        """The client hung up before its command finished: end the worker, as a killed CLI would end."""
+        for pid, conn in self.clients.items():
+            if conn.fileno() == fd:
+                self.poll.unregister(fd)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return
+        self.poll.unregister(fd)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.clients.pop(pid, None)
+            if conn is not None:
+                send(conn, (proto.EXIT, exit_code(wait_status)))
+                with contextlib.suppress(KeyError):
+                    self.poll.unregister(conn)
+                conn.close()
+            elif self.spare is not None and self.spare.pid == pid:
+                # Not replaced here: a spare that cannot even start would be forked in a tight loop.
+                # The next command forks one on demand.
+                print(f"cli server: spare worker {pid} ended with status {exit_code(wait_status)} before any command", flush=True)
+                self.spare.handoff.close()
+                self.spare = None
+
+    def _shutdown(self) -> None:
+        """Stop taking commands; running workers finish and report their status themselves."""
+        if self.spare is not None:
+            self.spare.handoff.close()  # the spare sees EOF and exits
+        for conn in self.clients.values():
+            conn.close()
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _fork_spare(self) -> Spare:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            status = 70  # EX_SOFTWARE
+            try:
+                self._become_worker()
+                status = Worker(theirs).run()
+            except BaseException:
+                # A bug of ours: say where, on whichever stderr the worker has by now, then end.
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(status)
+        theirs.close()
+        self.spare = Spare(pid, ours)
+        return self.spare
+
+    def _become_worker(self) -> None:
+        """In the forked child: drop everything of the server's, so it can exit or restart freely."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.listener.close()
+        for conn in self.clients.values():
+            conn.close()
+        if self.spare is not None:
+            self.spare.handoff.close()
+        for fd in (self.wake_r, self.wake_w, *self.keep_fds):
+            os.close(fd)
+
+
+class Worker:
+    """One command line in a forked copy of the CLI; never returns to the server's loop."""
+
+    def __init__(self, handoff: socket.socket):
+        self.handoff = handoff
+
+    def run(self) -> int:
+        self._warm_up()
+        conn = self._receive_connection()
+        if conn is None:
+            return 0
+        try:
+            argv, environ, umask, fds = self._receive_request(conn)
+        except ValueError as err:
+            send(conn, (proto.FALLBACK, str(err)))
+            return 0
+        send(conn, (proto.PID, os.getpid()))
+        self._adopt(environ, umask, fds)
+        from cli.main import run_command
+
+        status = run_command(argv)
+        # The server reports it too, but this one survives a server that exits meanwhile.
+        send(conn, (proto.EXIT, status))
+        return status
+
+    def _warm_up(self) -> None:
+        """What every command would otherwise pay first: gRPC's core start (threads, event engine)."""
+        import grpc
+
+        grpc.insecure_channel("unix:/nonexistent").close()
+
+    def _receive_connection(self) -> socket.socket | None:
+        fds: list[int] = []
+        try:
+            _, fds, _, _ = socket.recv_fds(self.handoff, 1, 1)
+        except OSError:
+            pass
+        self.handoff.close()
+        if not fds:
+            return None  # the server stopped before a command came
+        return socket.socket(fileno=fds[0])
+
+    def _receive_request(self, conn: socket.socket) -> tuple[list[str], dict[str, str], int, list[int]]:
+        packet, fds, _, _ = socket.recv_fds(conn, proto.MAX_PACKET, REQUEST_FDS)
+        try:
+            message = proto.decode(packet)
+            if message[:2] != (proto.RUN, proto.PROTOCOL) or len(fds) != REQUEST_FDS:
+                raise ValueError(f"unexpected request {message[:2]!r} with {len(fds)} fds")
+            _, _, argv, environ, umask = message
+            return (
+                [str(arg) for arg in argv],
+                {os.fsdecode(key): os.fsdecode(value) for key, value in environ.items()},
+                int(umask),
+                fds,
+            )
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    def _adopt(self, environ: dict[str, str], umask: int, fds: list[int]) -> None:
+        """Become the client's process: its directory, umask, environment and stdio."""
+        cwd, *stdio = fds
+        os.fchdir(cwd)
+        os.close(cwd)
+        os.umask(umask)
+        os.environ.clear()
+        os.environ.update(environ)
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+            os.close(fd)
+        sys.stdin = open(0, "r", encoding="utf-8", errors="surrogateescape", closefd=False)
+        # Line-buffered on a terminal, as Python sets up its own stdio (buffering=1 is per line).
+        sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, encoding="utf-8", errors="surrogateescape", closefd=False)
+        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def preload() -> None:
+    """Import what any command may need, so workers start with it."""
+    import grpc  # noqa: F401
+
+    import cli.containers  # noqa: F401
+    import cli.images  # noqa: F401
+    import cli.lifecycle  # noqa: F401
+    import cli.main
+
+    cli.main.command()
+    import cli.output  # noqa: F401
+    import cli.parse  # noqa: F401
+    import cli.stdio  # noqa: F401
+    import cli.streams  # noqa: F401
+    import cli.system  # noqa: F401
+    from protos.executor.v1 import executor_pb2_grpc  # noqa: F401
+    from protos.state.v1 import state_pb2_grpc  # noqa: F401
+    from protos.storage.v1 import storage_pb2_grpc  # noqa: F401
+    from services.common import client  # noqa: F401
+
+
+def listen(path: Path) -> socket.socket:
+    from services.common.server import root_only_socket
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with root_only_socket(path):
+        listener.bind(str(path))
+    listener.listen(BACKLOG)
+    listener.setblocking(False)
+    return listener
+
+
+def main() -> int:
+    from services.common.server import single_instance, write_pidfile
+
+    config = Config.from_env()
+    config.run.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.run, 0o700)
+    preload()
+    with single_instance(config.lock_path(SERVICE), SERVICE) as lock_fd:
+        socket_path = config.socket_path(SERVICE)
+        listener = listen(socket_path)
+        write_pidfile(config.pid_path(SERVICE))
+        print(f"cli server: pid {os.getpid()} serving on {socket_path} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
+        server = ForkServer(config, listener, [lock_fd])
+        try:
+            server.serve()
+        finally:
+            # Still under the lock, so the socket and pidfile are ours to remove.
+            listener.close()
+            socket_path.unlink(missing_ok=True)
+            config.pid_path(SERVICE).unlink(missing_ok=True)
+    if server.restart:
+        # Same pid, fresh code; meanwhile clients find no server and run the CLI themselves.
+        os.execv(sys.executable, [sys.executable, "-m", "cli.forkserver"])
+    print(f"cli server: pid {os.getpid()} stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

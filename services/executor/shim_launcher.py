@@ -1,0 +1,189 @@
+"""Shim launcher: one warm, grpc-free helper per executor that forks each container's shim on request, no exec."""
+
+import _signal
+import gc
+import marshal
+import posix
+import sys
+
+from services.common import linux
+from services.executor import framing, shim, statefiles
+
+# Loaded once here, before any fork, so no shim or container init pays an interpreter start or an import:
+# they share these pages copy-on-write with the launcher and with each other.
+from services.executor import init, logfmt  # noqa: F401
+
+# Started by the executor (fork+exec, its end of a socketpair as our stdin). The first reply, READY, comes
+# once every import is done (nothing is written under MYDOCKER_RUN/pycache after it); then one request at
+# a time, each answered once the intermediate child has exited. End of file on stdin: the executor is gone.
+BOOTSTRAP = "from services.executor.shim_launcher import main; main()"
+CONTROL_FD = 0
+LENGTH_SIZE = 4
+# A reply is one big-endian signed 32-bit status.
+REPLY_SIZE = 4
+MAX_REQUEST = 1 << 20
+READ_SIZE = 64 * 1024
+READY = 0
+# Reply of a fork that failed in the launcher itself; otherwise the reply is the child's exit status.
+FORK_FAILED = -1
+
+
+class RequestError(ValueError):
+    """The executor sent something that is not a request of this protocol."""
+
+
+def encode_request(options: dict) -> bytes:
+    """A 4-byte big-endian length, then the shim's options in marshal format.
+
+    The options: state, log, stdio, oom (str), terminal, stdin (bool), shim_procs (list of str),
+    window ((rows, cols) or None) and plan (the container init's plan, marshal bytes).
+    marshal because it is built in: the launcher decodes without importing json.
+    """
+    try:
+        payload = marshal.dumps(options)
+    except ValueError as err:
+        raise RequestError(f"shim options that marshal cannot carry: {err}") from None
+    if len(payload) > MAX_REQUEST:
+        raise RequestError(f"request of {len(payload)} bytes is over {MAX_REQUEST}")
+    return len(payload).to_bytes(LENGTH_SIZE, "big") + payload
+
+
+class RequestReader:
+    """Turns the control stream into requests; feed() returns the option dicts completed so far."""
+
+    def __init__(self):
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list:
+        self._buffer += data
+        requests = []
+        while len(self._buffer) >= LENGTH_SIZE:
+            size = int.from_bytes(self._buffer[:LENGTH_SIZE], "big")
+            if size > MAX_REQUEST:
+                raise RequestError(f"request of {size} bytes is over {MAX_REQUEST}")
+            if len(self._buffer) < LENGTH_SIZE + size:
+                break
+            payload = self._buffer[LENGTH_SIZE:LENGTH_SIZE + size]
+            self._buffer = self._buffer[LENGTH_SIZE + size:]
+            try:
+                options = marshal.loads(payload)
+            except (EOFError, ValueError, TypeError) as err:
+                raise RequestError(f"undecodable request: {err}") from None
+            if not isinstance(options, dict):
+                raise RequestError(f"a request is a dict of options, not {type(options).__name__}")
+            requests.append(options)
+        return requests
+
+
+def encode_reply(status: int) -> bytes:
+    return framing.encode_int(status)
+
+
+def decode_reply(data: bytes) -> int:
+    return framing.decode_int(data)
+
+
+def main() -> None:
+    """Serve spawn requests on stdin (the executor's socketpair) until end of file.
+
+    Signal dispositions stay the interpreter's defaults, so a shim forked from here starts as a fresh
+    interpreter would; gc.freeze() keeps the shims' collections off the pages they share with us.
+    """
+    statefiles.set_comm("shim-launcher")
+    reader = RequestReader()
+    if not _reply(READY):
+        return
+    while True:
+        try:
+            data = posix.read(CONTROL_FD, READ_SIZE)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            # The executor closed its end or died: nothing more will come. Shims are not ours to stop.
+            return
+        for options in reader.feed(data):
+            if not _reply(spawn(options)):
+                return
+
+
+def _reply(status: int) -> bool:
+    """Send one reply; False when the executor is gone."""
+    data = encode_reply(status)
+    try:
+        while data:
+            data = data[posix.write(CONTROL_FD, data):]
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
+
+
+def spawn(options: dict) -> int:
+    """Fork the intermediate child, wait for it: 0 once the shim is forked."""
+    # Everything allocated so far stays out of the children's collections, which would otherwise
+    # touch (and so copy) every page of objects shared with the launcher.
+    gc.freeze()
+    try:
+        pid = posix.fork()
+    except OSError as err:
+        print(f"shim launcher: fork: {err}", file=sys.stderr)
+        return FORK_FAILED
+    if pid == 0:
+        _intermediate(options)
+    _, status = posix.waitpid(pid, 0)
+    return posix.waitstatus_to_exitcode(status)
+
+
+def _intermediate(options) -> None:
+    """In the forked child: never returns into the launcher's loop."""
+    try:
+        posix.setsid()
+        _stdio(options["state"])
+        # Double fork: this child exits at once and the shim is reparented away from the launcher.
+        pid = posix.fork()
+        if pid:
+            _record_shim(options["state"], pid)
+            posix._exit(0)
+        _run_shim(options)
+    except BaseException:  # noqa: BLE001 - a forked child must never return into the launcher's loop
+        sys.excepthook(*sys.exc_info())
+    finally:
+        posix._exit(1)
+
+
+def _stdio(state_dir: str) -> None:
+    """stdin and stdout on /dev/null, stderr to the container's shim.log, and no other fd open."""
+    null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
+    log = posix.open(f"{state_dir}/{statefiles.SHIM_LOG}", posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
+    # dup2 over fd 0 closes this child's copy of the control socket.
+    posix.dup2(null, 0)
+    posix.dup2(null, 1)
+    posix.dup2(log, 2)
+    posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
+
+
+def _record_shim(state_dir: str, pid: int) -> None:
+    """shim.pid, written before the launcher replies: a shim that dies at once is then seen dead, not awaited."""
+    try:
+        statefiles.write_atomic(
+            f"{state_dir}/{statefiles.SHIM_PID}", statefiles.format_pid(pid, statefiles.proc_start_time(pid) or 0)
+        )
+    except BaseException:
+        # Unrecorded, the shim could not be found to be stopped: it must not run. It is our child, not yet reaped.
+        posix.kill(pid, _signal.SIGKILL)
+        raise
+
+
+def _run_shim(options) -> None:
+    state_dir = options["state"]
+    try:
+        statefiles.set_comm(f"shim {state_dir.rsplit('/', 1)[-1]}")
+        # Out of the executor's cgroups, so stopping or limiting the executor leaves shims alone.
+        for procs in options["shim_procs"]:
+            with open(procs, "w") as handle:
+                handle.write("0")
+        # Our next child, the container's init, is PID 1 of a new pid namespace.
+        linux.unshare(linux.CLONE_NEWPID)
+    except OSError as err:
+        shim.fail(state_dir, f"shim: {err}")
+        posix._exit(1)
+    shim.Shim(options).run()

@@ -1,0 +1,166 @@
+"""The warm CLI server through its socket: ./mydocker answers the same through it as in-process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.common.config import Config
+from services.common.ctl import REPO, cli_server_health, is_service_process, service_pid
+
+START_TIMEOUT = 30.0
+
+
+@pytest.fixture
+def config(temp_config: Config) -> Config:
+    return temp_config
+
+
+def _env(config: Config, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MYDOCKER_")}
+    env.update(MYDOCKER_ROOT=str(config.root), MYDOCKER_RUN=str(config.run), PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def _wait(condition, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not condition():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"the CLI server did not start: {log.read_text()}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def server(config: Config) -> Iterator[subprocess.Popen]:
+    config.root.mkdir(parents=True)
+    log = open(config.root / "cli.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.forkserver"], cwd=REPO, env=_env(config), stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait(lambda: cli_server_health(config) == "SERVING", proc, config.root / "cli.log")
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        log.close()
+
+
+def mydocker(config: Config, *args: str, mode: str, cwd: Path = REPO, stdin=subprocess.DEVNULL, **kwargs):
+    return subprocess.run(
+        [str(REPO / "mydocker"), *args],
+        env=_env(config, MYDOCKER_CLI_SERVER=mode),
+        cwd=cwd,
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
+
+
+def same_both_ways(config: Config, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    served = mydocker(config, *args, mode="require", cwd=cwd)
+    alone = mydocker(config, *args, mode="off", cwd=cwd)
+    assert (served.returncode, served.stdout, served.stderr) == (alone.returncode, alone.stdout, alone.stderr)
+    return served
+
+
+def test_commands_answer_the_same_through_the_server(config: Config, server) -> None:
+    version = same_both_ways(config, "version")
+    assert version.returncode == 0 and version.stdout.startswith("mydocker ")
+    assert "Usage: mydocker" in same_both_ways(config, "--help").stdout
+    usage = same_both_ways(config, "run")
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+
+
+def test_errors_exit_statuses_and_the_clients_environment(config: Config, server) -> None:
+    # No state service: the worker reads MYDOCKER_RUN from the client's environment.
+    ps = same_both_ways(config, "ps")
+    assert ps.returncode == 1
+    assert ps.stderr.strip().splitlines() == [
+        f"mydocker: the state service is not reachable at {config.socket_path('state')} (no socket): run scripts/up to start it"
+    ]
+
+
+def test_the_worker_works_in_the_clients_directory(config: Config, server, tmp_path: Path) -> None:
+    missing = same_both_ways(config, "import", "here.tar", "img", cwd=tmp_path)
+    assert missing.stderr.strip() == "mydocker: cannot read here.tar: No such file or directory"
+    (tmp_path / "here.tar").write_bytes(b"")
+    found = same_both_ways(config, "import", "here.tar", "img", cwd=tmp_path)
+    assert "storage service is not reachable" in found.stderr
+
+
+def test_require_without_a_server_is_one_line(config: Config) -> None:
+    result = mydocker(config, "version", mode="require")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"mydocker: no CLI server answers at {config.socket_path('cli')} (MYDOCKER_CLI_SERVER=require): run scripts/up\n"
+    )
+    assert mydocker(config, "version", mode="").stdout.startswith("mydocker ")
+
+
+def test_a_killed_server_leaves_commands_working(config: Config, server) -> None:
+    pid = service_pid(config, "cli")
+    assert pid == server.pid
+    os.kill(pid, signal.SIGKILL)
+    server.wait(timeout=10)
+    # Its socket is left behind, but nobody answers on it: the CLI runs in-process.
+    assert config.socket_path("cli").exists()
+    assert mydocker(config, "version", mode="").stdout.startswith("mydocker ")
+    assert mydocker(config, "version", mode="require").returncode == 1
+
+
+def test_sigterm_stops_the_server_and_removes_its_socket(config: Config, server) -> None:
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=15) == 0
+    assert not config.socket_path("cli").exists()
+    assert not config.pid_path("cli").exists()
+    assert not is_service_process(server.pid, "cli")
+
+
+def test_a_source_change_restarts_the_server_with_the_new_code(tmp_path: Path) -> None:
+    """On a copy of the CLI's source (the checkout's own is never touched): a changed file means a fresh server."""
+    copy = tmp_path / "checkout"
+    (copy / "services").mkdir(parents=True)
+    for part in ("cli", "protos", "services/common"):
+        shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "services" / "__init__.py", copy / "services")
+    shutil.copy(REPO / "mydocker", copy)
+    (copy / ".venv").symlink_to(REPO / ".venv")
+    config = Config(root=tmp_path / "root", run=tmp_path / "run")
+    env = dict(_env(config), PYTHONPATH=str(copy))
+    with open(tmp_path / "server.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.forkserver"], cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def serving() -> bool:
+            return cli_server_health(config) == "SERVING"
+
+        def version(mode: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(copy / "mydocker"), "version"], env=dict(env, MYDOCKER_CLI_SERVER=mode),
+                capture_output=True, text=True, timeout=60,
+            )
+
+        _wait(serving, proc, tmp_path / "server.log")
+        assert version("require").returncode == 0
+        (copy / "cli" / "system.py").write_text(
+            (copy / "cli" / "system.py").read_text().replace('f"mydocker {VERSION}', 'f"mydocker-changed {VERSION}')
+        )
+        # The command that notices runs in-process (here: refused, as asked), on the new code either way.
+        assert version("").stdout.startswith("mydocker-changed ")
+        _wait(serving, proc, tmp_path / "server.log")
+        assert service_pid(config, "cli") == proc.pid  # the same process, re-executed
+        served = version("require")
+        assert served.returncode == 0 and served.stdout.startswith("mydocker-changed "), served.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)

@@ -1,0 +1,85 @@
+"""./mydocker through the warm CLI server that scripts/up starts: real containers, signals, a killed client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from services.common.config import Config
+from services.common.ctl import REPO, service_pid
+
+pytestmark = pytest.mark.root
+
+
+def _children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _start(host, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(REPO / "mydocker"), *args],
+        env=dict(host.env, MYDOCKER_CLI_SERVER="require"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_scripts_up_starts_the_server_and_commands_go_through_it(host) -> None:
+    config = Config(root=Path(host.env["MYDOCKER_ROOT"]), run=Path(host.env["MYDOCKER_RUN"]))
+    assert service_pid(config, "cli") is not None
+    env = dict(host.env, MYDOCKER_CLI_SERVER="require")
+    run = subprocess.run(
+        [str(REPO / "mydocker"), "run", "-i", "--rm", "busybox", "sh", "-c", "cat; exit 3"],
+        env=env, input="through the server\n", capture_output=True, text=True, timeout=60,
+    )
+    assert (run.returncode, run.stdout, run.stderr) == (3, "through the server\n", "")
+
+
+def test_sigterm_to_the_client_reaches_the_container(host) -> None:
+    script = 'trap "echo got-term; exit 7" TERM; echo ready; while :; do sleep 0.1; done'
+    client = _start(host, "run", "--name", "termed", "busybox", "sh", "-c", script)
+    try:
+        assert client.stdout.readline() == "ready\n"
+        client.send_signal(signal.SIGTERM)
+        out, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert (client.returncode, out, err) == (7, "got-term\n", "")
+
+
+def test_a_killed_client_takes_its_worker_with_it(host) -> None:
+    config = Config(root=Path(host.env["MYDOCKER_ROOT"]), run=Path(host.env["MYDOCKER_RUN"]))
+    server = service_pid(config, "cli")
+    assert server is not None
+    # The spare waiting now is the worker that will serve the next command.
+    _wait_for(lambda: len(_children(server)) == 1, what="one spare worker")
+    (worker,) = _children(server)
+    client = _start(host, "run", "--name", "orphaned", "busybox", "sh", "-c", "echo ready; sleep 60")
+    try:
+        assert client.stdout.readline() == "ready\n"
+        assert worker in _children(server)
+        client.kill()
+        client.wait()
+        _wait_for(lambda: worker not in _children(server), what="the worker to end")
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    # As with a killed in-process CLI, the container itself runs on until stopped.
+    host.mydocker("rm", "-f", "orphaned")
