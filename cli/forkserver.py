@@ -367,10 +367,12 @@ def main() -> int:
         try:
             server.serve()
         finally:
-            # Still under the lock, so the socket and pidfile are ours to remove.
+            # Still under the lock, so the socket and pidfile are ours to remove. A restart keeps the
+            # pidfile (the pid stays), so `scripts/down` finds the server even while it re-executes.
             listener.close()
             socket_path.unlink(missing_ok=True)
-            config.pid_path(SERVICE).unlink(missing_ok=True)
+            if not server.restart:
+                config.pid_path(SERVICE).unlink(missing_ok=True)
     if server.restart:
         # Same pid, fresh code; meanwhile clients find no server and run the CLI themselves.
         os.execv(sys.executable, [sys.executable, "-m", "cli.forkserver"])
