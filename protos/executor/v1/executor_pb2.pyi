@@ -198,6 +198,18 @@ class ListContainersResponse(_message.Message):
     processes: _containers.RepeatedCompositeFieldContainer[ContainerProcess]
     def __init__(self, processes: _Optional[_Iterable[_Union[ContainerProcess, _Mapping]]] = ...) -> None: ...
 
+class ListCgroupsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCgroupsResponse(_message.Message):
+    __slots__ = ("container_ids", "parent")
+    CONTAINER_IDS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    container_ids: _containers.RepeatedScalarFieldContainer[str]
+    parent: str
+    def __init__(self, container_ids: _Optional[_Iterable[str]] = ..., parent: _Optional[str] = ...) -> None: ...
+
 class WindowSize(_message.Message):
     __slots__ = ("rows", "cols")
     ROWS_FIELD_NUMBER: _ClassVar[int]

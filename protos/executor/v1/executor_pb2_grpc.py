@@ -76,6 +76,11 @@ class ExecutorServiceStub:
                 request_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListContainersRequest.SerializeToString,
                 response_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListContainersResponse.FromString,
                 _registered_method=True)
+        self.ListCgroups = channel.unary_unary(
+                '/mydocker.executor.v1.ExecutorService/ListCgroups',
+                request_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListCgroupsRequest.SerializeToString,
+                response_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListCgroupsResponse.FromString,
+                _registered_method=True)
         self.Exec = channel.stream_stream(
                 '/mydocker.executor.v1.ExecutorService/Exec',
                 request_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ExecRequest.SerializeToString,
@@ -181,6 +186,15 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCgroups(self, request, context):
+        """ListCgroups names every container cgroup below the executor's cgroup
+        parent, whether or not the container has state: `system check` compares
+        them with the records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Exec(self, request_iterator, context):
         """Exec runs another process inside a running container: the first request
         carries the spec; then stdin, resize and signal messages may follow. The
@@ -277,6 +291,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.ListContainers,
                     request_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListContainersRequest.FromString,
                     response_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListContainersResponse.SerializeToString,
+            ),
+            'ListCgroups': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCgroups,
+                    request_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListCgroupsRequest.FromString,
+                    response_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListCgroupsResponse.SerializeToString,
             ),
             'Exec': grpc.stream_stream_rpc_method_handler(
                     servicer.Exec,
@@ -532,6 +551,33 @@ class ExecutorService:
             '/mydocker.executor.v1.ExecutorService/ListContainers',
             protos_dot_executor_dot_v1_dot_executor__pb2.ListContainersRequest.SerializeToString,
             protos_dot_executor_dot_v1_dot_executor__pb2.ListContainersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCgroups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mydocker.executor.v1.ExecutorService/ListCgroups',
+            protos_dot_executor_dot_v1_dot_executor__pb2.ListCgroupsRequest.SerializeToString,
+            protos_dot_executor_dot_v1_dot_executor__pb2.ListCgroupsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ CONTAINER_STATUS_EXITED: ContainerStatus
 CONTAINER_STATUS_REMOVING: ContainerStatus
 
 class Container(_message.Message):
-    __slots__ = ("id", "name", "image", "command", "env", "volumes", "resources", "network", "ports", "ip", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "status", "created_at", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "error")
+    __slots__ = ("id", "name", "image", "command", "env", "volumes", "resources", "network", "ports", "ip", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "status", "created_at", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "error", "owner")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class Container(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     image: str
@@ -87,7 +88,16 @@ class Container(_message.Message):
     exit_code: int
     oom_killed: bool
     error: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., network: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., ip: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., working_dir: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin_open: _Optional[bool] = ..., auto_remove: _Optional[bool] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    owner: Owner
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., network: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., ip: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., working_dir: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin_open: _Optional[bool] = ..., auto_remove: _Optional[bool] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ...) -> None: ...
+
+class Owner(_message.Message):
+    __slots__ = ("pid", "pid_start_time")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PID_START_TIME_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    pid_start_time: int
+    def __init__(self, pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
@@ -110,7 +120,7 @@ class GetInfoResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., database_path: _Optional[str] = ..., schema_version: _Optional[int] = ..., containers: _Optional[int] = ..., networks: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class CreateContainerRequest(_message.Message):
-    __slots__ = ("name", "image", "command", "env", "volumes", "resources", "network", "ports", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove")
+    __slots__ = ("name", "image", "command", "env", "volumes", "resources", "network", "ports", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "owner")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +142,7 @@ class CreateContainerRequest(_message.Message):
     TTY_FIELD_NUMBER: _ClassVar[int]
     STDIN_OPEN_FIELD_NUMBER: _ClassVar[int]
     AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -146,7 +157,8 @@ class CreateContainerRequest(_message.Message):
     tty: bool
     stdin_open: bool
     auto_remove: bool
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., network: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., working_dir: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin_open: _Optional[bool] = ..., auto_remove: _Optional[bool] = ...) -> None: ...
+    owner: Owner
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., network: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., working_dir: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin_open: _Optional[bool] = ..., auto_remove: _Optional[bool] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ...) -> None: ...
 
 class CreateContainerResponse(_message.Message):
     __slots__ = ("container",)
@@ -192,7 +204,7 @@ class ListContainersResponse(_message.Message):
     def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ...) -> None: ...
 
 class UpdateContainerStatusRequest(_message.Message):
-    __slots__ = ("id", "status", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "error")
+    __slots__ = ("id", "status", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "error", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +213,7 @@ class UpdateContainerStatusRequest(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     OOM_KILLED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: ContainerStatus
     pid: int
@@ -209,7 +222,8 @@ class UpdateContainerStatusRequest(_message.Message):
     exit_code: int
     oom_killed: bool
     error: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    owner: Owner
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ...) -> None: ...
 
 class UpdateContainerStatusResponse(_message.Message):
     __slots__ = ("container",)
