@@ -8,21 +8,12 @@ from pathlib import Path
 
 import typer
 
+from cli.output import human_size
 from cli.services import CliError, Services
 
 CHUNK_SIZE = 256 * 1024
 # Below this, a progress bar would only flicker.
 PROGRESS_THRESHOLD = 16 * 1024 * 1024
-
-
-def human_size(size: int) -> str:
-    """1536 -> "1.5KiB", as compact as docker's SIZE column."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def progress_line(done: int, total: int, width: int = 30) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal as signals
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from protos.executor.v1 import executor_pb2 as ex
 from protos.state.v1 import state_pb2 as st
 from protos.storage.v1 import storage_pb2 as sto
 from protos.types.v1 import types_pb2
+from services.common import procinfo
 from services.common.client import describe_rpc_error
 
 # Exit code recorded when the executor has no trace of a process the record calls running.
@@ -63,6 +65,12 @@ class RunRequest:
     auto_remove: bool = False
     # (rows, cols) of the caller's terminal, for a -t container's first instant.
     window: tuple[int, int] | None = None
+
+
+def this_process() -> st.Owner:
+    """This CLI as the owner of a record it is creating or removing: while it lives, repair leaves the record alone."""
+    pid = os.getpid()
+    return st.Owner(pid=pid, pid_start_time=procinfo.proc_start_time(pid) or 0)
 
 
 def step(what: str, call: Callable[[], object]):
@@ -140,6 +148,7 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
         tty=request.tty,
         stdin_open=request.stdin_open,
         auto_remove=request.auto_remove,
+        owner=this_process(),
     )
     container = step("creating the record", lambda: services.call("state", "CreateContainer", spec).container)
     with Rollback() as undo:
@@ -253,7 +262,7 @@ def remove(services: Services, reference: str, force: bool) -> st.Container:
 def remove_stopped(services: Services, container: st.Container) -> None:
     """The removal steps for a container whose process is gone: REMOVING, rootfs, process state, record."""
     if container.status != st.CONTAINER_STATUS_REMOVING:
-        removing = st.UpdateContainerStatusRequest(id=container.id, status=st.CONTAINER_STATUS_REMOVING)
+        removing = st.UpdateContainerStatusRequest(id=container.id, status=st.CONTAINER_STATUS_REMOVING, owner=this_process())
         services.call("state", "UpdateContainerStatus", removing)
     step(
         "removing the rootfs",
@@ -263,4 +272,5 @@ def remove_stopped(services: Services, container: st.Container) -> None:
         "deleting the process state",
         lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)),
     )
-    services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id))
+    # Already gone is fine: a concurrent `system check --repair` may have finished this removal.
+    services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id), missing_ok=True)

@@ -39,3 +39,13 @@ def format_status(status: str, exit_code: int, oom_killed: bool) -> str:
         detail = f"{exit_code}, OOM killed" if oom_killed else f"{exit_code}"
         return f"{status} ({detail})"
     return status
+
+
+def human_size(size: int) -> str:
+    """1536 -> "1.5KiB", as compact as docker's SIZE column."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

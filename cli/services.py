@@ -46,8 +46,11 @@ class Services:
 
         return executor_pb2_grpc.ExecutorServiceStub(self._channel("executor"))
 
-    def call(self, service: str, method: str, request, timeout: float = DEFAULT_TIMEOUT):
-        """Call `service`.`method`; a gRPC failure becomes a CliError with one clear line."""
+    def call(self, service: str, method: str, request, timeout: float = DEFAULT_TIMEOUT, missing_ok: bool = False):
+        """Call `service`.`method`; a gRPC failure becomes a CliError with one clear line.
+
+        With `missing_ok`, NOT_FOUND returns None: the thing is already gone, as the caller wanted.
+        """
         import grpc
 
         from services.common.client import describe_rpc_error
@@ -56,4 +59,6 @@ class Services:
         try:
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as err:
+            if missing_ok and err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
             raise CliError(describe_rpc_error(service, self.config, err)) from None

@@ -1,4 +1,4 @@
-"""System verbs: version, and `system info` with each service's health and version."""
+"""System verbs: version, `system info` (each service's health and version) and `system check`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from cli.services import CliError, Services
 from services.common.config import API_VERSION, SERVICES, VERSION
 
-system_app = typer.Typer(help="Facts about the mydocker services on this host.", no_args_is_help=True)
+system_app = typer.Typer(help="The services on this host: health, consistency, disk use.", no_args_is_help=True)
 
 
 def version() -> None:
@@ -71,6 +71,20 @@ def info() -> None:
         )
 
 
+@system_app.command("check")
+def check(
+    repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed (each repair is idempotent)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing when everything is consistent."),
+) -> None:
+    """Compare records, rootfs and mounts, processes and cgroups; report (or --repair) what does not add up."""
+    from cli.check import run_check
+
+    raise typer.Exit(run_check(repair, quiet, typer.echo))
+
+
 def register(app: typer.Typer) -> None:
+    from cli import disk
+
     app.command("version")(version)
     app.add_typer(system_app, name="system")
+    disk.register(app, system_app)

@@ -215,7 +215,30 @@ def up(config: Config, services: list[str], timeout: float = UP_TIMEOUT) -> int:
         time.sleep(POLL_SECONDS)
     for service in services:
         print(f"{service}: {notes[service]}, SERVING")
+    if all(_health(config, service) == "SERVING" for service in SERVICES):
+        return repair(config)
     return 0
+
+
+def repair(config: Config) -> int:
+    """Finish or undo what a crash of any service (or CLI) left half-done: `mydocker system check --repair`.
+
+    Services reconcile their own state as they start, but only the CLI sees all three, e.g. a shim
+    whose record a rolled-back run deleted while the executor was down.
+    """
+    result = subprocess.run(
+        [str(REPO / "mydocker"), "system", "check", "--repair", "--quiet"],
+        env=service_env(config),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=UP_TIMEOUT * 6,
+    )
+    for line in (result.stdout + result.stderr).splitlines():
+        print(f"check: {line}")
+    if result.returncode != 0:
+        print("ctl: the services are up, but `mydocker system check --repair` could not fix everything (see above)", file=sys.stderr)
+    return result.returncode
 
 
 def down(config: Config, services: list[str], timeout: float = DOWN_TIMEOUT) -> int:

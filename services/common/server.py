@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import faults
 from services.common.config import Config, check_socket_path, unix_target
 from services.common.grpc_errors import DomainErrorInterceptor
 
@@ -89,9 +90,14 @@ def root_only_socket(socket: Path) -> Iterator[None]:
 
 def create_server(definition: ServiceDefinition, address: str, max_workers: int = MAX_WORKERS) -> RunningServer:
     """Build and start a server on `address` ("unix:/abs/path" or "host:port") with health and reflection."""
+    interceptors: list[grpc.ServerInterceptor] = [DomainErrorInterceptor()]
+    # Only when MYDOCKER_FAULT names this service (crash tests): otherwise no interceptor, no cost.
+    fault = faults.interceptor_for(definition.name, definition.full_name)
+    if fault is not None:
+        interceptors.append(fault)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=definition.name),
-        interceptors=[DomainErrorInterceptor()],
+        interceptors=interceptors,
     )
     definition.register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -186,6 +186,24 @@ def _rmdir_when_empty(directory: Path, timeout: float) -> None:
             time.sleep(0.02)
 
 
+def _procs(directory: Path) -> list[int]:
+    try:
+        return [int(line) for line in _read(directory / "cgroup.procs").split()]
+    except FileNotFoundError:
+        return []
+
+
+def _last_change(directories: list[Path]) -> float:
+    """The latest mtime of the directories that exist, 0 when none does: a leaf cgroup's is its creation."""
+    latest = 0.0
+    for directory in directories:
+        try:
+            latest = max(latest, directory.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return latest
+
+
 @functools.lru_cache(maxsize=64)
 def _hierarchy(controller_dir: str) -> str:
     # Only the mount point is resolved, once: resolving whole cgroup paths cost ~40 lstat calls per
@@ -250,11 +268,11 @@ class CgroupV1:
         return [str(directory / "cgroup.procs") for directory in self.dirs()]
 
     def pids(self) -> list[int]:
-        controller = "pids" if "pids" in self.paths else next(iter(self.paths))
-        try:
-            return [int(line) for line in _read(self.dir(controller) / "cgroup.procs").split()]
-        except FileNotFoundError:
-            return []
+        """Members in any hierarchy: a half-made or half-removed cgroup may exist in some of them only."""
+        members: set[int] = set()
+        for directory in self.dirs():
+            members.update(_procs(directory))
+        return sorted(members)
 
     def oom_file(self) -> str:
         """memory.oom_control, or "" on a host without the memory hierarchy (OOM kills then go unseen)."""
@@ -265,6 +283,9 @@ class CgroupV1:
 
     def exists(self) -> bool:
         return any(directory.exists() for directory in self.dirs())
+
+    def last_change(self) -> float:
+        return _last_change(self.dirs())
 
     def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
         for directory in self.dirs():
@@ -332,10 +353,7 @@ class CgroupV2:
         return [str(self.path() / "cgroup.procs")]
 
     def pids(self) -> list[int]:
-        try:
-            return [int(line) for line in _read(self.path() / "cgroup.procs").split()]
-        except FileNotFoundError:
-            return []
+        return _procs(self.path())
 
     def oom_file(self) -> str:
         return str(self.path() / "memory.events")
@@ -345,6 +363,9 @@ class CgroupV2:
 
     def exists(self) -> bool:
         return self.path().exists()
+
+    def last_change(self) -> float:
+        return _last_change(self.dirs())
 
     def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
         _rmdir_when_empty(self.path(), timeout)
@@ -428,6 +449,28 @@ class CgroupLayout:
         if self.version == "v2":
             return [self.root / self.parent.lstrip("/")]
         return CgroupV1(self.root, self.parents).dirs()
+
+    def parent_path(self) -> str:
+        """The parent from each hierarchy's root; on v1, hierarchies placed elsewhere are named after it."""
+        if self.version == "v2":
+            return self.parent
+        paths = list(self.parents.values())
+        if not paths:
+            return ""
+        common = max(paths, key=paths.count)
+        others = [f"{c}: {p}" for c, p in self.parents.items() if p != common]
+        return f"{common} ({', '.join(others)})" if others else common
+
+    def child_names(self) -> list[str]:
+        """Every cgroup directly below the parent in any hierarchy, the shims' own excepted; sorted."""
+        names: set[str] = set()
+        for directory in self.parent_dirs():
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            names.update(e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name != SHIMS_CGROUP)
+        return sorted(names)
 
     def remove_parent(self) -> bool:
         """rmdir the shims leaf and the parent once nothing uses them; False while something still does.

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import marshal
 import os
 import select
@@ -24,6 +25,7 @@ import services
 from services.common.config import VERSION, Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MydockerError, NotFound
 from services.executor import framing, logfmt, nsexec, shim_launcher, statefiles
+from services.executor import reconcile as reconcile_plan
 from services.executor.cgroups import Cgroup, CgroupLayout, cgroup_from_record
 from services.executor.model import (
     CloseStdin,
@@ -43,7 +45,9 @@ from services.executor.model import (
     Stdin,
     StdioMode,
 )
-from services.executor.plan import ID_PATTERN, build_plan, merge_env, validate
+from services.executor.plan import PYCACHE_DIR, build_plan, check_container_id, is_container_id, merge_env, validate
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = str(Path(services.__file__).resolve().parent.parent)
 # Exit code reported when the shim and the process vanished without recording one.
@@ -61,6 +65,20 @@ READ_SIZE = 64 * 1024
 MAX_SIGNAL = 64
 # How long a stopping executor waits for its shim launcher to see end of file and exit.
 LAUNCHER_EXIT_WAIT = 5.0
+# Files only a container's state dir holds: a directory of MYDOCKER_RUN with none of them is not ours.
+STATE_DIR_MARKERS = (
+    statefiles.PLAN,
+    statefiles.CGROUP,
+    statefiles.SHIM_PID,
+    statefiles.PID,
+    statefiles.START_FIFO,
+    statefiles.NOTIFY_FIFO,
+    statefiles.SHIM_LOG,
+)
+LOST_ERROR = (
+    "the shim died without recording the exit (it was killed, or the host rebooted): "
+    f"the exit code is lost, {LOST_EXIT_CODE} stands for it"
+)
 
 
 def _error_for(text: str) -> Exception:
@@ -87,6 +105,34 @@ def _send_signal(pid: int, start_time: int, signum: int) -> bool:
         return False
     finally:
         os.close(pidfd)
+
+
+def _kill_members(cgroup: Cgroup, container_id: str) -> None:
+    """SIGKILL every process of one of our container cgroups, until it is empty.
+
+    A member's pidfd is opened before its membership is checked again, so a pid recycled since the
+    listing (another process, outside the cgroup) is never signalled.
+    """
+    deadline = time.monotonic() + KILL_WAIT
+    while members := cgroup.pids():
+        for pid in members:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            # Exited since the listing: nothing left to kill.
+            try:
+                with contextlib.suppress(ProcessLookupError):
+                    if pid in cgroup.pids():
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+        if time.monotonic() > deadline:
+            raise FailedPrecondition(
+                f"container {container_id}: processes {' '.join(map(str, members))} of cgroup {cgroup.path()} "
+                f"outlived SIGKILL for {KILL_WAIT:.0f}s"
+            )
+        time.sleep(POLL_SECONDS)
 
 
 def _await_exit(pid: int, start_time: int, deadline: float) -> None:
@@ -280,8 +326,7 @@ class ExecutorCore:
     # -- paths and records -------------------------------------------------------------------
 
     def _dir(self, container_id: str) -> Path:
-        if not ID_PATTERN.fullmatch(container_id or ""):
-            raise InvalidArgument(f'invalid container id "{container_id}": use 1-64 letters, digits, "_" or "-"')
+        check_container_id(container_id)
         return self._config.run / container_id
 
     def log_path(self, container_id: str) -> Path:
@@ -294,7 +339,7 @@ class ExecutorCore:
     def _helper_env(self) -> dict[str, str]:
         # Helpers get only what Python needs: nothing of ours reaches the container. Their bytecode
         # is cached under MYDOCKER_RUN, never in the source tree, since every start imports them.
-        return {"PYTHONPATH": REPO_ROOT, "PYTHONPYCACHEPREFIX": str(self._config.run / "pycache"), "PATH": os.defpath}
+        return {"PYTHONPATH": REPO_ROOT, "PYTHONPYCACHEPREFIX": str(self._config.run / PYCACHE_DIR), "PATH": os.defpath}
 
     def _cgroup(self, directory: Path, container_id: str) -> Cgroup:
         text = statefiles.read_text(str(directory / statefiles.CGROUP))
@@ -311,7 +356,7 @@ class ExecutorCore:
     def _state(self, container_id: str) -> ProcessState:
         directory = self._dir(container_id)
         if not (directory / statefiles.PLAN).exists():
-            raise NotFound(f"no such container: {container_id}")
+            raise NotFound(f"no such container: {container_id} (the executor has no state for it under {self._config.run})")
 
         def read(name: str) -> str | None:
             return statefiles.read_text(str(directory / name))
@@ -352,7 +397,7 @@ class ExecutorCore:
         return [
             e.name
             for e in entries
-            if e.is_dir() and ID_PATTERN.fullmatch(e.name) and os.path.exists(os.path.join(e.path, statefiles.PLAN))
+            if e.is_dir() and is_container_id(e.name) and os.path.exists(os.path.join(e.path, statefiles.PLAN))
         ]
 
     # -- queries ------------------------------------------------------------------------------
@@ -382,6 +427,10 @@ class ExecutorCore:
             with contextlib.suppress(NotFound):
                 states.append(self._state(container_id))
         return states
+
+    def list_cgroups(self) -> tuple[list[str], str]:
+        """Ids of every container cgroup below the parent (with or without state), and the parent itself."""
+        return [name for name in self._layout.child_names() if is_container_id(name)], self._layout.parent_path()
 
     # -- create and start ---------------------------------------------------------------------
 
@@ -423,9 +472,16 @@ class ExecutorCore:
                 raise
 
     def _check_reusable(self, container_id: str, directory: Path) -> None:
-        """An id whose shim lives, or whose exit is recorded, belongs to a container; anything else is debris."""
+        """An id whose shim or init lives, or whose command ran and exited, belongs to a container.
+
+        Anything else is the debris of a create that never finished (the executor or the shim died
+        half-way, or the host rebooted before the start): cleaned, so a retried create succeeds.
+        """
         shim_pid, shim_start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.SHIM_PID)))
-        if statefiles.is_alive(shim_pid, shim_start) or (directory / statefiles.EXIT).exists():
+        pid, start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.PID)))
+        exit_text = statefiles.read_text(str(directory / statefiles.EXIT))
+        never_ran = exit_text is not None and not statefiles.parse_exit(exit_text)["started"]
+        if statefiles.is_alive(shim_pid, shim_start) or statefiles.is_alive(pid, start) or (exit_text and not never_ran):
             raise AlreadyExists(f"container {container_id} already exists in the executor: delete it first")
         self._destroy(container_id, directory)
 
@@ -491,6 +547,8 @@ class ExecutorCore:
         directory = self._dir(container_id)
         with self._lock(container_id):
             state = self._state(container_id)
+            if state.status == ProcessStatus.RUNNING:
+                raise FailedPrecondition(f"container {container_id} is already started (running): only a created container starts")
             if state.status != ProcessStatus.CREATED or not state.pid:
                 raise FailedPrecondition(f"container {container_id} is {state.status.value}: only a created container starts")
             with _Notifier(directory) as notifier:
@@ -586,7 +644,12 @@ class ExecutorCore:
             return state
 
     def _destroy(self, container_id: str, directory: Path) -> None:
-        """Shim, cgroup, state dir and log dir, in that order; each step tolerates what is already gone."""
+        """Shim, cgroup, state dir and log dir, in that order; each step tolerates what is already gone.
+
+        With a state dir, the container's cgroup is ours: whatever is left in it is killed. Without one
+        (an orphan cgroup: a create cut short before its state dir, or a run dir lost to a reboot), its
+        processes are nobody's we know: they are never killed, and the delete is refused while they live.
+        """
         shim_pid, shim_start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.SHIM_PID)))
         pid, start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.PID)))
         # A shim lingering for an attach client, or a half-created container: neither is wanted any more.
@@ -596,9 +659,108 @@ class ExecutorCore:
         _await_exit(shim_pid, shim_start, deadline)
         _await_exit(pid, start, deadline)
         cgroup = self._cgroup(directory, container_id)
+        if directory.is_dir():
+            _kill_members(cgroup, container_id)
+        else:
+            members = cgroup.pids()
+            if members:
+                raise FailedPrecondition(
+                    f"cgroup {cgroup.path()} of container {container_id} still holds processes "
+                    f"{' '.join(map(str, members))} and the executor has no state for it: they are not ours to "
+                    "kill; stop them, then delete again"
+                )
         cgroup.remove()
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(self.log_path(container_id).parent, ignore_errors=True)
+
+    # -- reconcile ----------------------------------------------------------------------------
+
+    def reconcile(self, grace: float = reconcile_plan.ORPHAN_GRACE_SECONDS) -> list[reconcile_plan.Action]:
+        """Settle what a dead executor, dead shims or a reboot left behind; run before serving, idempotent.
+
+        Debris of cut-short creates and deletes goes; containers whose shim died get their lost exit
+        recorded (and any process left of them is killed), so Wait and Delete work as usual; empty orphan
+        cgroups go. Whatever belongs to a live shim, parked (created) containers included, stays.
+        """
+        actions = reconcile_plan.plan(self._scan(), grace)
+        for action in actions:
+            with self._lock(action.id):
+                self._apply(action)
+        return actions
+
+    def _scan(self) -> reconcile_plan.Scan:
+        state_dirs = []
+        try:
+            entries = sorted(os.scandir(self._config.run), key=lambda e: e.name)
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and is_container_id(entry.name):
+                directory = Path(entry.path)
+                if any((directory / name).exists() for name in STATE_DIR_MARKERS):
+                    state_dirs.append(self._scan_state_dir(entry.name, directory))
+        now = time.time()
+        cgroups = []
+        for container_id in self.list_cgroups()[0]:
+            cgroup = self._layout.container(container_id)
+            cgroups.append(reconcile_plan.CgroupDir(container_id, len(cgroup.pids()), max(0.0, now - cgroup.last_change())))
+        return reconcile_plan.Scan(tuple(state_dirs), tuple(cgroups))
+
+    def _scan_state_dir(self, container_id: str, directory: Path) -> reconcile_plan.StateDir:
+        def recorded(name: str) -> reconcile_plan.Recorded:
+            pid, start = statefiles.parse_pid(statefiles.read_text(str(directory / name)))
+            return reconcile_plan.Recorded(pid, start, statefiles.is_alive(pid, start))
+
+        status = (statefiles.read_text(str(directory / statefiles.STATUS)) or "").strip()
+        return reconcile_plan.StateDir(
+            id=container_id,
+            has_plan=(directory / statefiles.PLAN).exists(),
+            shim=recorded(statefiles.SHIM_PID),
+            init=recorded(statefiles.PID),
+            has_exit=(directory / statefiles.EXIT).exists(),
+            started=status == statefiles.RUNNING,
+            cgroup_members=len(self._cgroup(directory, container_id).pids()),
+        )
+
+    def _apply(self, action: reconcile_plan.Action) -> None:
+        try:
+            if isinstance(action, reconcile_plan.Destroy):
+                self._destroy(action.id, self._config.run / action.id)
+            elif isinstance(action, reconcile_plan.RecordLost):
+                self._record_lost(action)
+            elif isinstance(action, reconcile_plan.RemoveCgroup):
+                self._remove_orphan_cgroup(action.id)
+        except FailedPrecondition as err:
+            # One stuck container must not keep the executor from serving the others; it stays listed
+            # (ListContainers, ListCgroups) for `system check` and a later DeleteContainer.
+            log.warning("reconcile: %s: %s: could not finish: %s", action.id, action.reason, err)
+            return
+        log.info("reconcile: %s: %s: %s", action.id, action.reason, type(action).__name__)
+
+    def _record_lost(self, action: reconcile_plan.RecordLost) -> None:
+        """Kill what is left of the container (only what its state dir records or its cgroup holds), then write its exit."""
+        directory = self._config.run / action.id
+        shim_pid, shim_start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.SHIM_PID)))
+        if statefiles.is_alive(shim_pid, shim_start) or (directory / statefiles.EXIT).exists():
+            return
+        pid, start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.PID)))
+        if _send_signal(pid, start, signal.SIGKILL):
+            _await_exit(pid, start, time.monotonic() + KILL_WAIT)
+        _kill_members(self._cgroup(directory, action.id), action.id)
+        if not (directory / statefiles.ERROR).exists():
+            statefiles.write_atomic(str(directory / statefiles.ERROR), statefiles.format_error(statefiles.ERROR_FAILED, LOST_ERROR))
+        exited_at = time.time_ns() if action.kill_init or action.kill_members else 0
+        statefiles.write_atomic(str(directory / statefiles.EXIT), statefiles.format_lost_exit(LOST_EXIT_CODE, action.started, exited_at))
+        statefiles.write_atomic(str(directory / statefiles.STATUS), statefiles.EXITED + "\n")
+        statefiles.notify(str(directory))
+
+    def _remove_orphan_cgroup(self, container_id: str) -> None:
+        directory = self._config.run / container_id
+        if directory.exists():
+            return
+        cgroup = self._layout.container(container_id)
+        if not cgroup.pids():
+            cgroup.remove(timeout=0)
 
     # -- logs ---------------------------------------------------------------------------------
 
@@ -660,6 +822,11 @@ class ExecutorCore:
         state = self._state(container_id)
         if state.status != ProcessStatus.RUNNING:
             raise FailedPrecondition(f"container {container_id} is not running")
+        if not state.shim_pid:
+            # Its init may live on, but nothing would record how it ends: refuse rather than run beside it.
+            raise FailedPrecondition(
+                f"container {container_id} has lost its shim (killed?): no exec; stop or delete it"
+            )
         if not process.args or not process.args[0]:
             raise InvalidArgument("the command is empty: give the program to run")
         directory = self._dir(container_id)

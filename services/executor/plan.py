@@ -11,13 +11,16 @@ from dataclasses import asdict, dataclass, field
 
 from services.common.errors import InvalidArgument
 from services.common import linux as flags
-from services.executor.cgroups import Limits, validate_limits
+from services.executor.cgroups import SHIMS_CGROUP, Limits, validate_limits
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TERM = "xterm"
 STDIO_LOG = "log"
 STDIO_ATTACH = "attach"
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# Names the executor uses beside container ids: the shims' cgroup, and helper bytecode under MYDOCKER_RUN.
+PYCACHE_DIR = "pycache"
+RESERVED_IDS = frozenset({SHIMS_CGROUP, PYCACHE_DIR})
 # The state service's alphabet, since a container's name is its default hostname; the kernel takes 64 bytes.
 HOSTNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HOSTNAME_MAX = 64
@@ -182,9 +185,20 @@ def _no_nul(value: str, what: str) -> None:
         raise InvalidArgument(f"{what} contains a NUL byte")
 
 
+def is_container_id(name: str) -> bool:
+    """A name a container may have: the id alphabet, and none of the names the executor uses itself."""
+    return bool(ID_PATTERN.fullmatch(name or "")) and name not in RESERVED_IDS
+
+
+def check_container_id(container_id: str) -> None:
+    if not ID_PATTERN.fullmatch(container_id or ""):
+        raise InvalidArgument(f'invalid container id "{container_id}": use 1-64 letters, digits, "_" or "-"')
+    if container_id in RESERVED_IDS:
+        raise InvalidArgument(f'invalid container id "{container_id}": the executor uses that name itself')
+
+
 def check_id(plan: ContainerPlan) -> None:
-    if not ID_PATTERN.fullmatch(plan.id):
-        raise InvalidArgument(f'invalid container id "{plan.id}": use 1-64 letters, digits, "_" or "-"')
+    check_container_id(plan.id)
 
 
 def check_hostname(plan: ContainerPlan) -> None:

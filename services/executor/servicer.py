@@ -52,6 +52,8 @@ def _first(requests: Iterator, field: str, rpc: str):
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     def __init__(self, config: Config, core: ExecutorCore | None = None, cgroup_root: Path = DEFAULT_CGROUP_ROOT):
         self._core = core or build_core(config, cgroup_root)
+        # Before the first call: what a killed executor, killed shims or a reboot left is settled (and logged).
+        self._core.reconcile()
         # The shim launcher's interpreter start and imports happen now, not in the first CreateContainer.
         self._core.warm_up()
 
@@ -98,6 +100,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
 
     def ListContainers(self, request, context):
         return pb.ListContainersResponse(processes=[convert.state_to_proto(s) for s in self._core.list()])
+
+    def ListCgroups(self, request, context):
+        container_ids, parent = self._core.list_cgroups()
+        return pb.ListCgroupsResponse(container_ids=container_ids, parent=parent)
 
     def Logs(self, request, context):
         since = request.since.ToNanoseconds() if request.HasField("since") else 0

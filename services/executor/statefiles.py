@@ -131,6 +131,18 @@ def format_exit(exit_code: int, signum: int, oom_killed: bool, exited_at_ns: int
     )
 
 
+def format_lost_exit(exit_code: int, started: bool, exited_at_ns: int) -> str:
+    """The exit record the executor writes for a shim that died without writing one: marked lost.
+
+    `started` tells a container whose command ran from one that was only created (its id is then free again).
+    """
+    started_text = "true" if started else "false"
+    return (
+        f'{{"exit_code": {exit_code}, "signal": 0, "oom_killed": false, "exited_at_ns": {exited_at_ns}, '
+        f'"lost": true, "started": {started_text}}}\n'
+    )
+
+
 def parse_exit(text: str) -> dict:
     import json
 
@@ -140,6 +152,8 @@ def parse_exit(text: str) -> dict:
         "signal": int(record.get("signal", 0)),
         "oom_killed": bool(record.get("oom_killed", False)),
         "exited_at_ns": int(record.get("exited_at_ns", 0)),
+        "lost": bool(record.get("lost", False)),
+        "started": bool(record.get("started", True)),
     }
 
 

@@ -9,7 +9,9 @@ from services.state.store import Store
 
 
 def build(config: Config) -> ServiceDefinition:
-    servicer = StateServicer(StateCore(Store(config.state_db_path())))
+    core = StateCore(Store(config.state_db_path()))
+    core.start()
+    servicer = StateServicer(core)
     return ServiceDefinition(
         name="state",
         full_name=state_pb2.DESCRIPTOR.services_by_name["StateService"].full_name,

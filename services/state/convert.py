@@ -13,6 +13,7 @@ from services.state.model import (
     ContainerSpec,
     ContainerStatus,
     Network,
+    Owner,
     PortMapping,
     Resources,
     Volume,
@@ -97,6 +98,21 @@ def port_from_proto(message: types_pb2.PortMapping) -> PortMapping:
     )
 
 
+def owner_from_proto(message: state_pb2.Owner) -> Owner:
+    return Owner(pid=message.pid, pid_start_time=message.pid_start_time)
+
+
+def owner_of(request: state_pb2.CreateContainerRequest | state_pb2.UpdateContainerStatusRequest) -> Owner | None:
+    """The request's owner; None when the field is unset (an owner of zeros is given, and refused later)."""
+    return owner_from_proto(request.owner) if request.HasField("owner") else None
+
+
+def owner_to_proto(owner: Owner | None) -> state_pb2.Owner | None:
+    if owner is None:
+        return None
+    return state_pb2.Owner(pid=owner.pid, pid_start_time=owner.pid_start_time)
+
+
 def spec_from_proto(request: state_pb2.CreateContainerRequest) -> ContainerSpec:
     return ContainerSpec(
         image=request.image,
@@ -144,6 +160,7 @@ def container_to_proto(container: Container) -> state_pb2.Container:
         exit_code=container.exit_code,
         oom_killed=container.oom_killed,
         error=container.error,
+        owner=owner_to_proto(container.owner),
     )
 
 

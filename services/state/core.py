@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import secrets
 import time
@@ -20,9 +21,11 @@ from services.state.model import (
     ContainerSpec,
     ContainerStatus,
     Network,
+    Owner,
     ServiceInfo,
     check_transition,
     validate_network_name,
+    validate_owner,
     validate_spec,
 )
 from services.state.store import Store, Transaction
@@ -30,6 +33,10 @@ from services.state.store import Store, Transaction
 NETWORK_DRIVER = "bridge"
 _CONTAINER_ID_LOWEST = 10**9  # ten digits, the first one non-zero
 _CONTAINER_ID_COUNT = 9 * 10**9
+# Statuses of records that a multi-step operation (the CLI's run or rm) is in the middle of.
+IN_PROGRESS_STATUSES = (ContainerStatus.CREATED, ContainerStatus.REMOVING)
+
+log = logging.getLogger(__name__)
 
 
 def _require(value: str, what: str) -> None:
@@ -81,10 +88,38 @@ class StateCore:
             pid=os.getpid(),
         )
 
+    def start(self) -> dict[ContainerStatus, list[Container]]:
+        """Report, once before serving, the records left in CREATED or REMOVING.
+
+        Every write is one transaction, so there is nothing to repair in the database itself; those
+        records are the work of a CLI that may have died, which `mydocker system check --repair`
+        finishes or undoes once their owner is gone. Returns them by status.
+        """
+        with self._store.read() as transaction:
+            pending = {status: transaction.list_containers([status]) for status in IN_PROGRESS_STATUSES}
+            count = transaction.count_containers()
+        total = sum(len(containers) for containers in pending.values())
+        log.info(
+            "%d container record(s); %d in progress: %s",
+            count,
+            total,
+            ", ".join(f"{len(containers)} {status.value}" for status, containers in pending.items()),
+        )
+        for status, containers in pending.items():
+            for container in containers:
+                owner = (
+                    f"owner pid {container.owner.pid} (start time {container.owner.pid_start_time})"
+                    if container.owner else "no owner"
+                )
+                log.info("container %s (%s) is %s, %s", container.id, container.name, status.value, owner)
+        return pending
+
     # Containers.
 
-    def create_container(self, spec: ContainerSpec) -> Container:
+    def create_container(self, spec: ContainerSpec, owner: Owner | None = None) -> Container:
+        """Store a new CREATED record, owned by `owner` (the creating process) when given."""
         validate_spec(spec)
+        validate_owner(owner)
         with self._store.write() as transaction:
             if spec.name:
                 self._ensure_name_is_free(transaction, spec.name)
@@ -109,6 +144,7 @@ class StateCore:
                 auto_remove=spec.auto_remove,
                 status=ContainerStatus.CREATED,
                 created_at=self._clock(),
+                owner=owner,
             )
             transaction.insert_container(container)
         return container
@@ -173,8 +209,11 @@ class StateCore:
         exit_code: int = 0,
         oom_killed: bool = False,
         error: str = "",
+        owner: Owner | None = None,
     ) -> Container:
+        """Move a record to `status`; `owner` is kept only for REMOVING, and every other move clears it."""
         _require(container_id, "container id")
+        validate_owner(owner)
         target = _parse_status(status)
         if target is ContainerStatus.RUNNING and (pid <= 0 or pid_start_time <= 0):
             raise InvalidArgument(
@@ -188,15 +227,15 @@ class StateCore:
             if target is ContainerStatus.RUNNING:
                 updated = dataclasses.replace(
                     current, status=target, started_at=now, pid=pid, pid_start_time=pid_start_time,
-                    shim_pid=shim_pid, exit_code=0, oom_killed=False, error="",
+                    shim_pid=shim_pid, exit_code=0, oom_killed=False, error="", owner=None,
                 )
             elif target in (ContainerStatus.STOPPED, ContainerStatus.EXITED):
                 updated = dataclasses.replace(
                     current, status=target, finished_at=now, exit_code=exit_code, oom_killed=oom_killed,
-                    error=error, pid=0, pid_start_time=0, shim_pid=0,
+                    error=error, pid=0, pid_start_time=0, shim_pid=0, owner=None,
                 )
             else:
-                updated = dataclasses.replace(current, status=target)
+                updated = dataclasses.replace(current, status=target, owner=owner)
             transaction.update_container(updated)
         return updated
 

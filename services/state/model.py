@@ -86,8 +86,30 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """The process doing a multi-step operation on a record (creating or removing it).
+
+    pid_start_time is in clock ticks since boot, so that a recycled pid is never taken for the owner.
+    """
+
+    pid: int
+    pid_start_time: int
+
+
+def validate_owner(owner: Owner | None) -> None:
+    """Raise InvalidArgument unless the owner is absent or names a process exactly (both fields positive)."""
+    if owner is None:
+        return
+    if owner.pid <= 0 or owner.pid_start_time <= 0:
+        raise InvalidArgument(
+            f"invalid owner: pid {owner.pid} and pid start time {owner.pid_start_time} must both be positive "
+            "(leave the owner unset for none)"
+        )
+
+
+@dataclass(frozen=True)
 class Container:
-    """One container record. Only status, times, process fields and ip ever change."""
+    """One container record. Only status, times, process fields, owner and ip ever change."""
 
     id: str
     name: str
@@ -117,6 +139,8 @@ class Container:
     oom_killed: bool = False
     error: str = ""
     ip: str = ""
+    # Set only while CREATED (the creator) or REMOVING (the remover): work in progress while it lives.
+    owner: Owner | None = None
 
 
 @dataclass(frozen=True)

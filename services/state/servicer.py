@@ -23,7 +23,7 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
         )
 
     def CreateContainer(self, request, context):
-        container = self._core.create_container(convert.spec_from_proto(request))
+        container = self._core.create_container(convert.spec_from_proto(request), convert.owner_of(request))
         return state_pb2.CreateContainerResponse(container=convert.container_to_proto(container))
 
     def GetContainer(self, request, context):
@@ -49,6 +49,7 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
             exit_code=request.exit_code,
             oom_killed=request.oom_killed,
             error=request.error,
+            owner=convert.owner_of(request),
         )
         return state_pb2.UpdateContainerStatusResponse(container=convert.container_to_proto(container))
 

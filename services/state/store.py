@@ -17,6 +17,7 @@ from services.state.model import (
     Container,
     ContainerStatus,
     Network,
+    Owner,
     PortMapping,
     Resources,
     Volume,
@@ -79,6 +80,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX ip_allocations_by_owner ON ip_allocations (owner)",
     ),
+    # 2: the owner of a CREATED or REMOVING record; 0 and 0 mean none, which is what older rows get.
+    (
+        "ALTER TABLE containers ADD COLUMN owner_pid INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE containers ADD COLUMN owner_pid_start_time INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -87,12 +93,12 @@ _CONTAINER_COLUMNS = (
     "id", "name", "image", "command", "env", "volumes", "resources", "network", "ports", "ip",
     "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "status",
     "created_at", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid",
-    "exit_code", "oom_killed", "error",
+    "exit_code", "oom_killed", "error", "owner_pid", "owner_pid_start_time",
 )
 # The only columns that change after creation; everything else is immutable by contract.
 _CONTAINER_MUTABLE_COLUMNS = (
     "ip", "status", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid",
-    "exit_code", "oom_killed", "error",
+    "exit_code", "oom_killed", "error", "owner_pid", "owner_pid_start_time",
 )
 
 
@@ -124,6 +130,8 @@ def _container_to_row(container: Container) -> dict[str, object]:
         "exit_code": container.exit_code,
         "oom_killed": int(container.oom_killed),
         "error": container.error,
+        "owner_pid": container.owner.pid if container.owner else 0,
+        "owner_pid_start_time": container.owner.pid_start_time if container.owner else 0,
     }
 
 
@@ -155,6 +163,7 @@ def _row_to_container(row: sqlite3.Row) -> Container:
         exit_code=row["exit_code"],
         oom_killed=bool(row["oom_killed"]),
         error=row["error"],
+        owner=Owner(row["owner_pid"], row["owner_pid_start_time"]) if row["owner_pid"] else None,
     )
 
 
@@ -314,6 +323,11 @@ class Store:
 
     A single connection guarded by a lock serves every thread; SQLite's file
     locks (BEGIN IMMEDIATE plus busy_timeout) serialize writers across processes.
+
+    Not one connection per thread: gRPC's 32 workers would then contend through
+    SQLite's busy handler, which sleeps and retries unfairly and turns a burst of
+    writers into "database is locked" once busy_timeout runs out. The lock queues
+    them instead, and every transaction is short (no I/O but the database's own).
     """
 
     def __init__(self, path: Path, busy_timeout_ms: int = 30_000):

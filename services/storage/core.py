@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from services.common.config import VERSION, Config
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.storage import commit as commit_mod
-from services.storage import mountinfo
-from services.storage.fsutil import disk_usage, remove_tree
+from services.storage import mountinfo, reconcile
+from services.storage.fsutil import disk_usage
 from services.storage.images import ImageStore, require_name
 from services.storage.layers import LayerStore
 from services.storage.model import (
@@ -57,29 +57,15 @@ class StorageCore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create the directories and finish what a crash interrupted; call once before serving."""
+        """Create the directories and remove what a crash left behind (reconcile.py); call once before serving."""
         for directory in (self.paths.images, self.paths.layer_store, self.paths.overlay):
             directory.mkdir(parents=True, exist_ok=True)
-        removed = self.layers.cleanup()
-        removed += self.rootfs.cleanup()
-        removed += [str(path) for path in self._cleanup_image_temps()]
-        if self.paths.tmp.exists():
-            self.rootfs.unmount_tree(str(self.paths.tmp))
-            remove_tree(self.paths.tmp)
-        if removed:
-            log.info("removed leftovers of interrupted work: %s", ", ".join(map(str, removed)))
+        snapshot = reconcile.scan(self.paths, self._has_complete_record)
+        removed = reconcile.apply(reconcile.plan(snapshot), self.rootfs.unmount_tree)
+        log.info("reconciled %s: %d leftover(s) removed", self.paths.root, len(removed))
 
-    def _cleanup_image_temps(self) -> list:
-        removed = []
-        try:
-            names = os.listdir(self.paths.images)
-        except FileNotFoundError:
-            return removed
-        for name in names:
-            if name.startswith(".") and ".tar.tmp-" in name:
-                remove_tree(self.paths.images / name)
-                removed.append(self.paths.images / name)
-        return removed
+    def _has_complete_record(self, container_id: str) -> bool:
+        return self.rootfs.read(container_id) is not None
 
     @contextmanager
     def _container_lock(self, container_id: str) -> Iterator[None]:
@@ -167,6 +153,15 @@ class StorageCore:
         )
 
     def prepare_rootfs(self, container_id: str, image: str, volumes: Iterable[Volume]) -> Rootfs:
+        """Create and mount overlay2/<id> from `image`, with `volumes` bind-mounted inside.
+
+        For an id whose complete rootfs exists already, the request is a retry when it names the same
+        image and the same volumes: the existing rootfs is returned (mounted again if a reboot unmounted
+        it), its upper dir untouched. Anything else is AlreadyExists and changes nothing: a rootfs is
+        never re-prepared from another image or with other volumes, since its upper dir may hold the
+        container's only copy of its changes. A directory without a record is FailedPrecondition until
+        RemoveRootfs clears it.
+        """
         validate_container_id(container_id)
         require_name(image)
         volumes = normalize_volumes(volumes)
@@ -183,12 +178,13 @@ class StorageCore:
 
     def _reprepare(self, record: RootfsRecord, image: str, volumes: tuple[Volume, ...]) -> Rootfs:
         if record.image != image:
-            raise FailedPrecondition(
-                f'container {record.container_id}: rootfs was prepared from image "{record.image}", not "{image}"'
+            raise AlreadyExists(
+                f'container {record.container_id}: a rootfs prepared from image "{record.image}", not "{image}", '
+                "exists already: remove it first"
             )
         if set(record.volumes) != set(volumes):
-            raise FailedPrecondition(
-                f"container {record.container_id}: rootfs was prepared with other volumes: remove it first"
+            raise AlreadyExists(
+                f"container {record.container_id}: a rootfs prepared with other volumes exists already: remove it first"
             )
         return self._ensure_mounted(record)
 
@@ -327,9 +323,35 @@ class StorageCore:
     def list_volumes(self) -> list[VolumeUsage]:
         return self._volume_usage(self.rootfs.records())
 
+    def _hash_unhashed_images(self) -> set[str]:
+        """Digests of every image, hashing (once: then cached) those never hashed or changed since.
+
+        A hand-dropped or touched tar has no cached digest; without this, its layer would look
+        unused to PruneLayers and unshared to GetUsage.
+        """
+        digests = set()
+        for image in self.images.list():
+            if image.digest:
+                digests.add(image.digest)
+                continue
+            try:
+                opened = self.images.open(image.name)
+            except NotFound:
+                continue  # removed since it was listed
+            opened.close()
+            digests.add(opened.digest)
+        return digests
+
     def usage(self) -> Usage:
+        """Images, each layer once (with its images and rootfs users), each rootfs' upper, volumes.
+
+        Every directory in overlay2 is counted, record-less ones too (with rootfs_count of the
+        layers they sit on), so the total is what the disk holds.
+        """
+        self._hash_unhashed_images()
         records = self.rootfs.records()
         images = self.list_images()
+        lowers = self._lower_digest_by_id()
         layers = []
         for layer in self.layers.list():
             layers.append(
@@ -337,22 +359,39 @@ class StorageCore:
                     digest=layer.digest,
                     size_bytes=layer.size_bytes,
                     images=tuple(image.name for image in images if image.digest == layer.digest),
-                    rootfs_count=sum(1 for record in records if record.digest == layer.digest),
+                    rootfs_count=sum(1 for digest in lowers.values() if digest == layer.digest),
                 )
             )
         rootfs = [
-            RootfsUsage(record.container_id, disk_usage(self.rootfs.paths(record.container_id).upper))
-            for record in records
+            RootfsUsage(container_id, disk_usage(self.rootfs.paths(container_id).upper))
+            for container_id in self.rootfs.ids()
         ]
         return Usage(tuple(images), tuple(layers), tuple(rootfs), tuple(self._volume_usage(records)))
 
+    def _lower_digest_by_id(self) -> dict[str, str]:
+        """Container id -> digest of its layer: the record's, else what its lower link points to."""
+        result = {}
+        for container_id in self.rootfs.ids():
+            record = self.rootfs.read(container_id)
+            digest = record.digest if record is not None else self.rootfs.lower_digest(container_id)
+            if digest is not None:
+                result[container_id] = digest
+        return result
+
     def prune_layers(self) -> PruneResult:
-        """Delete layers no image (by cached digest) and no rootfs record refers to."""
+        """Delete layers that no image has as content and no directory in overlay2 has as its lower.
+
+        Images are hashed first where needed. The decision for each layer is taken under its lock and
+        the catalog lock, so a PrepareRootfs (whose record is created under the catalog lock before it
+        uses the layer) either sees the layer kept or finds it gone and extracts it again.
+        """
+        hashed = self._hash_unhashed_images()
         deleted, freed = [], 0
         for layer in self.layers.list():
             with self.layers.lock(layer.digest), self._catalog:
-                used = {image.digest for image in self.images.list() if image.digest}
+                used = hashed | {image.digest for image in self.images.list() if image.digest}
                 used |= {record.digest for record in self.rootfs.records()}
+                used |= self.rootfs.lower_digests()
                 if layer.digest in used:
                     continue
                 freed += self.layers.delete(layer.digest)

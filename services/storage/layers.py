@@ -7,13 +7,11 @@ flock makes concurrent first uses of one image extract it once, across threads a
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
 import secrets
 import time
-from pathlib import Path
 
 from services.common import linux
 from services.storage import tarsafe
@@ -107,13 +105,3 @@ class LayerStore:
         fsync_dir(final.parent)
         remove_tree(doomed)
         return layer.size_bytes if layer is not None else 0
-
-    def cleanup(self) -> list[Path]:
-        """Remove extractions and deletions a crash interrupted (run at service start, before serving)."""
-        removed = []
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self._paths.layer_tmp):
-                path = self._paths.layer_tmp / name
-                remove_tree(path)
-                removed.append(path)
-        return removed

@@ -22,7 +22,7 @@ from services.common.errors import FailedPrecondition
 from services.storage import mountinfo
 from services.storage.fsutil import fsync_dir, read_json, remove_tree, write_json_atomic
 from services.storage.model import Mount, RootfsRecord, Volume
-from services.storage.paths import CONTAINER_ID_PATTERN, RootfsPaths, StoragePaths
+from services.storage.paths import CONTAINER_ID_PATTERN, DIGEST_PATTERN, RootfsPaths, StoragePaths
 from services.storage.volumes import bind_options, mount_order, prepare_host_path, resolve_in_root
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,9 @@ class RootfsStore:
         return self._paths.rootfs(container_id)
 
     def read(self, container_id: str) -> RootfsRecord | None:
-        return record_from_json(read_json(self.paths(container_id).meta))
+        """The record of a complete rootfs; None when it is missing, unreadable or names another id."""
+        record = record_from_json(read_json(self.paths(container_id).meta))
+        return record if record is not None and record.container_id == container_id else None
 
     def exists(self, container_id: str) -> bool:
         return os.path.lexists(self.paths(container_id).dir)
@@ -112,6 +114,25 @@ class RootfsStore:
         except FileNotFoundError:
             return []
         return sorted(name for name in names if CONTAINER_ID_PATTERN.fullmatch(name))
+
+    def lower_digest(self, name: str) -> str | None:
+        """The layer digest that overlay2/<name>/lower links to; None without such a link."""
+        try:
+            target = os.readlink(self._paths.overlay / name / "lower")
+        except OSError:
+            return None  # no lower link (a file, a half-deleted dir), or not a link
+        return lower_link_digest(target)
+
+    def lower_digests(self) -> set[str]:
+        """Digests that any directory in overlay2 (complete, record-less or hidden) has as its lower.
+
+        Wider than the records: a rootfs whose record is gone may still be mounted on its layer.
+        """
+        try:
+            names = os.listdir(self._paths.overlay)
+        except FileNotFoundError:
+            return set()
+        return {digest for digest in map(self.lower_digest, names) if digest is not None}
 
     def records(self) -> list[RootfsRecord]:
         return [record for record in (self.read(container_id) for container_id in self.ids()) if record is not None]
@@ -203,20 +224,33 @@ class RootfsStore:
 
     def unmount(self, container_id: str) -> list[str]:
         """Unmount the volumes, then the overlay, of one rootfs; verify nothing stays mounted."""
-        directory = str(self.paths(container_id).dir)
+        return self._unmount_checked(str(self.paths(container_id).dir), f"container {container_id}")
+
+    def _unmount_checked(self, directory: str, what: str) -> list[str]:
         unmounted = self.unmount_tree(directory)
         left = mountinfo.mounts_under(mountinfo.read(), directory)
         if left:
             raise FailedPrecondition(
-                f"container {container_id}: still mounted after unmounting: {', '.join(m.mount_point for m in left)}"
+                f"{what}: still mounted after unmounting: {', '.join(m.mount_point for m in left)}"
             )
         return unmounted
 
     def remove(self, container_id: str) -> bool:
-        """Unmount, then delete overlay2/<id>; True if there was something to remove. Idempotent."""
+        """Unmount, then delete overlay2/<id>; True if there was something to remove. Idempotent.
+
+        Works from every half state: mounted, unmounted (a reboot), volumes still bound below an
+        unmounted overlay, a directory without its record, or only the hidden leftovers of an
+        interrupted creation or removal of this id (the caller holds the id's lock, so none is live).
+        """
         paths = self.paths(container_id)
+        leftovers = self._leftovers_of(container_id)
+        for leftover in leftovers:
+            # Never delete through a mount: a volume's host data would go with it.
+            self._unmount_checked(str(leftover), f"container {container_id}")
+            remove_tree(leftover)
+            log.info("removed %s, left by an interrupted creation or removal", leftover)
         if not os.path.lexists(paths.dir):
-            return False
+            return bool(leftovers)
         self.unmount(container_id)
         # Rename first: the id disappears at once, and a crash mid-delete leaves only a hidden dir.
         doomed = self._paths.overlay / f".{container_id}.removing-{secrets.token_hex(4)}"
@@ -226,23 +260,27 @@ class RootfsStore:
         log.info("removed rootfs %s", container_id)
         return True
 
-    def cleanup(self) -> list[str]:
-        """Finish creations and removals a crash interrupted: the hidden dirs in overlay2 (service start)."""
-        removed = []
+    def _leftovers_of(self, container_id: str) -> list[Path]:
+        """overlay2/.<id>.creating-* and .<id>.removing-*: what a crash of create() or remove() leaves."""
+        prefix = f".{container_id}."
         try:
             names = os.listdir(self._paths.overlay)
         except FileNotFoundError:
-            return removed
-        for name in names:
-            if name.startswith(".") and (".creating-" in name or ".removing-" in name):
-                path = str(self._paths.overlay / name)
-                self.unmount_tree(path)
-                if mountinfo.mounts_under(mountinfo.read(), path):
-                    log.error("leaving %s: still mounted", path)
-                    continue
-                remove_tree(Path(path))
-                removed.append(path)
-        return removed
+            return []
+        return [
+            self._paths.overlay / name
+            for name in sorted(names)
+            if name.startswith(prefix) and name[len(prefix):].startswith(("creating-", "removing-"))
+        ]
+
+
+def lower_link_digest(target: str) -> str | None:
+    """The digest of a `lower` link target (".../layers/sha256/<hex>/fs"), None for anything else. Pure."""
+    parts = target.rstrip("/").split("/")
+    if len(parts) < 4 or parts[-1] != "fs" or parts[-3] != "sha256":
+        return None
+    digest = f"sha256:{parts[-2]}"
+    return digest if DIGEST_PATTERN.fullmatch(digest) else None
 
 
 def new_record(container_id: str, image: str, digest: str, volumes: tuple[Volume, ...]) -> RootfsRecord:

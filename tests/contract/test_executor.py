@@ -810,3 +810,281 @@ def test_parallel_creates_each_get_their_own_working_cgroup(executor, rootfs):
 
     with ThreadPoolExecutor(6) as pool:
         assert list(pool.map(one, range(6))) == list(range(6))
+
+
+# -- cgroups without state, reconcile on start, reboots, calls cut short ----------------------
+
+
+def layout_of(cgroup_parent: str) -> CgroupLayout:
+    return CgroupLayout.from_host(parent=cgroup_parent)
+
+
+def kill_recorded(pid: int, start_time: int) -> None:
+    """SIGKILL the very process recorded (a shim or an init we made) and wait until it is gone."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        assert statefiles.is_alive(pid, start_time), f"process {pid} is not the recorded one"
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+    deadline = time.monotonic() + 10
+    while statefiles.is_alive(pid, start_time) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not statefiles.is_alive(pid, start_time)
+
+
+def shim_of(config: Config, container_id: str) -> tuple[int, int]:
+    return statefiles.parse_pid((config.run / container_id / statefiles.SHIM_PID).read_text())
+
+
+def restarted(start_server, config: Config):
+    """A new executor on the same roots (its reconcile runs before it serves), as a stub."""
+    _, channel = start_server(build(config))
+    return executor_pb2_grpc.ExecutorServiceStub(channel)
+
+
+def status_of(stub, container_id: str) -> tuple[int, int]:
+    process = stub.GetContainer(pb.GetContainerRequest(id=container_id), timeout=5).process
+    return process.status, process.exit_code
+
+
+def age(cgroup, seconds: float) -> None:
+    """Make a cgroup look `seconds` old: the reconcile leaves younger orphans to a create that may be in flight."""
+    for directory in cgroup.dirs():
+        if directory.exists():
+            then = time.time() - seconds
+            os.utime(directory, (then, then))
+
+
+def test_list_cgroups_names_every_container_cgroup_and_delete_removes_an_orphan(executor, rootfs, temp_config, cgroup_parent):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    orphan_id = new_id()
+    orphan = layout_of(cgroup_parent).container(orphan_id)
+    orphan.create()
+    listed = executor.ListCgroups(pb.ListCgroupsRequest(), timeout=5)
+    assert list(listed.container_ids) == sorted([created.id, orphan_id])
+    assert cgroup_parent in listed.parent
+    # No state, no processes: the orphan goes, and a second delete finds nothing to do.
+    assert not executor.DeleteContainer(pb.DeleteContainerRequest(id=orphan_id), timeout=30).HasField("process")
+    assert not orphan.exists()
+    executor.DeleteContainer(pb.DeleteContainerRequest(id=orphan_id), timeout=30)
+    assert list(executor.ListCgroups(pb.ListCgroupsRequest(), timeout=5).container_ids) == [created.id]
+    expect(CODE.INVALID_ARGUMENT, executor.DeleteContainer, pb.DeleteContainerRequest(id="shims"), "uses that name")
+
+
+def test_delete_refuses_an_orphan_cgroup_with_processes_and_kills_none(executor, temp_config, cgroup_parent):
+    orphan_id = new_id()
+    orphan = layout_of(cgroup_parent).container(orphan_id)
+    orphan.create()
+    stranger = subprocess.Popen(["sleep", "1000"])
+    try:
+        for procs in orphan.procs_files():
+            Path(procs).write_text(str(stranger.pid))
+        details = expect(CODE.FAILED_PRECONDITION, executor.DeleteContainer, pb.DeleteContainerRequest(id=orphan_id, force=True))
+        assert str(orphan.path()) in details and str(stranger.pid) in details and "not ours to kill" in details
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+    executor.DeleteContainer(pb.DeleteContainerRequest(id=orphan_id), timeout=30)
+    assert not orphan.exists()
+
+
+def test_reconcile_on_start_settles_what_dead_shims_and_a_dead_executor_left(cgroup_parent, start_server, temp_config, rootfs):
+    running_server, channel = start_server(build(temp_config))
+    stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+    layout = layout_of(cgroup_parent)
+    try:
+        running = create(stub, rootfs, ["sleep", "1000"])
+        stub.StartContainer(pb.StartContainerRequest(id=running.id), timeout=30)
+        parked = create(stub, rootfs, ["sleep", "1000"])
+        exited, _ = run(stub, rootfs, ["sh", "-c", "exit 3"])
+        # A shim killed alone: its init runs on with nobody to record its exit.
+        orphaned = create(stub, rootfs, ["sleep", "1000"])
+        stub.StartContainer(pb.StartContainerRequest(id=orphaned.id), timeout=30)
+        kill_recorded(*shim_of(temp_config, orphaned.id))
+        assert statefiles.is_alive(orphaned.pid, orphaned.pid_start_time)
+        # A parked container whose shim died: its command never ran.
+        parked_lost = create(stub, rootfs, ["sleep", "1000"])
+        kill_recorded(*shim_of(temp_config, parked_lost.id))
+        running_server.stop(grace=1)
+
+        # What an executor killed mid-create or mid-delete leaves: a dir without a shim, a dir without a plan.
+        no_shim, no_plan, old_orphan, young_orphan = new_id(), new_id(), new_id(), new_id()
+        (temp_config.run / no_shim).mkdir()
+        (temp_config.run / no_shim / statefiles.PLAN).write_text("{}")
+        layout.container(no_shim).create()
+        (temp_config.run / no_plan).mkdir()
+        (temp_config.run / no_plan / statefiles.SHIM_LOG).write_text("")
+        for orphan_id in (old_orphan, young_orphan):
+            layout.container(orphan_id).create()
+        age(layout.container(old_orphan), 3600)
+        age(layout.container(no_shim), 3600)
+
+        stub = restarted(start_server, temp_config)
+        assert status_of(stub, running.id) == (pb.PROCESS_STATUS_RUNNING, 0)
+        assert status_of(stub, exited.id) == (pb.PROCESS_STATUS_EXITED, 3)
+        # Lost exits are recorded for good, with the process left by the shim killed.
+        assert not statefiles.is_alive(orphaned.pid, orphaned.pid_start_time)
+        for lost in (orphaned, parked_lost):
+            final = stub.WaitContainer(pb.WaitContainerRequest(id=lost.id), timeout=10).process
+            assert (final.status, final.exit_code) == (pb.PROCESS_STATUS_EXITED, 255)
+            assert "exit code is lost" in (temp_config.run / lost.id / statefiles.ERROR).read_text()
+        assert statefiles.parse_exit((temp_config.run / orphaned.id / statefiles.EXIT).read_text())["lost"]
+        expect(CODE.FAILED_PRECONDITION, stub.StartContainer, pb.StartContainerRequest(id=orphaned.id), "exited")
+        expect(CODE.ALREADY_EXISTS, stub.CreateContainer, pb.CreateContainerRequest(
+            id=orphaned.id, hostname="box", rootfs_path=rootfs, process=pb.ProcessSpec(args=["true"])))
+        # The parked one never ran its command: its id is free for a retried create.
+        assert create(stub, rootfs, ["sh", "-c", "exit 4"], container_id=parked_lost.id).status == pb.PROCESS_STATUS_CREATED
+        stub.StartContainer(pb.StartContainerRequest(id=parked_lost.id), timeout=30)
+        assert stub.WaitContainer(pb.WaitContainerRequest(id=parked_lost.id), timeout=10).process.exit_code == 4
+        # A live parked container stays startable by the restarted executor.
+        assert status_of(stub, parked.id) == (pb.PROCESS_STATUS_CREATED, 0)
+        assert stub.StartContainer(pb.StartContainerRequest(id=parked.id), timeout=30).process.status == pb.PROCESS_STATUS_RUNNING
+        # Debris is gone, cgroups and all; an orphan cgroup made a moment ago may be a create in flight.
+        for debris in (no_shim, no_plan, old_orphan):
+            assert not (temp_config.run / debris).exists()
+            assert not layout.container(debris).exists()
+        assert layout.container(young_orphan).exists()
+        stub.DeleteContainer(pb.DeleteContainerRequest(id=young_orphan), timeout=30)
+        assert not layout.container(young_orphan).exists()
+        # A second reconcile has nothing left to do.
+        from services.executor.servicer import build_core
+
+        assert build_core(temp_config).reconcile() == []
+        assert status_of(stub, parked.id)[0] == pb.PROCESS_STATUS_RUNNING
+    finally:
+        cleanup(temp_config)
+
+
+def test_reboot_simulation_every_container_reads_exited_and_delete_and_run_work(cgroup_parent, start_server, temp_config, rootfs):
+    first, channel = start_server(build(temp_config))
+    stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+    try:
+        started = [create(stub, rootfs, ["sh", "-c", "echo up; sleep 1000"]) for _ in range(2)]
+        for process in started:
+            stub.StartContainer(pb.StartContainerRequest(id=process.id), timeout=30)
+        parked = create(stub, rootfs, ["sleep", "1000"])
+        first.stop(grace=1)
+        everyone = [*started, parked]
+        # A reboot: shims die with their containers, and none records an exit.
+        shims = [shim_of(temp_config, p.id) for p in everyone]
+        for shim in shims:
+            kill_recorded(*shim)
+        for process in everyone:
+            kill_recorded(process.pid, process.pid_start_time)
+        # /run is a tmpfs: one container's state dir is gone with it (its cgroup, here, is not).
+        lost_dir = started[1]
+        shutil.rmtree(temp_config.run / lost_dir.id)
+
+        stub = restarted(start_server, temp_config)
+        for process in (started[0], parked):
+            final = stub.WaitContainer(pb.WaitContainerRequest(id=process.id), timeout=10).process
+            assert (final.status, final.exit_code) == (pb.PROCESS_STATUS_EXITED, 255)
+        assert [line.data for line in logs(stub, started[0].id)] == [b"up\n"]
+        expect(CODE.NOT_FOUND, stub.GetContainer, pb.GetContainerRequest(id=lost_dir.id), "no state for it")
+        expect(CODE.NOT_FOUND, stub.WaitContainer, pb.WaitContainerRequest(id=lost_dir.id), "no such container")
+        for process in everyone:
+            stub.DeleteContainer(pb.DeleteContainerRequest(id=process.id), timeout=30)
+            stub.DeleteContainer(pb.DeleteContainerRequest(id=process.id), timeout=30)
+            assert not (temp_config.run / process.id).exists()
+        assert list(stub.ListCgroups(pb.ListCgroupsRequest(), timeout=5).container_ids) == []
+        assert stub.ListContainers(pb.ListContainersRequest(), timeout=5).processes == []
+        final, output = run(stub, rootfs, ["echo", "after"])
+        assert (final.exit_code, output) == (0, b"after\n")
+    finally:
+        cleanup(temp_config)
+
+
+def spawn_executor(config: Config) -> subprocess.Popen:
+    """`python -m services.executor` on `config`, once its socket answers."""
+    socket = config.socket_path("executor")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.executor", "--root", str(config.root), "--run", str(config.run)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    with grpc.insecure_channel(unix_target(socket)) as channel:
+        grpc.channel_ready_future(channel).result(timeout=20)
+    return server
+
+
+@pytest.mark.parametrize("step", ["dir", statefiles.PLAN, statefiles.SHIM_PID, statefiles.PID])
+def test_a_create_cut_short_by_a_killed_executor_can_be_retried(cgroup_parent, start_server, temp_config, rootfs, step):
+    import threading
+
+    container_id = new_id()
+    marker = temp_config.run / container_id if step == "dir" else temp_config.run / container_id / step
+    server = spawn_executor(temp_config)
+    try:
+        channel = grpc.insecure_channel(unix_target(temp_config.socket_path("executor")))
+        stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+        outcome: list = []
+
+        def call() -> None:
+            try:
+                outcome.append(create(stub, rootfs, ["sleep", "1000"], container_id=container_id))
+            except grpc.RpcError as err:
+                outcome.append(err.code())
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        server.kill()
+        server.wait()
+        caller.join(timeout=30)
+        channel.close()
+        assert outcome, "the create call never ended"
+
+        stub = restarted(start_server, temp_config)
+        try:
+            again = create(stub, rootfs, ["sleep", "1000"], container_id=container_id)
+            assert again.status == pb.PROCESS_STATUS_CREATED
+        except grpc.RpcError as err:
+            # The first create got far enough to leave a live, parked container: it is that one.
+            assert err.code() == CODE.ALREADY_EXISTS, err.details()
+        started = stub.StartContainer(pb.StartContainerRequest(id=container_id), timeout=30).process
+        assert started.status == pb.PROCESS_STATUS_RUNNING
+        expect(CODE.FAILED_PRECONDITION, stub.StartContainer, pb.StartContainerRequest(id=container_id), "already started")
+        final = stub.DeleteContainer(pb.DeleteContainerRequest(id=container_id, force=True), timeout=30).process
+        assert final.exit_code == 137
+        assert container_id not in stub.ListCgroups(pb.ListCgroupsRequest(), timeout=5).container_ids
+        assert not (temp_config.run / container_id).exists()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        cleanup(temp_config)
+
+
+def test_a_delete_cut_short_is_finished_by_the_next(executor, rootfs, temp_config, cgroup_parent):
+    final, _ = run(executor, rootfs, ["true"])
+    # Killed inside the delete's rmtree: the plan is gone, the rest of the dir and the cgroup are not.
+    (temp_config.run / final.id / statefiles.PLAN).unlink()
+    assert executor.ListContainers(pb.ListContainersRequest(), timeout=5).processes == []
+    expect(CODE.NOT_FOUND, executor.GetContainer, pb.GetContainerRequest(id=final.id))
+    assert final.id in executor.ListCgroups(pb.ListCgroupsRequest(), timeout=5).container_ids
+    executor.DeleteContainer(pb.DeleteContainerRequest(id=final.id), timeout=30)
+    assert not (temp_config.run / final.id).exists()
+    assert not layout_of(cgroup_parent).container(final.id).exists()
+    executor.DeleteContainer(pb.DeleteContainerRequest(id=final.id), timeout=30)
+
+
+def test_exec_into_a_container_whose_shim_died_is_refused(executor, rootfs, temp_config):
+    marker = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp")) / "ran"
+    try:
+        created = create(executor, rootfs, ["sleep", "1000"])
+        executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+        kill_recorded(*shim_of(temp_config, created.id))
+        with pytest.raises(grpc.RpcError) as caught:
+            exec_call(executor, created.id, ["touch", str(marker)])
+        assert caught.value.code() == CODE.FAILED_PRECONDITION
+        assert "lost its shim" in caught.value.details()
+        assert not marker.exists()
+        # Its init is still ours to stop, by its recorded start time.
+        executor.DeleteContainer(pb.DeleteContainerRequest(id=created.id, force=True), timeout=30)
+        assert not statefiles.is_alive(created.pid, created.pid_start_time)
+    finally:
+        shutil.rmtree(marker.parent)

@@ -352,10 +352,10 @@ def test_prepare_errors(storage):
         expect(CODE.INVALID_ARGUMENT, storage.stub.PrepareRootfs, request, fragment)
     assert os.listdir(storage.root / "overlay2") == []
     storage.prepare(ID1, "base")
-    details = expect(CODE.FAILED_PRECONDITION, storage.stub.PrepareRootfs, pb.PrepareRootfsRequest(container_id=ID1, image="other"))
+    details = expect(CODE.ALREADY_EXISTS, storage.stub.PrepareRootfs, pb.PrepareRootfsRequest(container_id=ID1, image="other"))
     assert '"base"' in details
     request = pb.PrepareRootfsRequest(container_id=ID1, image="base", volumes=[vol("/tmp/mdk-never", "/data")])
-    expect(CODE.FAILED_PRECONDITION, storage.stub.PrepareRootfs, request, "other volumes")
+    expect(CODE.ALREADY_EXISTS, storage.stub.PrepareRootfs, request, "other volumes")
 
 
 @root_test
@@ -659,3 +659,145 @@ def test_file_volume_and_a_failing_volume_rolls_back(storage, tmp_path):
     expect(CODE.FAILED_PRECONDITION, storage.stub.PrepareRootfs, request, "goes through a file")
     assert os.listdir(storage.root / "overlay2") == [ID1]
     assert not [m for m in storage.mounts_under_root() if ID2 in m]
+
+
+# -- reconcile at start, removal from every half state, prepare retries (issue #4) ---------------
+
+
+def bind(source: Path, target: Path) -> None:
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+
+
+@root_test
+def test_start_removes_incomplete_rootfs_and_their_mounts_but_never_a_complete_one(storage, tmp_path):
+    drop_image(storage, "base", tar_bytes())
+    volume = tmp_path / "volume"
+    complete = storage.prepare(ID1, volumes=[vol(volume, "/data")])
+    Path(complete.path, "data", "kept").write_text("host data")
+    Path(complete.path, "written").write_text("container data")
+    # ID2: record lost and nothing written, but still mounted with a volume: never completed.
+    storage.prepare(ID2, volumes=[vol(volume, "/data")])
+    (storage.root / "overlay2" / ID2 / ".rootfs.json").unlink()
+    # ID3: record lost, but its upper holds data: kept for an explicit RemoveRootfs.
+    third = storage.prepare(ID3)
+    Path(third.path, "precious").write_text("x")
+    (storage.root / "overlay2" / ID3 / ".rootfs.json").unlink()
+    storage.core.rootfs.unmount(ID3)
+    # An interrupted creation with a mount below it (as if a volume had been bound there by hand).
+    creating = storage.root / "overlay2" / f".{ID3}.creating-0a0a0a0a"
+    (creating / "merged" / "data").mkdir(parents=True)
+    bind(volume, creating / "merged" / "data")
+    # Scratch of an interrupted commit, still mounted.
+    view = storage.root / "tmp" / "storage" / "view-0a0a0a0a"
+    view.mkdir(parents=True)
+    bind(volume, view)
+
+    StorageCore(storage.core.config).start()
+
+    assert sorted(os.listdir(storage.root / "overlay2")) == sorted([ID1, ID3])
+    assert not (storage.root / "tmp" / "storage").exists()
+    assert (volume / "kept").read_text() == "host data", "volumes are unmounted before anything is deleted"
+    assert Path(complete.path, "written").read_text() == "container data"
+    mounts = storage.mounts_under_root()
+    assert mounts == [complete.path, complete.path + "/data"]
+    assert (storage.root / "overlay2" / ID3 / "upper" / "precious").read_text() == "x"
+    assert storage.remove(ID3) is True
+    assert storage.remove(ID1) is True
+    assert (volume / "kept").read_text() == "host data"
+
+
+@root_test
+def test_remove_rootfs_from_every_half_state(storage, tmp_path):
+    drop_image(storage, "base", tar_bytes())
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "kept").write_text("host data")
+    overlay2 = storage.root / "overlay2"
+    # After a reboot: nothing mounted.
+    storage.prepare(ID1, volumes=[vol(volume, "/data")])
+    RootfsStore.unmount_tree(str(overlay2))
+    assert storage.remove(ID1) is True and storage.remove(ID1) is False
+    # A volume still bound below an overlay that is gone.
+    storage.prepare(ID1, volumes=[vol(volume, "/data")])
+    storage.core.rootfs.unmount(ID1)
+    (overlay2 / ID1 / "merged" / "data").mkdir()
+    bind(volume, overlay2 / ID1 / "merged" / "data")
+    assert storage.remove(ID1) is True and storage.mounts_under_root() == []
+    # Mounted, with its record lost.
+    storage.prepare(ID1, volumes=[vol(volume, "/data")])
+    (overlay2 / ID1 / ".rootfs.json").unlink()
+    assert storage.remove(ID1) is True and storage.mounts_under_root() == []
+    # Only the hidden leftovers of an interrupted removal and creation of this id (one with a mount).
+    (overlay2 / f".{ID1}.removing-0a0a0a0a" / "upper").mkdir(parents=True)
+    (overlay2 / f".{ID1}.creating-0b0b0b0b" / "merged").mkdir(parents=True)
+    bind(volume, overlay2 / f".{ID1}.creating-0b0b0b0b" / "merged")
+    (overlay2 / f".{ID2}.removing-0a0a0a0a").mkdir()
+    assert storage.remove(ID1) is True
+    assert os.listdir(overlay2) == [f".{ID2}.removing-0a0a0a0a"], "another id's leftovers are not touched"
+    assert storage.remove(ID1) is False
+    assert (volume / "kept").read_text() == "host data" and storage.mounts_under_root() == []
+
+
+@root_test
+def test_prepare_again_returns_the_same_rootfs_or_refuses_without_touching_it(storage, tmp_path):
+    drop_image(storage, "base", tar_bytes())
+    drop_image(storage, "other", tar_bytes({"etc/other": "1"}))
+    volumes = [vol(tmp_path / "a", "/a"), vol(tmp_path / "b", "/b", True)]
+    first = storage.prepare(ID1, volumes=volumes)
+    Path(first.path, "written").write_text("mine")
+    # A retry (volumes in another order) after a reboot: the same rootfs, mounted again, upper kept.
+    RootfsStore.unmount_tree(str(storage.root / "overlay2"))
+    again = storage.prepare(ID1, volumes=list(reversed(volumes)))
+    assert again.mounted and again.path == first.path and Path(again.path, "written").read_text() == "mine"
+    assert len(storage.mounts_under_root()) == 3
+    for request in (
+        pb.PrepareRootfsRequest(container_id=ID1, image="other", volumes=volumes),
+        pb.PrepareRootfsRequest(container_id=ID1, image="base", volumes=volumes[:1]),
+    ):
+        expect(CODE.ALREADY_EXISTS, storage.stub.PrepareRootfs, request, "remove it first")
+    assert Path(first.path, "written").read_text() == "mine" and len(storage.mounts_under_root()) == 3
+    assert storage.core.rootfs.read(ID1).image == "base"
+
+
+@root_test
+def test_usage_shares_one_layer_between_images_of_the_same_content(storage):
+    drop_image(storage, "a", tar_bytes({"payload": b"p" * 200_000}))
+    drop_image(storage, "b", tar_bytes({"payload": b"p" * 200_000}))
+    drop_image(storage, "c", tar_bytes({"etc/c": "c"}))
+    storage.prepare(ID1, "a")
+    storage.prepare(ID2, "b")
+    orphan = storage.prepare(ID3, "c")
+    Path(orphan.path, "big").write_bytes(b"o" * 100_000)
+    (storage.root / "overlay2" / ID3 / ".rootfs.json").unlink()
+    usage = storage.stub.GetUsage(pb.GetUsageRequest(), timeout=30)
+    assert sorted(i.name for i in usage.images) == ["a", "b", "c"] and all(i.digest for i in usage.images)
+    by_images = {tuple(layer.images): layer for layer in usage.layers}
+    assert set(by_images) == {("a", "b"), ("c",)}
+    assert by_images[("a", "b")].rootfs_count == 2 and by_images[("c",)].rootfs_count == 1
+    # The record-less rootfs still takes disk space, so it is counted.
+    uppers = {r.container_id: r.upper_size_bytes for r in usage.rootfs}
+    assert set(uppers) == {ID1, ID2, ID3} and uppers[ID3] >= 100_000
+    storage.remove(ID3)
+
+
+@root_test
+def test_prune_keeps_layers_of_unhashed_images_and_of_record_less_rootfs(storage):
+    drop_image(storage, "base", tar_bytes())
+    drop_image(storage, "gone", tar_bytes({"etc/gone": "1"}))
+    storage.prepare(ID1, "base")
+    storage.prepare(ID2, "gone")
+    storage.remove(ID1)
+    # base's tar is touched (as a hand copy does): its cached digest is stale, its content unchanged.
+    os.utime(storage.image_tar("base"), (1, 1))
+    assert storage.stub.GetImage(pb.GetImageRequest(name="base"), timeout=5).image.digest == ""
+    # ID2's record is lost while it is mounted on the layer of an image that is then removed.
+    (storage.root / "overlay2" / ID2 / ".rootfs.json").unlink()
+    storage.stub.RemoveImage(pb.RemoveImageRequest(name="gone"), timeout=5)
+    assert list(storage.stub.PruneLayers(pb.PruneLayersRequest(), timeout=30).digests) == []
+    assert len(os.listdir(storage.root / "layers" / "sha256")) == 2
+    assert Path(storage.root / "overlay2" / ID2 / "merged" / "etc" / "gone").read_text() == "1"
+    storage.remove(ID2)
+    pruned = storage.stub.PruneLayers(pb.PruneLayersRequest(), timeout=30)
+    assert len(pruned.digests) == 1 and pruned.reclaimed_bytes > 0
+    base_digest = storage.stub.GetImage(pb.GetImageRequest(name="base"), timeout=5).image.digest
+    assert os.listdir(storage.root / "layers" / "sha256") == [base_digest.removeprefix("sha256:")]

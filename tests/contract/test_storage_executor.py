@@ -5,6 +5,9 @@ Every storage RPC is implemented now; tests/contract/test_storage.py covers them
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,11 +16,21 @@ from protos.executor.v1 import executor_pb2, executor_pb2_grpc
 from protos.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.common.config import VERSION
 from services.executor.__main__ import build as build_executor
+from services.executor.cgroups import CgroupLayout
 from services.storage.__main__ import build as build_storage
 
 
 # The executor's networking RPCs come with issue #5; every other executor RPC is implemented.
 NETWORKING_RPCS = {"CreateBridge", "RemoveBridge", "ConnectContainer", "DisconnectContainer"}
+
+
+@pytest.fixture(autouse=True)
+def cgroup_parent(monkeypatch) -> Iterator[str]:
+    # The executor reconciles its cgroup parent on start: give it one of its own, never the shared default.
+    parent = f"mdk-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("MYDOCKER_CGROUP_PARENT", parent)
+    yield parent
+    assert CgroupLayout.from_host(parent=parent).remove_parent()
 
 
 def rpc_names(pb_module, service: str) -> list[str]:

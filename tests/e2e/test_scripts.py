@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from protos.state.v1 import state_pb2, state_pb2_grpc
+from services.common import procinfo
 from services.common.config import SERVICES, Config, unix_target
 from services.common.ctl import PROCESSES, REPO, is_service_process, service_env
 
@@ -86,10 +87,12 @@ def _state_stub(config: Config) -> tuple[grpc.Channel, state_pb2_grpc.StateServi
 
 def test_kill_9_of_state_then_up_loses_no_record(checkout: Checkout) -> None:
     checkout.run("scripts/up")
+    # Owned by this live process: work in progress, which the repair run by scripts/up leaves alone.
+    me = state_pb2.Owner(pid=os.getpid(), pid_start_time=procinfo.proc_start_time(os.getpid()))
     channel, stub = _state_stub(checkout.config)
     with channel:
         created = [
-            stub.CreateContainer(state_pb2.CreateContainerRequest(image="busybox", command=["top"]), timeout=10).container.id
+            stub.CreateContainer(state_pb2.CreateContainerRequest(image="busybox", command=["top"], owner=me), timeout=10).container.id
             for _ in range(2)
         ]
     state_pid = checkout.pids()["state"]

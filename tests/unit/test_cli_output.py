@@ -41,7 +41,8 @@ def test_proto_conversions():
 
 
 def test_human_size_and_progress():
-    from cli.images import human_size, progress_line
+    from cli.images import progress_line
+    from cli.output import human_size
 
     assert human_size(512) == "512B"
     assert human_size(1536) == "1.5KiB"

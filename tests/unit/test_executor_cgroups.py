@@ -227,12 +227,49 @@ def test_v1_remove_and_record_round_trip(v1_root):
     cgroup.remove()  # idempotent
 
 
-def test_v1_pids_reads_cgroup_procs(v1_root):
+def test_v1_pids_reads_cgroup_procs_of_every_hierarchy(v1_root):
     cgroup = CgroupLayout(v1_root, "v1", {c: "/" for c in V1}).container("5")
     assert cgroup.pids() == []
     cgroup.dir("pids").mkdir(parents=True)
     (cgroup.dir("pids") / "cgroup.procs").write_text("10\n11\n")
     assert cgroup.pids() == [10, 11]
+    # A cgroup left in some hierarchies only (a create or a remove cut short) still shows its members.
+    cgroup.dir("memory").mkdir(parents=True)
+    (cgroup.dir("memory") / "cgroup.procs").write_text("11\n12\n")
+    assert cgroup.pids() == [10, 11, 12]
+
+
+def test_layout_lists_container_cgroups_of_any_hierarchy_but_not_the_shims(v1_root):
+    own = {c: "/" for c in V1} | {"memory": "/process_api/abc"}
+    layout = CgroupLayout(v1_root, "v1", own)
+    assert layout.child_names() == []
+    layout.shims().dir("pids").mkdir(parents=True)
+    layout.container("111").dir("memory").mkdir(parents=True)
+    layout.container("222").dir("cpu").mkdir(parents=True)
+    (layout.parent_dirs()[0] / "a-file").write_text("")
+    assert layout.child_names() == ["111", "222"]
+    assert layout.parent_path() == "/mydocker (memory: /process_api/abc/mydocker)"
+    assert CgroupLayout(v1_root, "v1", {c: "/" for c in V1}).parent_path() == "/mydocker"
+
+
+def test_layout_v2_lists_and_names_its_parent(v2_root):
+    layout = CgroupLayout(v2_root, "v2", {"": "/system.slice/x.service"})
+    layout.container("9").path().mkdir(parents=True)
+    layout.shims().path().mkdir(parents=True)
+    assert layout.child_names() == ["9"]
+    assert layout.parent_path() == "/system.slice/x.service/mydocker"
+
+
+def test_last_change_is_the_latest_mtime_of_the_existing_dirs(v1_root):
+    import os
+
+    cgroup = CgroupLayout(v1_root, "v1", {c: "/" for c in V1}).container("5")
+    assert cgroup.last_change() == 0
+    cgroup.dir("cpu").mkdir(parents=True)
+    cgroup.dir("pids").mkdir(parents=True)
+    os.utime(cgroup.dir("cpu"), (100, 100))
+    os.utime(cgroup.dir("pids"), (200, 200))
+    assert cgroup.last_change() == 200
 
 
 def test_v2_enables_controllers_along_the_path_and_applies_limits(v2_root):

@@ -69,7 +69,15 @@ def test_exit_record_round_trip():
         "signal": 9,
         "oom_killed": True,
         "exited_at_ns": 1_700_000_000_123_456_789,
+        "lost": False,
+        "started": True,
     }
+
+
+def test_lost_exit_record_says_lost_and_whether_the_command_ever_ran():
+    for started in (True, False):
+        record = statefiles.parse_exit(statefiles.format_lost_exit(255, started, 0))
+        assert (record["exit_code"], record["lost"], record["started"], record["exited_at_ns"]) == (255, True, started, 0)
 
 
 def test_error_lines_stay_one_line():

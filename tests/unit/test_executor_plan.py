@@ -77,6 +77,8 @@ def test_plan_round_trips_through_json():
     [
         ({"container_id": "../x"}, "invalid container id"),
         ({"container_id": ""}, "invalid container id"),
+        ({"container_id": "shims"}, "uses that name itself"),
+        ({"container_id": "pycache"}, "uses that name itself"),
         ({"hostname": ""}, "hostname is empty"),
         ({"hostname": "bad_name!"}, "invalid hostname"),
         ({"hostname": "a" * 65}, "invalid hostname"),

@@ -1,0 +1,398 @@
+"""Kill a service at every step of run, rm -f, commit, exec and stop (MYDOCKER_FAULT), restart it, check the invariants, retry.
+
+One set of services per command (a pool below, not scripts/up per case); each case restarts one
+service with a fault, runs the command, brings everything up again with scripts/up and checks
+tests/invariants.py, then retries the command and checks again. Three rounds of the whole
+matrix, as CI must pass it three times in a row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from services.common import ctl
+from services.common.client import check_health
+from services.common.config import Config
+from services.common.ctl import REPO, service_env
+from services.common.faults import AFTER, BEFORE, ENV_VAR
+from services.executor.cgroups import CgroupLayout
+from tests.conftest import ServiceTracker, _temp_config
+from tests.e2e.conftest import Host, mounts_below, mydocker_cli
+from tests.invariants import violations
+
+pytestmark = pytest.mark.root
+
+ROUNDS = 3
+START_TIMEOUT = 20.0
+LOG_TAIL = 10
+KILL_SETTLE = 5.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One RPC a command makes: service, method, which call of it (1 = first), and whether it streams."""
+
+    service: str
+    method: str
+    call: int = 1
+    streaming: bool = False
+
+    def points(self) -> tuple[str, ...]:
+        # A streaming response has no single "after" (refused by services/common/faults.py).
+        return (BEFORE,) if self.streaming else (BEFORE, AFTER)
+
+    def fault(self, point: str) -> str:
+        suffix = f":{self.call}" if self.call != 1 else ""
+        return f"{self.service}.{self.method}:{point}{suffix}"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command, the RPCs it makes in order (from cli/lifecycle.py and cli/containers.py), and how a retry may refuse."""
+
+    name: str
+    # (case name, id of the running container prepared for it or "") -> ./mydocker arguments
+    args: Callable[[str, str], list[str]]
+    steps: tuple[Step, ...]
+    # Whether the case needs a running container first (rm, commit, exec, stop).
+    needs_container: bool
+    # The one-line refusals a retry may give instead of succeeding: "it already happened".
+    already: tuple[str, ...] = ()
+
+
+CREATE = (Step("state", "CreateContainer"), Step("storage", "PrepareRootfs"), Step("executor", "CreateContainer"))
+RUN_DETACHED = Command(
+    "run -d",
+    lambda name, _: ["run", "-d", "--name", name, "busybox", "top"],
+    # create_and_start: record, rootfs, process, start, RUNNING.
+    (*CREATE, Step("executor", "StartContainer"), Step("state", "UpdateContainerStatus")),
+    needs_container=False,
+    already=("is already in use",),
+)
+RUN_RM = Command(
+    "run --rm",
+    lambda name, _: ["run", "--rm", "--name", name, "busybox", "echo", "hi"],
+    (
+        *CREATE,
+        # The attach stream opens before the start, so no output is lost.
+        Step("executor", "Attach", streaming=True),
+        Step("executor", "StartContainer"),
+        Step("state", "UpdateContainerStatus", 1),  # RUNNING
+        # finish_foreground: the exit, the record again, EXITED.
+        Step("executor", "WaitContainer"),
+        Step("state", "GetContainer"),
+        Step("state", "UpdateContainerStatus", 2),  # EXITED
+        # remove_stopped: REMOVING, rootfs, process state, record.
+        Step("state", "UpdateContainerStatus", 3),
+        Step("storage", "RemoveRootfs"),
+        Step("executor", "DeleteContainer"),
+        Step("state", "DeleteContainer"),
+    ),
+    needs_container=False,
+    already=("is already in use",),
+)
+RM_FORCE = Command(
+    "rm -f",
+    lambda _, container_id: ["rm", "-f", container_id],
+    (
+        # remove: resolve and sync, SIGKILL and wait, STOPPED, then remove_stopped.
+        Step("state", "GetContainer"),
+        Step("executor", "ListContainers"),
+        Step("executor", "KillContainer"),
+        Step("executor", "WaitContainer"),
+        Step("state", "UpdateContainerStatus", 1),  # STOPPED
+        Step("state", "UpdateContainerStatus", 2),  # REMOVING
+        Step("storage", "RemoveRootfs"),
+        Step("executor", "DeleteContainer"),
+        Step("state", "DeleteContainer"),
+    ),
+    needs_container=True,
+    already=("no such container",),
+)
+COMMIT = Command(
+    "commit",
+    lambda name, container_id: ["commit", container_id, f"img-{name}"],
+    (Step("state", "GetContainer"), Step("storage", "CommitContainer")),
+    needs_container=True,
+    already=("already exists",),
+)
+EXEC = Command(
+    "exec",
+    lambda _, container_id: ["exec", container_id, "true"],
+    (Step("state", "GetContainer"), Step("executor", "ListContainers"), Step("executor", "Exec", streaming=True)),
+    needs_container=True,
+)
+STOP = Command(
+    "stop",
+    # busybox top exits on SIGTERM: the TERM path, no escalation.
+    lambda _, container_id: ["stop", "-t", "5", container_id],
+    (
+        Step("state", "GetContainer"),
+        Step("executor", "ListContainers"),
+        Step("executor", "KillContainer"),
+        Step("executor", "WaitContainer"),
+        Step("state", "UpdateContainerStatus"),  # STOPPED
+    ),
+    needs_container=True,
+)
+COMMANDS = (RUN_DETACHED, RUN_RM, RM_FORCE, COMMIT, EXEC, STOP)
+
+
+@dataclass(frozen=True)
+class Case:
+    command: Command
+    step: Step
+    point: str
+    round: int
+
+    @property
+    def fault(self) -> str:
+        return self.step.fault(self.point)
+
+    @property
+    def id(self) -> str:
+        return f"{self.command.name.replace(' ', '')}-{self.fault}-r{self.round}"
+
+
+# Command-major, so the pool starts one set of services per command, not per command and round.
+CASES = [
+    Case(command, step, point, round_)
+    for command in COMMANDS
+    for round_ in range(ROUNDS)
+    for step in command.steps
+    for point in step.points()
+]
+
+
+# -- shared services, one set per command --------------------------------------------------------
+
+
+@dataclass
+class MatrixHost:
+    host: Host
+    config: Config
+    cgroup_parent: str
+    tracker: ServiceTracker
+    # Seconds spent in this command's cases, for the timing report.
+    spent: float = 0.0
+    cases: int = 0
+    counter: int = 0
+
+    def unique(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+
+def scripts_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(REPO / "scripts/up")], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def matrix_host() -> Iterator[MatrixHost]:
+    """The `host` fixture of tests/e2e/conftest.py, for many cases: same start, same complete teardown."""
+    tracker = ServiceTracker()
+    with _temp_config() as config:
+        cgroup_parent = f"mdk-fault-{uuid.uuid4().hex[:8]}"
+        env = service_env(config)
+        env["MYDOCKER_CGROUP_PARENT"] = cgroup_parent
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.pop(ENV_VAR, None)
+        up = scripts_up(env)
+        tracker.note(config)
+        try:
+            assert up.returncode == 0, f"scripts/up failed:\n{up.stdout}{up.stderr}"
+            yield MatrixHost(Host(env, config.root), config, cgroup_parent, tracker)
+        finally:
+            # Up again first: a failed case may have left a service down, and rm needs all three.
+            scripts_up(env)
+            tracker.note(config)
+            ids = mydocker_cli(env, "ps", "-a", "-q").stdout.split()
+            if ids:
+                mydocker_cli(env, "rm", "-f", *ids)
+            subprocess.run([str(REPO / "scripts/down")], env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+            tracker.note(config)
+            tracker.kill_leftovers()
+            leftover_mounts = mounts_below(config.root)
+            for target in reversed(leftover_mounts):
+                subprocess.run(["umount", "-l", target], check=False)
+            CgroupLayout.from_host(parent=cgroup_parent).remove_parent()
+            assert not leftover_mounts, f"the matrix left mounts behind: {leftover_mounts}"
+
+
+class HostPool:
+    """Keeps the services of the command whose cases are running; switching command tears them down."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._command = ""
+        self._current: MatrixHost | None = None
+        self.timings: dict[str, tuple[float, int]] = {}
+
+    def get(self, command: Command) -> MatrixHost:
+        if self._current is None or command.name != self._command:
+            self.close()
+            self._stack = contextlib.ExitStack()
+            self._command = command.name
+            self._current = self._stack.enter_context(matrix_host())
+        return self._current
+
+    def close(self) -> None:
+        if self._current is not None:
+            self.timings[self._command] = (self._current.spent, self._current.cases)
+        self._current = None
+        self._stack.close()
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[HostPool]:
+    started = time.monotonic()
+    hosts = HostPool()
+    try:
+        yield hosts
+    finally:
+        hosts.close()
+        total = time.monotonic() - started
+        lines = [f"{name}: {spent:.1f}s for {count} cases" for name, (spent, count) in hosts.timings.items()]
+        # Shown with -s or in the captured output of a failure: how long the matrix takes.
+        print(f"\nfault matrix: {total:.1f}s in all, including service starts; " + "; ".join(lines), file=sys.stderr)
+
+
+# -- one case ------------------------------------------------------------------------------------
+
+
+def log_tail(config: Config, service: str) -> str:
+    lines = config.log_path(service).read_text(errors="replace").splitlines()[-LOG_TAIL:]
+    return "\n".join(f"    {line}" for line in lines)
+
+
+def start_faulty(matrix: MatrixHost, service: str, fault: str) -> subprocess.Popen:
+    """Replace `service` by one with MYDOCKER_FAULT=fault, SERVING; ours to reap once it killed itself.
+
+    Started directly rather than with `ctl up`: ctl runs `system check --repair` after a start,
+    whose calls would hit the fault before the command does.
+    """
+    # ctl's own `down`, called in-process: a Python start per case is a tenth of the matrix's time.
+    assert ctl.down(matrix.config, [service]) == 0, f"ctl down {service} failed"
+    log_path = matrix.config.log_path(service)
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{service}"],
+            cwd=REPO,
+            env={**matrix.host.env, ENV_VAR: fault},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while check_health(matrix.config, service).status != "SERVING":
+        if process.poll() is not None:
+            pytest.fail(f"{service} with {ENV_VAR}={fault} exited {process.returncode} at start:\n{log_tail(matrix.config, service)}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(f"{service} with {ENV_VAR}={fault} not SERVING after {START_TIMEOUT:.0f}s")
+        time.sleep(0.02)
+    matrix.tracker.note(matrix.config)
+    return process
+
+
+def one_line_failure(result: subprocess.CompletedProcess[str]) -> str | None:
+    """Why a failed command's output is not one clear line, or None when it is."""
+    text = result.stderr.strip()
+    if not text:
+        return "it failed without a word"
+    if "\n" in text:
+        return f"it printed {len(text.splitlines())} lines on stderr"
+    if "Traceback" in text or "internal error" in text.lower():
+        return "it printed an internal error"
+    return None
+
+
+def describe(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}, stdout {result.stdout.strip()!r}, stderr {result.stderr.strip()!r}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_kill_at_step_restart_and_retry(pool: HostPool, case: Case):
+    matrix = pool.get(case.command)
+    started = time.monotonic()
+    try:
+        run_case(matrix, case)
+    finally:
+        matrix.spent += time.monotonic() - started
+        matrix.cases += 1
+
+
+def run_case(matrix: MatrixHost, case: Case) -> None:
+    host = matrix.host
+    name = matrix.unique(f"f{case.round}-")
+    container_id = ""
+    if case.command.needs_container:
+        container_id = host.mydocker("run", "-d", "--name", name, "busybox", "top").stdout.strip()
+    args = case.command.args(name, container_id)
+    problems: list[str] = []
+
+    faulty = start_faulty(matrix, case.step.service, case.fault)
+    first = mydocker_cli(host.env, *args, timeout=60)
+    try:
+        # A killed process closes its sockets a moment before it can be reaped: the CLI may be faster.
+        faulty.wait(timeout=KILL_SETTLE)
+    except subprocess.TimeoutExpired:
+        problems.append(f"the fault {case.fault} was never reached: `mydocker {' '.join(args)}` made no such call ({describe(first)})")
+        faulty.send_signal(signal.SIGTERM)
+        faulty.wait(timeout=60)
+    if first.returncode != 0 and (why := one_line_failure(first)):
+        problems.append(f"the command failed, but not with one clear line ({why}): {describe(first)}")
+
+    up = scripts_up(host.env)
+    matrix.tracker.note(matrix.config)
+    if up.returncode != 0:
+        problems.append(f"scripts/up after the kill failed: {(up.stdout + up.stderr).strip()}")
+    problems += [f"after the kill and scripts/up: {v}" for v in violations(matrix.config, matrix.cgroup_parent)]
+
+    retry = mydocker_cli(host.env, *args, timeout=60)
+    if retry.returncode != 0:
+        refusal = retry.stderr.strip()
+        if one_line_failure(retry) or not any(text in refusal for text in case.command.already):
+            problems.append(f"the retry neither succeeded nor said it already happened: {describe(retry)}")
+    problems += [f"after the retry: {v}" for v in violations(matrix.config, matrix.cgroup_parent)]
+
+    clean_up(matrix, case, name, problems)
+    assert not problems, (
+        f"`mydocker {' '.join(args)}` with {case.fault}: first {describe(first)}\n" + "\n".join(f"- {p}" for p in problems)
+    )
+
+
+def clean_up(matrix: MatrixHost, case: Case, name: str, problems: list[str]) -> None:
+    """Remove what the case made, so the next one starts from a clean host; a failure to do so is a problem too."""
+    host = matrix.host
+    removed = mydocker_cli(host.env, "rm", "-f", name)
+    if removed.returncode != 0 and "no such container" not in removed.stderr:
+        problems.append(f"cleaning up: rm -f {name}: {describe(removed)}")
+    if case.command is COMMIT and (matrix.config.root / "image" / f"img-{name}.tar").exists():
+        removed = mydocker_cli(host.env, "rmi", f"img-{name}")
+        if removed.returncode != 0:
+            problems.append(f"cleaning up: rmi img-{name}: {describe(removed)}")
+
+
+def test_a_bad_fault_spec_stops_the_service_at_start_naming_the_variable(mydocker_config: Config):
+    """A typo in MYDOCKER_FAULT must not quietly test nothing."""
+    for bad in ("state.CreateContainer:during", "state.NoSuchMethod:before"):
+        env = {**service_env(mydocker_config), ENV_VAR: bad}
+        result = subprocess.run(
+            [sys.executable, "-m", "services.state"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode != 0
+        assert result.stderr.strip().splitlines()[-1].count(ENV_VAR) == 1, result.stderr
+        assert not mydocker_config.pid_path("state").exists()

@@ -1,0 +1,158 @@
+"""system check [--repair], system df, system prune and container prune against the real services.
+
+Each inconsistency is injected the way a crash leaves it (through the services' own APIs, or by
+killing processes), then `system check` must report it and `system check --repair` fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.state.v1 import state_pb2 as st
+from protos.state.v1 import state_pb2_grpc
+from protos.storage.v1 import storage_pb2 as sto
+from protos.storage.v1 import storage_pb2_grpc
+from services.common import procinfo
+from services.common.config import Config, unix_target
+from services.executor.cgroups import CgroupLayout
+
+pytestmark = pytest.mark.root
+
+
+def config_of(host) -> Config:
+    return Config(root=Path(host.env["MYDOCKER_ROOT"]), run=Path(host.env["MYDOCKER_RUN"]))
+
+
+def stub(host, service: str):
+    channel = grpc.insecure_channel(unix_target(config_of(host).socket_path(service)))
+    return {"state": state_pb2_grpc.StateServiceStub, "storage": storage_pb2_grpc.StorageServiceStub}[service](channel)
+
+
+def dead_owner() -> st.Owner:
+    """A process that existed and is gone: what a killed CLI leaves as a record's owner."""
+    child = subprocess.Popen(["sleep", "30"])
+    start = procinfo.proc_start_time(child.pid)
+    child.kill()
+    child.wait()
+    return st.Owner(pid=child.pid, pid_start_time=start)
+
+
+def check(host, *flags: str) -> subprocess.CompletedProcess[str]:
+    return host.mydocker("system", "check", *flags, check=False)
+
+
+def assert_found_then_repaired(host, fragment: str) -> None:
+    found = check(host)
+    assert found.returncode == 1 and fragment in found.stdout, found.stdout + found.stderr
+    repaired = check(host, "--repair")
+    assert repaired.returncode == 0 and "repaired" in repaired.stdout, repaired.stdout + repaired.stderr
+    clean = check(host)
+    assert (clean.returncode, clean.stdout.strip()) == (0, "no problems found"), clean.stdout + clean.stderr
+
+
+def test_a_consistent_host_checks_clean(host) -> None:
+    host.mydocker("run", "-d", "--name", "up", "busybox", "top")
+    host.mydocker("run", "--name", "done", "busybox", "true")
+    result = check(host)
+    assert (result.returncode, result.stdout) == (0, "no problems found\n")
+    assert check(host, "--quiet").stdout == ""
+
+
+def test_half_created_record_and_rootfs_are_removed(host) -> None:
+    state, storage = stub(host, "state"), stub(host, "storage")
+    record = state.CreateContainer(
+        st.CreateContainerRequest(name="half", image="busybox", command=["top"], owner=dead_owner()), timeout=10
+    ).container
+    storage.PrepareRootfs(sto.PrepareRootfsRequest(container_id=record.id, image="busybox"), timeout=60)
+    assert_found_then_repaired(host, f"{record.id} (half): half-created")
+    assert host.mydocker("ps", "-a", "-q").stdout.split() == []
+    assert not (config_of(host).root / "overlay2" / record.id).exists()
+
+
+def test_work_in_progress_is_not_touched(host) -> None:
+    """A record whose owner lives (here: this test process) is someone's run in progress."""
+    state = stub(host, "state")
+    me = st.Owner(pid=os.getpid(), pid_start_time=procinfo.proc_start_time(os.getpid()))
+    record = state.CreateContainer(st.CreateContainerRequest(image="busybox", command=["top"], owner=me), timeout=10).container
+    assert check(host, "--repair").returncode == 0
+    assert record.id in host.mydocker("ps", "-a", "-q").stdout.split()
+    state.DeleteContainer(st.DeleteContainerRequest(id=record.id), timeout=10)
+
+
+def test_half_removed_container_is_finished(host) -> None:
+    container_id = host.mydocker("run", "-d", "busybox", "true").stdout.strip()
+    time.sleep(0.5)
+    host.mydocker("ps", "-a")  # records the exit
+    state = stub(host, "state")
+    state.UpdateContainerStatus(
+        st.UpdateContainerStatusRequest(id=container_id, status=st.CONTAINER_STATUS_REMOVING, owner=dead_owner()), timeout=10
+    )
+    assert_found_then_repaired(host, "half-removed")
+    assert container_id not in host.mydocker("ps", "-a", "-q").stdout.split()
+    assert not (config_of(host).root / "overlay2" / container_id).exists()
+
+
+def test_orphan_rootfs_and_cgroup_are_removed(host) -> None:
+    storage = stub(host, "storage")
+    storage.PrepareRootfs(sto.PrepareRootfsRequest(container_id="9999999999", image="busybox"), timeout=60)
+    layout = CgroupLayout.from_host(parent=host.env["MYDOCKER_CGROUP_PARENT"])
+    orphan = layout.container("8888888888")
+    orphan.create()
+    assert_found_then_repaired(host, "9999999999: a mounted rootfs without a record")
+    assert not (config_of(host).root / "overlay2" / "9999999999").exists()
+    assert not any(directory.exists() for directory in orphan.dirs())
+
+
+def test_a_running_record_whose_process_died_gets_its_exit(host) -> None:
+    container_id = host.mydocker("run", "-d", "busybox", "top").stdout.strip()
+    record = stub(host, "state").GetContainer(st.GetContainerRequest(reference=container_id), timeout=10).container
+    os.kill(record.shim_pid, signal.SIGKILL)
+    os.kill(record.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert_found_then_repaired(host, "recorded as running")
+    status = stub(host, "state").GetContainer(st.GetContainerRequest(reference=container_id), timeout=10).container.status
+    assert status == st.CONTAINER_STATUS_EXITED
+
+
+def test_df_reports_images_layers_containers_and_volumes(host, tmp_path: Path) -> None:
+    host.mydocker("run", "-d", "-v", f"{tmp_path}/vol:/data", "busybox", "sh", "-c", "echo hi > /data/f; top")
+    lines = host.mydocker("system", "df").stdout.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert lines[0].split()[:3] == ["TYPE", "COUNT", "SIZE"]
+    assert rows["Images"][1] == "1" and rows["Layers"][1] == "1" and rows["Containers"][1] == "1"
+    assert rows["Volumes"][1] == "1"
+    assert lines[-1].startswith("Total: ")
+
+
+def test_container_prune_removes_stopped_containers_only(host) -> None:
+    running = host.mydocker("run", "-d", "busybox", "top").stdout.strip()
+    exited = host.mydocker("run", "-d", "busybox", "true").stdout.strip()
+    time.sleep(0.5)
+    refused = host.mydocker("container", "prune", check=False)
+    assert refused.returncode == 1 and "nothing removed" in refused.stderr
+    assert sorted(host.mydocker("ps", "-a", "-q").stdout.split()) == sorted([running, exited])
+    assert host.mydocker("container", "prune", "-f").stdout.split() == [exited]
+    assert host.mydocker("ps", "-a", "-q").stdout.split() == [running]
+
+
+def test_system_prune_removes_stopped_containers_and_unused_layers(host) -> None:
+    image = config_of(host).root / "image"
+    (image / "copy.tar").write_bytes((image / "busybox.tar").read_bytes() + b"\0" * 1024)
+    host.mydocker("run", "--rm", "copy", "true")
+    exited = host.mydocker("run", "-d", "busybox", "true").stdout.strip()
+    time.sleep(0.5)
+    host.mydocker("rmi", "copy")
+    layers = config_of(host).root / "layers" / "sha256"
+    assert len([p for p in layers.iterdir() if p.is_dir()]) == 2
+    pruned = host.mydocker("system", "prune", "-f").stdout
+    assert f"deleted container {exited}" in pruned and "deleted layer sha256:" in pruned
+    assert "Total reclaimed space:" in pruned
+    assert len([p for p in layers.iterdir() if p.is_dir()]) == 1
+    assert host.mydocker("run", "--rm", "busybox", "echo", "still").stdout == "still\n"

@@ -1,0 +1,135 @@
+"""The invariants every crash, reboot and concurrency test checks: records against shims, processes, mounts, dirs and cgroups."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from protos.state.v1 import state_pb2, state_pb2_grpc
+from services.common.client import open_channel
+from services.common.config import Config
+from services.executor import statefiles
+from services.executor.cgroups import SHIMS_CGROUP, join_cgroup_path, parse_proc_cgroup
+from services.storage import mountinfo
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+STATE_TIMEOUT = 10.0
+RUNNING = state_pb2.CONTAINER_STATUS_RUNNING
+# Statuses in which a CLI is midway through a multi-step operation, named by the record's owner.
+IN_PROGRESS = (state_pb2.CONTAINER_STATUS_CREATED, state_pb2.CONTAINER_STATUS_REMOVING)
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What the host shows, read once: mounts below the roots, overlay2 dirs, live shims, cgroups."""
+
+    # Mount points at or below ROOT or RUN (resolved paths, as mountinfo shows them).
+    mounts: list[str]
+    overlay_dirs: list[str]
+    # Container id -> (pid, start time) of a shim that is alive now.
+    live_shims: dict[str, tuple[int, int]]
+    # Cgroup directories directly below the test's cgroup parent, in every hierarchy.
+    cgroups: list[Path]
+
+
+def records(config: Config) -> list[state_pb2.Container]:
+    """Every container record, from the state service (which must be serving)."""
+    with open_channel(config, "state") as channel:
+        stub = state_pb2_grpc.StateServiceStub(channel)
+        return list(stub.ListContainers(state_pb2.ListContainersRequest(), timeout=STATE_TIMEOUT).containers)
+
+
+def hierarchy_parents(cgroup_parent: str, cgroup_root: Path = CGROUP_ROOT) -> list[Path]:
+    """The directory of `cgroup_parent` in every mounted hierarchy, as the executor resolves it from its cgroup.
+
+    Every hierarchy, not only the controllers the executor uses, so a stray cgroup anywhere shows.
+    """
+    own = parse_proc_cgroup(Path("/proc/self/cgroup").read_text())
+    found: dict[str, Path] = {}
+    for key, path in own.items():
+        if key == "":
+            base = cgroup_root if (cgroup_root / "cgroup.controllers").exists() else cgroup_root / "unified"
+        else:
+            base = cgroup_root / key.removeprefix("name=")
+        if not base.is_dir():
+            continue
+        directory = base / join_cgroup_path(path, cgroup_parent).lstrip("/")
+        found.setdefault(os.path.realpath(directory), directory)
+    return sorted(found.values())
+
+
+def read_host(config: Config, cgroup_parent: str) -> HostView:
+    root = os.path.realpath(config.root)
+    run = os.path.realpath(config.run)
+    mounts = [
+        m.mount_point
+        for m in mountinfo.read()
+        if mountinfo.is_under(m.mount_point, root) or mountinfo.is_under(m.mount_point, run)
+    ]
+    overlay = Path(root) / "overlay2"
+    overlay_dirs = sorted(os.listdir(overlay)) if overlay.is_dir() else []
+    live_shims = {}
+    state_dirs = sorted(p for p in config.run.iterdir() if p.is_dir()) if config.run.is_dir() else []
+    for state_dir in state_dirs:
+        pid, start = statefiles.parse_pid(statefiles.read_text(str(state_dir / statefiles.SHIM_PID)))
+        if pid and statefiles.is_alive(pid, start):
+            live_shims[state_dir.name] = (pid, start)
+    cgroups = []
+    for parent in hierarchy_parents(cgroup_parent):
+        if parent.is_dir():
+            cgroups += [child for child in sorted(parent.iterdir()) if child.is_dir() and child.name != SHIMS_CGROUP]
+    return HostView(mounts, overlay_dirs, live_shims, cgroups)
+
+
+def violations(config: Config, cgroup_parent: str) -> list[str]:
+    """Every invariant that does not hold, one line each; empty when all hold.
+
+    Call it when no command is in flight: a record in CREATED or REMOVING is then half-done work.
+    """
+    return check(records(config), read_host(config, cgroup_parent), config)
+
+
+def check(containers: list[state_pb2.Container], host: HostView, config: Config) -> list[str]:
+    """The invariants, from records and a host view read beforehand."""
+    root = Path(os.path.realpath(config.root))
+    overlay = root / "overlay2"
+    by_id = {c.id: c for c in containers}
+    found: list[str] = []
+
+    for c in containers:
+        label = f"container {c.id} ({c.name}, {state_pb2.ContainerStatus.Name(c.status)})"
+        if c.status == RUNNING:
+            shim = host.live_shims.get(c.id)
+            if shim is None:
+                found.append(f"{label}: no live shim (shim.pid in {config.run / c.id})")
+            elif c.shim_pid and shim[0] != c.shim_pid:
+                found.append(f"{label}: the record's shim pid {c.shim_pid} is not the live shim {shim[0]}")
+            if not statefiles.is_alive(c.pid, c.pid_start_time):
+                found.append(f"{label}: no live process {c.pid} started at {c.pid_start_time}")
+            if str(overlay / c.id / "merged") not in host.mounts:
+                found.append(f"{label}: rootfs {overlay / c.id / 'merged'} is not mounted")
+        if c.status in IN_PROGRESS and not statefiles.is_alive(c.owner.pid, c.owner.pid_start_time):
+            found.append(f"{label}: half-done, and its owner (pid {c.owner.pid}) is gone")
+        if not (root / "image" / f"{c.image}.tar").is_file():
+            found.append(f"{label}: its image {c.image} does not exist ({root / 'image' / (c.image + '.tar')})")
+
+    for name in host.overlay_dirs:
+        if name not in by_id:
+            found.append(f"rootfs directory {overlay / name} has no record")
+        lower = overlay / name / "lower"
+        if lower.is_symlink() and not lower.exists():
+            found.append(f"rootfs {overlay / name}: its layer {os.readlink(lower)} is gone")
+    for mount_point in host.mounts:
+        relative = Path(mount_point).relative_to(overlay).parts if mountinfo.is_under(mount_point, str(overlay)) else ()
+        if not relative:
+            found.append(f"mount {mount_point} is no container's rootfs")
+        elif relative[0] not in by_id:
+            found.append(f"mount {mount_point} has no record")
+    for container_id, (pid, _) in host.live_shims.items():
+        if container_id not in by_id:
+            found.append(f"shim {pid} of {container_id} is alive without a record")
+    for cgroup in host.cgroups:
+        if cgroup.name not in by_id:
+            found.append(f"cgroup {cgroup} has no record")
+    return found
