@@ -2,6 +2,9 @@
 
 import posix
 
+# The shim and the CLI share these: which process a pid is, by its start time.
+from services.common.procinfo import is_alive, parse_stat, proc_start_time  # noqa: F401
+
 PLAN = "plan.json"
 CGROUP = "cgroup.json"
 SHIM_PID = "shim.pid"
@@ -60,33 +63,6 @@ def read_text(path: str) -> str | None:
         return None
 
 
-def parse_stat(text: str) -> tuple[str, int]:
-    """(state, start time in clock ticks) from /proc/<pid>/stat.
-
-    The command (field 2) may hold spaces and parentheses, so split after the last ')':
-    the state is field 3 and the start time field 22.
-    """
-    fields = text[text.rindex(")") + 2:].split()
-    return fields[0], int(fields[19])
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Start time of a live (non-zombie) process, None when it is gone or a zombie."""
-    if pid <= 0:
-        return None
-    try:
-        text = read_text(f"/proc/{pid}/stat")
-    except ProcessLookupError:
-        # It exited between the open and the read.
-        return None
-    if text is None:
-        return None
-    state, start = parse_stat(text)
-    if state in ("Z", "X"):
-        return None
-    return start
-
-
 def set_comm(name: str) -> None:
     """Name the calling process in ps and top: the launcher's forks all share its command line."""
     fd = posix.open("/proc/self/comm", posix.O_WRONLY | posix.O_CLOEXEC)
@@ -94,11 +70,6 @@ def set_comm(name: str) -> None:
         posix.write(fd, name[:15].encode())
     finally:
         posix.close(fd)
-
-
-def is_alive(pid: int, start_time: int) -> bool:
-    """True only for the very process recorded: a recycled pid has another start time."""
-    return start_time > 0 and proc_start_time(pid) == start_time
 
 
 def format_pid(pid: int, start_time: int) -> str:
