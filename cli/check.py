@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from cli import reconcile
 from cli.convert import status_name
-from cli.lifecycle import this_process
+from cli.lifecycle import ensure_bridge, this_process
 from cli.services import CliError, Services
 from protos.executor.v1 import executor_pb2 as ex
 from protos.state.v1 import state_pb2 as st
@@ -49,10 +51,16 @@ def snapshot(services: Services) -> reconcile.Snapshot:
             pid_start_time=c.pid_start_time,
             auto_remove=c.auto_remove,
             owner_alive=_owner_alive(c),
+            network=c.network,
         )
         for c in containers
     )
-    return reconcile.Snapshot(records, processes, rootfs, cgroups, images)
+    networks = tuple(
+        # The check runs on the services' host, as root: /sys/class/net is the kernel's own list.
+        reconcile.NetworkBridge(n.name, n.bridge, os.path.exists(f"/sys/class/net/{n.bridge}"))
+        for n in services.call("state", "ListNetworks", st.ListNetworksRequest()).networks
+    )
+    return reconcile.Snapshot(records, processes, rootfs, cgroups, images, networks)
 
 
 def apply(services: Services, finding: reconcile.Finding) -> None:
@@ -78,6 +86,10 @@ def apply(services: Services, finding: reconcile.Finding) -> None:
             services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container_id, force=True))
         elif isinstance(action, reconcile.RemoveRootfs):
             services.call("storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container_id), timeout=120)
+        elif isinstance(action, reconcile.Disconnect):
+            services.call("executor", "DisconnectContainer", ex.DisconnectContainerRequest(container_id=container_id))
+        elif isinstance(action, reconcile.EnsureBridge):
+            ensure_bridge(services, action.network)
         elif isinstance(action, reconcile.DeleteRecord):
             services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container_id), missing_ok=True)
         else:

@@ -10,7 +10,8 @@ import typer
 
 from cli.services import CliError, Services
 
-PS_HEADER = ("ID", "NAME", "PID", "STATUS", "COMMAND", "CREATED")
+# The series' final column order (it added IP with networking).
+PS_HEADER = ("ID", "NAME", "PID", "IP", "STATUS", "COMMAND", "CREATED")
 # Options end at the image name: what follows is the container's own command line.
 COMMAND_CONTEXT = {"allow_interspersed_args": False}
 
@@ -32,6 +33,10 @@ def run(
     pids_limit: int = typer.Option(0, "--pids-limit", help="Maximum number of processes."),
     workdir: str = typer.Option("", "--workdir", "-w", help="Working directory inside the container."),
     hostname: str = typer.Option("", "--hostname", help="Hostname (default: the name)."),
+    network: str = typer.Option("", "--network", "--net", help="Bridge network to join (the seed's -net); none: loopback only."),
+    publish: Optional[list[str]] = typer.Option(
+        None, "--publish", "-p", help="Publish [HOST_IP:]HOST_PORT:CONTAINER_PORT[/udp] on the host; repeatable."
+    ),
 ) -> None:
     """Create and start a container from IMAGE: `run -d -name c1 busybox top`, `run -it busybox sh`."""
     from cli import lifecycle, parse
@@ -44,7 +49,12 @@ def run(
         raise CliError(f"missing command: give the command to run after the image, e.g. mydocker run -it {image} sh")
     if cpu and cpus:
         raise CliError("give either --cpu (percent of one CPU) or --cpus (number of CPUs), not both")
+    if network == "none":
+        network = ""
+    if publish and not network:
+        raise CliError("publishing ports needs a network: add --network NAME (see mydocker network ls)")
     try:
+        ports = [parse.parse_port(text) for text in publish or []]
         volumes = [parse.parse_volume(text) for text in volume or []]
         request = lifecycle.RunRequest(
             image=image,
@@ -59,6 +69,16 @@ def run(
                 pids_limit=pids_limit,
             ),
             hostname=hostname,
+            network=network,
+            ports=[
+                types_pb2.PortMapping(
+                    host_ip=p.host_ip,
+                    host_port=p.host_port,
+                    container_port=p.container_port,
+                    protocol=types_pb2.PROTOCOL_UDP if p.protocol == "udp" else types_pb2.PROTOCOL_TCP,
+                )
+                for p in ports
+            ],
             working_dir=workdir,
             tty=tty,
             stdin_open=interactive,
@@ -91,7 +111,7 @@ def ps(
     all_: bool = typer.Option(False, "--all", "-a", help="Show every container, not only running ones."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print container ids only."),
 ) -> None:
-    """List containers: ID NAME PID STATUS COMMAND CREATED."""
+    """List containers: ID NAME PID IP STATUS COMMAND CREATED."""
     from cli import lifecycle
     from cli.convert import status_name, timestamp_seconds
     from cli.output import format_command, format_status, format_time, table
@@ -114,6 +134,7 @@ def ps(
                 container.id,
                 container.name,
                 str(container.pid) if container.pid else "-",
+                container.ip or "-",
                 format_status(status, container.exit_code, container.oom_killed),
                 format_command(container.command),
                 format_time(timestamp_seconds(container.created_at)),
@@ -239,6 +260,8 @@ def inspect(containers: list[str] = typer.Argument(..., help="Container ids, nam
     for reference in containers:
         record = lifecycle.resolve_synced(services, reference)
         entry = MessageToDict(record, preserving_proto_field_name=True)
+        if record.network:
+            entry["network_settings"] = _network_settings(services, record)
         try:
             live = services.call("executor", "GetContainer", executor_pb2.GetContainerRequest(id=record.id)).process
             entry["live"] = MessageToDict(live, preserving_proto_field_name=True)
@@ -246,6 +269,32 @@ def inspect(containers: list[str] = typer.Argument(..., help="Container ids, nam
             entry["live"] = {"error": str(err)}
         result.append(entry)
     typer.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _network_settings(services: Services, record) -> dict:
+    """docker inspect's NetworkSettings, in our names: the network, the address and how it is reached."""
+    from google.protobuf.json_format import MessageToDict
+
+    from protos.state.v1 import state_pb2
+    from services.common.netnames import veth_name
+
+    settings = {
+        "network": record.network,
+        "ip_address": record.ip,
+        "ports": [MessageToDict(p, preserving_proto_field_name=True) for p in record.ports],
+    }
+    network = services.call("state", "GetNetwork", state_pb2.GetNetworkRequest(name=record.network), missing_ok=True)
+    if network is None:
+        settings["error"] = f"network {record.network} no longer exists"
+        return settings
+    settings.update(
+        gateway=network.network.gateway,
+        prefix_length=int(network.network.subnet.partition("/")[2]),
+        bridge=network.network.bridge,
+        # Present while the container runs; gone with its network namespace.
+        host_interface=veth_name(record.id) if record.ip else "",
+    )
+    return settings
 
 
 def register(app: typer.Typer) -> None:

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from cli.services import CliError, Services
+from cli.services import DEFAULT_TIMEOUT, CliError, Services
 from protos.executor.v1 import executor_pb2 as ex
 from protos.state.v1 import state_pb2 as st
 from protos.storage.v1 import storage_pb2 as sto
 from protos.types.v1 import types_pb2
 from services.common import procinfo
 from services.common.client import describe_rpc_error
+from services.common.netnames import bridge_name
 
 # Exit code recorded when the executor has no trace of a process the record calls running.
 LOST_EXIT_CODE = 255
@@ -58,6 +59,8 @@ class RunRequest:
     volumes: list[types_pb2.Volume] = field(default_factory=list)
     resources: types_pb2.Resources = field(default_factory=types_pb2.Resources)
     hostname: str = ""
+    network: str = ""
+    ports: list[types_pb2.PortMapping] = field(default_factory=list)
     working_dir: str = ""
     tty: bool = False
     stdin_open: bool = False
@@ -86,7 +89,12 @@ def resolve(services: Services, reference: str) -> st.Container:
 
 
 def record_exit(services: Services, container: st.Container, process: ex.ContainerProcess, stopped: bool = False) -> st.Container:
-    """Move a RUNNING record to EXITED (or STOPPED) with what the executor saw."""
+    """Move a RUNNING record to EXITED (or STOPPED) with what the executor saw.
+
+    The network is torn down first: the state service frees the address with the move, and it
+    must not be handed out while rules still send a host port to it.
+    """
+    disconnect(services, container)
     status = st.CONTAINER_STATUS_STOPPED if stopped else st.CONTAINER_STATUS_EXITED
     request = st.UpdateContainerStatusRequest(
         id=container.id, status=status, exit_code=process.exit_code, oom_killed=process.oom_killed
@@ -144,6 +152,8 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
         volumes=request.volumes,
         resources=request.resources,
         hostname=request.hostname,
+        network=request.network,
+        ports=request.ports,
         working_dir=request.working_dir,
         tty=request.tty,
         stdin_open=request.stdin_open,
@@ -152,7 +162,12 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
     )
     container = step("creating the record", lambda: services.call("state", "CreateContainer", spec).container)
     with Rollback() as undo:
+        # Deleting the record also releases its address.
         undo.add("deleting the record", lambda: services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id)))
+        address = None
+        if container.network:
+            allocate = st.AllocateAddressRequest(network=container.network, container_id=container.id)
+            address = step("allocating an address", lambda: services.call("state", "AllocateAddress", allocate))
         prepare = sto.PrepareRootfsRequest(container_id=container.id, image=container.image, volumes=container.volumes)
         rootfs = step(
             "preparing the rootfs", lambda: services.call("storage", "PrepareRootfs", prepare, timeout=600).rootfs
@@ -172,9 +187,14 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
             resources=container.resources,
             stdio_mode=ex.STDIO_MODE_LOG if request.detach else ex.STDIO_MODE_ATTACH,
             window_size=ex.WindowSize(rows=request.window[0], cols=request.window[1]) if request.window else None,
+            ip_address=address.allocation.address if address else "",
         )
         step("creating the process", lambda: services.call("executor", "CreateContainer", create))
         undo.add("deleting the process", lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)))
+        if address is not None:
+            # Before the start, so the command finds its network ready from its first instruction.
+            step("connecting to the network", lambda: connect(services, container, address))
+            undo.add("disconnecting from the network", lambda: disconnect(services, container))
         wait = attach(container.id) if attach is not None else None
         process = step(
             "starting the process",
@@ -191,6 +211,39 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
             "recording the start", lambda: services.call("state", "UpdateContainerStatus", running).container
         )
     return container, wait
+
+
+def connect(services: Services, container: st.Container, address: st.AllocateAddressResponse) -> None:
+    """Plug a created container into its network; a bridge lost with a reboot is made again first."""
+    request = ex.ConnectContainerRequest(
+        container_id=container.id,
+        bridge_name=bridge_name(container.network),
+        address=address.allocation.address,
+        prefix_length=address.prefix_length,
+        gateway=address.gateway,
+        ports=container.ports,
+    )
+    try:
+        services.executor.ConnectContainer(request, timeout=DEFAULT_TIMEOUT)
+        return
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND or "bridge" not in (err.details() or ""):
+            raise CliError(describe_rpc_error("executor", services.config, err)) from None
+    ensure_bridge(services, container.network)
+    services.call("executor", "ConnectContainer", request)
+
+
+def ensure_bridge(services: Services, network: str) -> None:
+    """The executor side of a network record: its bridge and rules (idempotent)."""
+    record = services.call("state", "GetNetwork", st.GetNetworkRequest(name=network)).network
+    bridge = ex.CreateBridgeRequest(network=record.name, bridge_name=record.bridge, subnet=record.subnet, gateway=record.gateway)
+    services.call("executor", "CreateBridge", bridge)
+
+
+def disconnect(services: Services, container: st.Container) -> None:
+    """Unplug a container from its network: veth and port rules (idempotent; fine once it exited)."""
+    if container.network:
+        services.call("executor", "DisconnectContainer", ex.DisconnectContainerRequest(container_id=container.id))
 
 
 def finish_foreground(services: Services, container: st.Container) -> st.Container:
@@ -261,6 +314,8 @@ def remove(services: Services, reference: str, force: bool) -> st.Container:
 
 def remove_stopped(services: Services, container: st.Container) -> None:
     """The removal steps for a container whose process is gone: REMOVING, rootfs, process state, record."""
+    # A repair may have recorded the exit without unplugging the network.
+    step("disconnecting from the network", lambda: disconnect(services, container))
     if container.status != st.CONTAINER_STATUS_REMOVING:
         removing = st.UpdateContainerStatusRequest(id=container.id, status=st.CONTAINER_STATUS_REMOVING, owner=this_process())
         services.call("state", "UpdateContainerStatus", removing)

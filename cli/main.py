@@ -10,7 +10,7 @@ import click
 import typer
 import typer.main
 
-from cli import containers, images, system
+from cli import containers, images, networks, system
 from cli.argv import normalize_argv
 from cli.services import CliError
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 system.register(app)
 containers.register(app)
 images.register(app)
+networks.register(app)
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Pure parsers for run's option values: sizes, CPU shares, volumes and environment entries."""
+"""Pure parsers for run's option values: sizes, CPU shares, volumes, environment entries and port mappings."""
 
 from __future__ import annotations
 
@@ -79,3 +79,32 @@ def parse_env(text: str, lookup: dict[str, str]) -> str:
     if key not in lookup:
         raise BadValue(f'environment variable "{key}" is not set here: use -e {key}=VALUE')
     return f"{key}={lookup[key]}"
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str
+
+
+PORT_PATTERN = re.compile(r"(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d+):(\d+)(?:/([a-z]+))?")
+
+
+def parse_port(text: str) -> PortSpec:
+    """docker's `-p [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`, e.g. 8080:80 or 8053:53/udp."""
+    usage = f'invalid port mapping "{text}": use -p HOST_PORT:CONTAINER_PORT[/tcp|/udp], e.g. -p 8080:80'
+    match = PORT_PATTERN.fullmatch(text.strip())
+    if not match:
+        raise BadValue(usage)
+    host_ip, host_port, container_port, protocol = match.groups()
+    protocol = protocol or "tcp"
+    if protocol not in ("tcp", "udp"):
+        raise BadValue(f'invalid port mapping "{text}": the protocol must be tcp or udp')
+    if host_ip and any(int(part) > 255 for part in host_ip.split(".")):
+        raise BadValue(f'invalid port mapping "{text}": {host_ip} is not an IPv4 address')
+    for port in (host_port, container_port):
+        if not 1 <= int(port) <= 65535:
+            raise BadValue(f'invalid port mapping "{text}": ports must be from 1 to 65535')
+    return PortSpec(host_ip or "", int(host_port), int(container_port), protocol)

@@ -8,6 +8,8 @@ Everything else that does not add up becomes a Finding with the actions that rep
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -28,6 +30,8 @@ class Record:
     auto_remove: bool = False
     # The owner of a CREATED/REMOVING record is alive (checked by the caller, on this host).
     owner_alive: bool = False
+    # Network name; "" when the container has loopback only.
+    network: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,16 @@ class Snapshot:
     rootfs: tuple[Rootfs, ...]
     cgroups: tuple[str, ...]
     images: frozenset[str]
+    networks: tuple["NetworkBridge", ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkBridge:
+    """A network record and whether its bridge exists on this host (a reboot takes bridges and rules)."""
+
+    name: str
+    bridge: str
+    bridge_present: bool
 
 
 # -- actions: one RPC each, applied in order ------------------------------------------------------
@@ -101,7 +115,19 @@ class DeleteRecord:
     """state: delete the record."""
 
 
-Action = RecordExit | RecordRunning | DeleteProcess | RemoveRootfs | MarkRemoving | DeleteRecord
+@dataclass(frozen=True)
+class Disconnect:
+    """executor: remove the container's veth and port rules (idempotent)."""
+
+
+@dataclass(frozen=True)
+class EnsureBridge:
+    """executor: create the network's bridge and rules again (idempotent)."""
+
+    network: str
+
+
+Action = RecordExit | RecordRunning | DeleteProcess | RemoveRootfs | MarkRemoving | DeleteRecord | Disconnect | EnsureBridge
 REMOVE_ALL: tuple[Action, ...] = (DeleteProcess(), RemoveRootfs(), DeleteRecord())
 
 
@@ -213,5 +239,27 @@ def plan(snapshot: Snapshot) -> list[Finding]:
     findings: list[Finding] = []
     for record in snapshot.records:
         findings += _check_record(record, processes.get(record.id), rootfs.get(record.id), snapshot.images)
+    networked = _networked(snapshot)
+    findings = [_unplug_first(finding, networked) for finding in findings]
     findings += _orphans(snapshot, {record.id for record in snapshot.records})
+    for network in snapshot.networks:
+        if not network.bridge_present:
+            findings.append(
+                Finding(
+                    f"network {network.name}", "", f"its bridge {network.bridge} is missing",
+                    "create the bridge and its rules again", (EnsureBridge(network.name),),
+                )
+            )
     return findings
+
+
+def _networked(snapshot: Snapshot) -> set[str]:
+    return {record.id for record in snapshot.records if record.network}
+
+
+def _unplug_first(finding: Finding, networked: set[str]) -> Finding:
+    """A networked container whose exit is recorded or whose record goes loses its veth and port rules first:
+    the address is freed with the record's move, and must not be reused while rules still point at it."""
+    if finding.container_id not in networked or not any(isinstance(a, (RecordExit, DeleteRecord)) for a in finding.actions):
+        return finding
+    return dataclasses.replace(finding, actions=(Disconnect(), *finding.actions))

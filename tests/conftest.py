@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @contextlib.contextmanager
-def _temp_config() -> Iterator[Config]:
+def temp_config_dir() -> Iterator[Config]:
     # Under /tmp with a short prefix: unix socket paths must stay under 108 bytes.
     base = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp"))
     try:
@@ -74,7 +74,7 @@ def run_ctl(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def mydocker_config() -> Iterator[Config]:
     """A Config with fresh temp root and run dirs, removed afterwards."""
-    with _temp_config() as config:
+    with temp_config_dir() as config:
         yield config
 
 
@@ -95,7 +95,7 @@ def live_services() -> Iterator[Config]:
     Module-scoped so a test file pays for one start; `ctl down` stops them at the end.
     """
     tracker = ServiceTracker()
-    with _temp_config() as config:
+    with temp_config_dir() as config:
         try:
             started = run_ctl(config, "up")
             tracker.note(config)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,9 @@ STATE_TIMEOUT = 10.0
 RUNNING = state_pb2.CONTAINER_STATUS_RUNNING
 # Statuses in which a CLI is midway through a multi-step operation, named by the record's owner.
 IN_PROGRESS = (state_pb2.CONTAINER_STATUS_CREATED, state_pb2.CONTAINER_STATUS_REMOVING)
+# Host ends of container veths (services/common/netnames.py, for ten-digit ids) and port rule tags.
+VETH_PREFIX = "mdv"
+RULE_TAG = re.compile(r'"mydocker ctr=(\S+) port=')
 
 
 @dataclass(frozen=True)
@@ -82,12 +87,67 @@ def read_host(config: Config, cgroup_parent: str) -> HostView:
     return HostView(mounts, overlay_dirs, live_shims, cgroups)
 
 
-def violations(config: Config, cgroup_parent: str) -> list[str]:
+def violations(config: Config, cgroup_parent: str, networks: bool = False) -> list[str]:
     """Every invariant that does not hold, one line each; empty when all hold.
 
     Call it when no command is in flight: a record in CREATED or REMOVING is then half-done work.
+    With `networks`, addresses, veths and port rules are checked too; every mydocker veth and rule
+    on the host must then be this test's (true on CI, where nothing else runs mydocker).
     """
-    return check(records(config), read_host(config, cgroup_parent), config)
+    containers = records(config)
+    found = check(containers, read_host(config, cgroup_parent), config)
+    if networks:
+        found += check_networks(containers, allocations(config), read_network_host())
+    return found
+
+
+@dataclass(frozen=True)
+class NetworkHostView:
+    """Host-wide network state: mydocker's container veths, and the containers its port rules name."""
+
+    veth_ids: list[str]
+    rule_ids: list[str]
+
+
+def allocations(config: Config) -> list[state_pb2.AddressAllocation]:
+    """Every address held in every network, gateways left out."""
+    with open_channel(config, "state") as channel:
+        stub = state_pb2_grpc.StateServiceStub(channel)
+        held = []
+        for network in stub.ListNetworks(state_pb2.ListNetworksRequest(), timeout=STATE_TIMEOUT).networks:
+            request = state_pb2.ListAddressesRequest(network=network.name)
+            held += [a for a in stub.ListAddresses(request, timeout=STATE_TIMEOUT).allocations if a.owner != "gateway"]
+        return held
+
+
+def read_network_host() -> NetworkHostView:
+    veth_ids = sorted(name.removeprefix(VETH_PREFIX) for name in os.listdir("/sys/class/net") if name.startswith(VETH_PREFIX))
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return NetworkHostView(veth_ids, sorted(set(RULE_TAG.findall(saved))))
+
+
+def check_networks(
+    containers: list[state_pb2.Container], held: list[state_pb2.AddressAllocation], host: NetworkHostView
+) -> list[str]:
+    """A running networked container has its veth and its address; nothing else holds either, or a port rule."""
+    running = {c.id: c for c in containers if c.status == RUNNING}
+    found = []
+    addresses = {a.owner: a.address for a in held}
+    for c in running.values():
+        if c.network and c.id not in host.veth_ids:
+            found.append(f"container {c.id} ({c.name}) runs on network {c.network} without its veth {VETH_PREFIX}{c.id}")
+        if c.network and addresses.get(c.id) != c.ip:
+            found.append(f"container {c.id} ({c.name}) has ip {c.ip!r} but holds {addresses.get(c.id)!r}")
+    for allocation in held:
+        if allocation.owner not in running:
+            found.append(f"address {allocation.address} in {allocation.network} is held by {allocation.owner}, which is not running")
+    for container_id in host.veth_ids:
+        if container_id not in running:
+            found.append(f"veth {VETH_PREFIX}{container_id} belongs to no running container")
+    for container_id in host.rule_ids:
+        if container_id not in running:
+            found.append(f"iptables rules of {container_id} remain, and it is not running")
+    return found
 
 
 def check(containers: list[state_pb2.Container], host: HostView, config: Config) -> list[str]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos.executor.v1 import executor_pb2 as pb
+from protos.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
 from services.executor.cgroups import Limits
+from services.executor.firewall import Port
+from services.executor.networking import BridgeSpec, ConnectSpec
 from services.executor.model import (
     CloseStdin,
     CreateSpec,
@@ -68,6 +71,7 @@ def create_from_proto(request: pb.CreateContainerRequest) -> CreateSpec:
         stdio_mode=stdio,
         network_namespace=request.network_namespace,
         window=(request.window_size.rows, request.window_size.cols) if request.HasField("window_size") else None,
+        ip_address=request.ip_address,
     )
 
 
@@ -132,3 +136,29 @@ def attach_response(event: OutputEvent) -> pb.AttachResponse | None:
             return pb.AttachResponse(stderr=event.data)
         return pb.AttachResponse(stdout=event.data)
     return None
+
+
+def _port_from_proto(port: types_pb2.PortMapping) -> Port:
+    protocol = {types_pb2.PROTOCOL_TCP: "tcp", types_pb2.PROTOCOL_UDP: "udp", types_pb2.PROTOCOL_UNSPECIFIED: "tcp"}.get(port.protocol, "")
+    return Port(host_ip=port.host_ip, host_port=port.host_port, container_port=port.container_port, protocol=protocol)
+
+
+def bridge_from_proto(request) -> BridgeSpec:
+    """CreateBridgeRequest or RemoveBridgeRequest (which has no gateway)."""
+    return BridgeSpec(
+        network=request.network,
+        bridge=request.bridge_name,
+        subnet=request.subnet,
+        gateway=getattr(request, "gateway", ""),
+    )
+
+
+def connect_from_proto(request: pb.ConnectContainerRequest) -> ConnectSpec:
+    return ConnectSpec(
+        container_id=request.container_id,
+        bridge=request.bridge_name,
+        address=request.address,
+        prefix_length=request.prefix_length,
+        gateway=request.gateway,
+        ports=tuple(_port_from_proto(port) for port in request.ports),
+    )

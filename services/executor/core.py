@@ -24,9 +24,10 @@ from pathlib import Path
 import services
 from services.common.config import VERSION, Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MydockerError, NotFound
-from services.executor import framing, logfmt, nsexec, shim_launcher, statefiles
+from services.executor import framing, logfmt, netfiles, nsexec, shim_launcher, statefiles
 from services.executor import reconcile as reconcile_plan
 from services.executor.cgroups import Cgroup, CgroupLayout, cgroup_from_record
+from services.executor.networking import Networking
 from services.executor.model import (
     CloseStdin,
     CreateSpec,
@@ -45,7 +46,7 @@ from services.executor.model import (
     Stdin,
     StdioMode,
 )
-from services.executor.plan import PYCACHE_DIR, build_plan, check_container_id, is_container_id, merge_env, validate
+from services.executor.plan import NETWORK_DIR, PYCACHE_DIR, ContainerPlan, build_plan, check_container_id, is_container_id, merge_env, validate
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,7 @@ class ExecutorCore:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._launcher = ShimLauncher(python, self._helper_env)
+        self.networking = Networking(self.network_state_dir(), self.get, self._dir)
 
     @property
     def launcher_pid(self) -> int:
@@ -328,6 +330,10 @@ class ExecutorCore:
     def _dir(self, container_id: str) -> Path:
         check_container_id(container_id)
         return self._config.run / container_id
+
+    def network_state_dir(self) -> Path:
+        """Where the firewall keeps what iptables looked like before mydocker's first network."""
+        return self._config.run / NETWORK_DIR
 
     def log_path(self, container_id: str) -> Path:
         return self._config.root / "containers" / container_id / f"{container_id}-json.log"
@@ -419,14 +425,31 @@ class ExecutorCore:
         )
 
     def get(self, container_id: str) -> ProcessState:
-        return self._state(container_id)
+        return self._settle_lost_shim(self._state(container_id))
 
     def list(self) -> list[ProcessState]:
         states = []
         for container_id in self._container_ids():
             with contextlib.suppress(NotFound):
-                states.append(self._state(container_id))
+                states.append(self._settle_lost_shim(self._state(container_id)))
         return states
+
+    def _settle_lost_shim(self, state: ProcessState) -> ProcessState:
+        """A container whose shim died while this executor ran is settled as a restart would settle it.
+
+        Without its shim nobody collects its output or its exit status: what is left of it is killed
+        and the exit recorded as lost (255), so it never reads as running unsupervised.
+        """
+        if state.status is ProcessStatus.EXITED or state.shim_pid:
+            return state
+        directory = self._dir(state.id)
+        with self._lock(state.id):
+            entry = self._scan_state_dir(state.id, directory)
+            action = reconcile_plan.plan_state_dir(entry) if entry.has_plan else None
+            if not isinstance(action, reconcile_plan.RecordLost):
+                return state
+            self._apply(action)
+        return self._state(state.id)
 
     def list_cgroups(self) -> tuple[list[str], str]:
         """Ids of every container cgroup below the parent (with or without state), and the parent itself."""
@@ -459,8 +482,9 @@ class ExecutorCore:
             if directory.exists():
                 self._check_reusable(spec.id, directory)
             try:
+                plan = self._prepare(plan, spec.ip_address, directory, cgroup)
                 plan_json = plan.to_json()
-                self._prepare(plan, plan_json, directory, cgroup)
+                statefiles.write_atomic(str(directory / statefiles.PLAN), plan_json)
                 self._spawn_shim(plan, plan_json, directory, cgroup, spec.window)
                 return self._await_created(spec.id, directory)
             except BaseException as err:
@@ -485,7 +509,8 @@ class ExecutorCore:
             raise AlreadyExists(f"container {container_id} already exists in the executor: delete it first")
         self._destroy(container_id, directory)
 
-    def _prepare(self, plan, plan_json: str, directory: Path, cgroup: Cgroup) -> None:
+    def _prepare(self, plan: ContainerPlan, ip_address: str, directory: Path, cgroup: Cgroup) -> ContainerPlan:
+        """Cgroup, state dir, fifos, log file and /etc files; returns the plan with those files' bind mounts."""
         try:
             self._layout.shims().create()
             cgroup.create()
@@ -495,13 +520,15 @@ class ExecutorCore:
                 raise InvalidArgument(f"the host refused the cgroup limits: {err}") from None
             raise FailedPrecondition(f"cannot set up the cgroup: {err}") from None
         directory.mkdir(mode=0o700, parents=True)
-        statefiles.write_atomic(str(directory / statefiles.PLAN), plan_json)
         statefiles.write_atomic(str(directory / statefiles.CGROUP), json.dumps(cgroup.to_record()))
         os.mkfifo(directory / statefiles.START_FIFO, 0o600)
         os.mkfifo(directory / statefiles.NOTIFY_FIFO, 0o600)
         log_path = self.log_path(plan.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch(mode=0o640)
+        # Bind-mounted from here, as docker does: the image's own files stay as they are.
+        network_files = netfiles.write_network_files(directory, plan.hostname, ip_address)
+        return dataclasses.replace(plan, mounts=(*plan.mounts, *network_files))
 
     def _spawn_shim(
         self, plan, plan_json: str, directory: Path, cgroup: Cgroup, window: tuple[int, int] | None
@@ -670,6 +697,8 @@ class ExecutorCore:
                     "kill; stop them, then delete again"
                 )
         cgroup.remove()
+        # The veth went with the network namespace; the container's port rules are removed here.
+        self.networking.disconnect(container_id)
         shutil.rmtree(directory, ignore_errors=True)
         shutil.rmtree(self.log_path(container_id).parent, ignore_errors=True)
 

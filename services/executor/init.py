@@ -75,6 +75,15 @@ def safe_target(rootfs: str, target: str) -> str:
     return path
 
 
+def make_file_target(path: str) -> None:
+    """An empty file at `path` (a checked safe_target) to bind a file onto, with its parent directories."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Whatever the image has there is mounted over as is: opening it could block (a fifo) or act (a device).
+    if os.path.lexists(path):
+        return
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
 def join_cgroups(plan: dict) -> None:
     # Before unsharing the cgroup namespace, so the container's cgroup becomes its root.
     for procs in plan["cgroup_procs"]:
@@ -97,7 +106,11 @@ def mount_rootfs(plan: dict, console: str | None = None) -> None:
     linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
     for spec in plan["mounts"]:
         target = safe_target(rootfs, spec["target"])
-        os.makedirs(target, exist_ok=True)
+        # .get: a plan written before file targets existed has no such key.
+        if spec.get("target_is_file"):
+            make_file_target(target)
+        else:
+            os.makedirs(target, exist_ok=True)
         try:
             linux.mount(spec["source"], target, spec["fstype"], spec["flags"], spec["data"] or None)
         except OSError:

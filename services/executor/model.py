@@ -43,6 +43,8 @@ class CreateSpec:
     network_namespace: bool = False
     # (rows, cols) of the terminal when process.terminal is set; None leaves the kernel's 0x0.
     window: tuple[int, int] | None = None
+    # Address on the container's network, for its /etc/hosts; empty with loopback only.
+    ip_address: str = ""
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ DEFAULT_TERM = "xterm"
 STDIO_LOG = "log"
 STDIO_ATTACH = "attach"
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-# Names the executor uses beside container ids: the shims' cgroup, and helper bytecode under MYDOCKER_RUN.
+# Names the executor uses beside container ids: the shims' cgroup, and helper bytecode and the
+# firewall's saved state under MYDOCKER_RUN.
 PYCACHE_DIR = "pycache"
-RESERVED_IDS = frozenset({SHIMS_CGROUP, PYCACHE_DIR})
+NETWORK_DIR = "network"
+RESERVED_IDS = frozenset({SHIMS_CGROUP, PYCACHE_DIR, NETWORK_DIR})
 # The state service's alphabet, since a container's name is its default hostname; the kernel takes 64 bytes.
 HOSTNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HOSTNAME_MAX = 64
@@ -40,6 +42,8 @@ class MountSpec:
     data: str = ""
     # Bind this host path read-only instead when the mount is refused (sysfs outside a fresh netns).
     fallback_bind: str = ""
+    # The target is a file (a bind-mounted file such as /etc/hosts): init creates an empty one, not a directory.
+    target_is_file: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,9 @@ def build_plan(
     limits: Limits = Limits(),
     cgroup_procs: Sequence[str] = (),
     cgroup_namespace: bool = True,
+    extra_mounts: Sequence[MountSpec] = (),
 ) -> ContainerPlan:
+    """The plan of one container; `extra_mounts` come after the defaults (/proc, /dev, ...), so they may sit on them."""
     namespaces = INIT_NAMESPACES if cgroup_namespace else tuple(n for n in INIT_NAMESPACES if n != "cgroup")
     return ContainerPlan(
         id=container_id,
@@ -172,7 +178,7 @@ def build_plan(
         stdin=stdin,
         stdio_mode=stdio_mode,
         namespaces=namespaces,
-        mounts=default_mounts(),
+        mounts=default_mounts() + tuple(extra_mounts),
         devices=default_devices(),
         symlinks=default_symlinks(),
         cgroup_procs=tuple(cgroup_procs),

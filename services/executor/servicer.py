@@ -1,4 +1,4 @@
-"""Thin gRPC servicer of the executor: protos in, ExecutorCore call, protos out; networking RPCs wait for issue #5."""
+"""Thin gRPC servicer of the executor: protos in, ExecutorCore or Networking call, protos out."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def _first(requests: Iterator, field: str, rpc: str):
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     def __init__(self, config: Config, core: ExecutorCore | None = None, cgroup_root: Path = DEFAULT_CGROUP_ROOT):
         self._core = core or build_core(config, cgroup_root)
+        self._networking = self._core.networking
         # Before the first call: what a killed executor, killed shims or a reboot left is settled (and logged).
         self._core.reconcile()
         # The shim launcher's interpreter start and imports happen now, not in the first CreateContainer.
@@ -129,3 +130,19 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             response = convert.attach_response(event)
             if response is not None:
                 yield response
+
+    def CreateBridge(self, request, context):
+        self._networking.create_bridge(convert.bridge_from_proto(request))
+        return pb.CreateBridgeResponse()
+
+    def RemoveBridge(self, request, context):
+        self._networking.remove_bridge(convert.bridge_from_proto(request))
+        return pb.RemoveBridgeResponse()
+
+    def ConnectContainer(self, request, context):
+        host_interface = self._networking.connect(convert.connect_from_proto(request))
+        return pb.ConnectContainerResponse(host_interface=host_interface)
+
+    def DisconnectContainer(self, request, context):
+        self._networking.disconnect(request.container_id)
+        return pb.DisconnectContainerResponse()

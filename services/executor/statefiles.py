@@ -17,6 +17,9 @@ START_FIFO = "start"
 NOTIFY_FIFO = "notify"
 ATTACH_SOCKET = "attach.sock"
 SHIM_LOG = "shim.log"
+# Written before a container is plugged into a network, removed once it is unplugged: whoever
+# deletes the state dir knows there is a veth and rules to remove first.
+NETWORK = "network.json"
 
 # Status file values; no file yet means creating, or created once the pid file exists (older shims wrote "created").
 CREATING = "creating"

@@ -172,6 +172,7 @@ def network_to_proto(network: Network) -> state_pb2.Network:
         gateway=network.gateway,
         labels=network.labels,
         created_at=timestamp(network.created_at),
+        bridge=network.bridge,
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from services.common.config import VERSION
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.netnames import bridge_name
 from services.state import ipam
 from services.state.model import (
     GATEWAY_OWNER,
@@ -22,8 +23,10 @@ from services.state.model import (
     ContainerStatus,
     Network,
     Owner,
+    PortMapping,
     ServiceInfo,
     check_transition,
+    ports_clash,
     validate_network_name,
     validate_owner,
     validate_spec,
@@ -123,6 +126,8 @@ class StateCore:
         with self._store.write() as transaction:
             if spec.name:
                 self._ensure_name_is_free(transaction, spec.name)
+            if spec.ports:
+                self._ensure_ports_are_free(transaction, spec.ports)
             container_id = self._new_container_id(transaction)
             name = spec.name or container_id
             container = Container(
@@ -160,6 +165,19 @@ class StateCore:
         # Lookups try ids before names, so a name equal to another container's id would be unreachable.
         if transaction.get_container(name) is not None:
             raise AlreadyExists(f'container name "{name}" is the id of another container: choose another name')
+
+    @staticmethod
+    def _ensure_ports_are_free(transaction: Transaction, ports: Iterable[PortMapping]) -> None:
+        """A host port/protocol published by a container that is being created or runs is taken."""
+        holders = transaction.list_containers((ContainerStatus.CREATED, ContainerStatus.RUNNING))
+        for port in ports:
+            for holder in holders:
+                taken = next((held for held in holder.ports if ports_clash(held, port)), None)
+                if taken is not None:
+                    raise AlreadyExists(
+                        f"host port {port.host_port}/{port.protocol} is already published by container "
+                        f"{holder.id} ({holder.name}): choose another host port or remove that container"
+                    )
 
     @staticmethod
     def _new_container_id(transaction: Transaction) -> str:
@@ -230,11 +248,16 @@ class StateCore:
                     shim_pid=shim_pid, exit_code=0, oom_killed=False, error="", owner=None,
                 )
             elif target in (ContainerStatus.STOPPED, ContainerStatus.EXITED):
+                # A container's address lives as long as its process: the next start allocates again.
+                transaction.delete_allocations_of_owner(container_id)
                 updated = dataclasses.replace(
                     current, status=target, finished_at=now, exit_code=exit_code, oom_killed=oom_killed,
-                    error=error, pid=0, pid_start_time=0, shim_pid=0, owner=None,
+                    error=error, pid=0, pid_start_time=0, shim_pid=0, owner=None, ip="",
                 )
             else:
+                if target is ContainerStatus.REMOVING:
+                    transaction.delete_allocations_of_owner(container_id)
+                    current = dataclasses.replace(current, ip="")
                 updated = dataclasses.replace(current, status=target, owner=owner)
             transaction.update_container(updated)
         return updated
@@ -275,7 +298,13 @@ class StateCore:
                 raise AlreadyExists(
                     f'network name "{name}" is already in use: choose another name or remove that network'
                 )
+            bridge = bridge_name(name)
             for other in transaction.list_networks():
+                if other.bridge == bridge:
+                    raise AlreadyExists(
+                        f'network name "{name}" maps to bridge {bridge}, already used by network {other.name}: '
+                        "choose another name"
+                    )
                 if ipam.subnets_overlap(parsed_subnet, ipam.parse_subnet(other.subnet)):
                     raise FailedPrecondition(
                         f"subnet {parsed_subnet} overlaps subnet {other.subnet} of network {other.name}: "

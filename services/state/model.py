@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from services.common.errors import InvalidArgument, InvalidTransition
+from services.common.netnames import bridge_name
 from services.common.types import Volume
 
 
@@ -63,6 +64,15 @@ class PortMapping:
     container_port: int
     protocol: str = "tcp"
     host_ip: str = ""
+
+
+def ports_clash(a: PortMapping, b: PortMapping) -> bool:
+    """Same host port and protocol on the same host address, or on every address (empty) for either."""
+    return (
+        a.host_port == b.host_port
+        and a.protocol == b.protocol
+        and (not a.host_ip or not b.host_ip or a.host_ip == b.host_ip)
+    )
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,11 @@ class Network:
     gateway: str
     labels: dict[str, str]
     created_at: float
+
+    @property
+    def bridge(self) -> str:
+        """The host bridge interface; derived from the name, so it needs no column of its own."""
+        return bridge_name(self.name)
 
 
 @dataclass(frozen=True)

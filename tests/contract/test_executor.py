@@ -1088,3 +1088,87 @@ def test_exec_into_a_container_whose_shim_died_is_refused(executor, rootfs, temp
         assert not statefiles.is_alive(created.pid, created.pid_start_time)
     finally:
         shutil.rmtree(marker.parent)
+
+
+# -- networking (issue #5) ----------------------------------------------------------------------
+
+
+def test_network_rpcs_plumb_a_container_and_leave_iptables_as_they_were(executor, rootfs, temp_config):
+    import ipaddress
+
+    from services.common.netnames import bridge_name, veth_name
+    from tests.netutil import free_port, free_subnets, iptables_save
+
+    network = f"ct{uuid.uuid4().hex[:6]}"
+    bridge = bridge_name(network)
+    subnet = ipaddress.IPv4Network(free_subnets(1)[0])
+    gateway, address = str(subnet.network_address + 1), str(subnet.network_address + 2)
+    host_port = free_port()
+    before = iptables_save()
+    bridge_request = pb.CreateBridgeRequest(network=network, bridge_name=bridge, subnet=str(subnet), gateway=gateway)
+    remove_request = pb.RemoveBridgeRequest(network=network, bridge_name=bridge, subnet=str(subnet))
+    try:
+        executor.CreateBridge(bridge_request, timeout=30)
+        executor.CreateBridge(bridge_request, timeout=30)  # idempotent
+        shell = "ip -4 addr show eth0; ip route; cat /etc/hosts /etc/hostname"
+        process = create(executor, rootfs, ["sh", "-c", shell], hostname="webbox", ip_address=address)
+        ports = [types_pb2.PortMapping(host_port=host_port, container_port=80, protocol=types_pb2.PROTOCOL_TCP)]
+        connect = pb.ConnectContainerRequest(
+            container_id=process.id, bridge_name=bridge, address=address, prefix_length=subnet.prefixlen,
+            gateway=gateway, ports=ports,
+        )
+        reply = executor.ConnectContainer(connect, timeout=30)
+        assert reply.host_interface == veth_name(process.id)
+        assert Path(f"/sys/class/net/{reply.host_interface}/master").resolve().name == bridge
+        expect(CODE.ALREADY_EXISTS, executor.ConnectContainer, connect)
+        assert f"ctr={process.id} port={host_port}/tcp" in iptables_save()
+        expect(CODE.FAILED_PRECONDITION, executor.RemoveBridge, remove_request, "still has containers")
+
+        executor.StartContainer(pb.StartContainerRequest(id=process.id), timeout=30)
+        executor.WaitContainer(pb.WaitContainerRequest(id=process.id), timeout=30)
+        output = b"".join(line.data for line in logs(executor, process.id)).decode()
+        assert f"inet {address}/{subnet.prefixlen}" in output
+        assert f"default via {gateway} dev eth0" in output
+        assert f"{address}\twebbox" in output and "127.0.0.1\tlocalhost" in output and "webbox\n" in output
+
+        # The namespace went with the process; the rules stay until a disconnect, which is idempotent.
+        executor.DisconnectContainer(pb.DisconnectContainerRequest(container_id=process.id), timeout=30)
+        executor.DisconnectContainer(pb.DisconnectContainerRequest(container_id=process.id), timeout=30)
+        assert f"ctr={process.id}" not in iptables_save()
+        assert not os.path.exists(f"/sys/class/net/{reply.host_interface}")
+        expect(CODE.FAILED_PRECONDITION, executor.ConnectContainer, connect, "no process")
+    finally:
+        executor.RemoveBridge(remove_request, timeout=30)
+    executor.RemoveBridge(remove_request, timeout=30)  # idempotent
+    assert not os.path.exists(f"/sys/class/net/{bridge}")
+    assert iptables_save() == before
+
+
+def test_connect_to_a_missing_bridge_is_not_found_and_bad_requests_are_invalid(executor, rootfs):
+    process = create(executor, rootfs, ["true"])
+    connect = pb.ConnectContainerRequest(
+        container_id=process.id, bridge_name="mdb-nosuchnet", address="10.9.9.2", prefix_length=24, gateway="10.9.9.1"
+    )
+    expect(CODE.NOT_FOUND, executor.ConnectContainer, connect, "bridge mdb-nosuchnet does not exist")
+    for field, value in (("address", "10.9.9"), ("gateway", "10.8.0.1"), ("prefix_length", 31), ("bridge_name", "x" * 16)):
+        bad = pb.ConnectContainerRequest()
+        bad.CopyFrom(connect)
+        setattr(bad, field, value)
+        expect(CODE.INVALID_ARGUMENT, executor.ConnectContainer, bad)
+    expect(
+        CODE.INVALID_ARGUMENT, executor.CreateBridge,
+        pb.CreateBridgeRequest(network="n", bridge_name="mdb-n", subnet="10.9.9.0/24", gateway="10.1.1.1"), "outside",
+    )
+
+
+def test_a_shim_killed_while_the_executor_runs_is_settled_at_the_next_look(executor, rootfs, temp_config):
+    created = create(executor, rootfs, ["sleep", "1000"])
+    executor.StartContainer(pb.StartContainerRequest(id=created.id), timeout=30)
+    kill_recorded(*shim_of(temp_config, created.id))
+    # Nobody would collect its output or exit status: it is killed and its exit recorded as lost.
+    (listed,) = [p for p in executor.ListContainers(pb.ListContainersRequest(), timeout=30).processes if p.id == created.id]
+    assert (listed.status, listed.exit_code, listed.shim_pid) == (pb.PROCESS_STATUS_EXITED, 255, 0)
+    assert gone(created.pid)
+    process = executor.GetContainer(pb.GetContainerRequest(id=created.id), timeout=30).process
+    assert (process.status, process.exit_code) == (pb.PROCESS_STATUS_EXITED, 255)
+    executor.DeleteContainer(pb.DeleteContainerRequest(id=created.id), timeout=30)

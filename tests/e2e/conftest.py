@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from services.common.config import Config
 from services.common.ctl import REPO, service_env
 from services.executor.cgroups import CgroupLayout
+from tests.conftest import ServiceTracker
 
 
 def mydocker_cli(env: dict[str, str], *args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -40,6 +42,7 @@ class Host:
 
     env: dict[str, str]
     root: Path
+    cgroup_parent: str = ""
 
     def mydocker(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = mydocker_cli(self.env, *args, stdin=stdin)
@@ -48,30 +51,58 @@ class Host:
         return result
 
 
-@pytest.fixture
-def host(mydocker_config: Config, service_tracker) -> Iterator[Host]:
-    """The three services up (scripts/up) with the busybox image built; everything removed after.
+def scripts_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(REPO / "scripts/up")], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
 
-    Container cgroups go below a parent unique to this test, removed at teardown.
+
+@contextlib.contextmanager
+def running_host(
+    config: Config,
+    tracker: ServiceTracker,
+    cgroup_prefix: str = "mdk-e2e",
+    drop_env: tuple[str, ...] = (),
+    up_before_teardown: bool = False,
+) -> Iterator[Host]:
+    """The three services up (scripts/up) on `config`'s roots with the busybox image built; everything removed after.
+
+    Container cgroups go below a parent unique to this host, removed at teardown, and so are its
+    containers, networks, service processes (noted in `tracker`) and mounts. `up_before_teardown`
+    brings a service a test left down back first, since rm needs all three.
     """
-    cgroup_parent = f"mdk-e2e-{uuid.uuid4().hex[:8]}"
-    env = service_env(mydocker_config)
+    cgroup_parent = f"{cgroup_prefix}-{uuid.uuid4().hex[:8]}"
+    env = service_env(config)
     env["MYDOCKER_CGROUP_PARENT"] = cgroup_parent
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    up = subprocess.run([str(REPO / "scripts/up")], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    service_tracker.note(mydocker_config)
+    for name in drop_env:
+        env.pop(name, None)
+    up = scripts_up(env)
+    tracker.note(config)
     try:
         assert up.returncode == 0, f"scripts/up failed:\n{up.stdout}{up.stderr}"
-        yield Host(env, mydocker_config.root)
+        yield Host(env, config.root, cgroup_parent)
     finally:
+        if up_before_teardown:
+            scripts_up(env)
+            tracker.note(config)
         ids = mydocker_cli(env, "ps", "-a", "-q").stdout.split()
         if ids:
             mydocker_cli(env, "rm", "-f", *ids)
+        # Networks after their containers: the last one takes mydocker's iptables chains with it.
+        networks = mydocker_cli(env, "network", "ls", "-q").stdout.split()
+        if networks:
+            mydocker_cli(env, "network", "rm", *networks)
         subprocess.run([str(REPO / "scripts/down")], env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
-        service_tracker.note(mydocker_config)
-        service_tracker.kill_leftovers()
-        leftover_mounts = mounts_below(mydocker_config.root)
+        tracker.note(config)
+        tracker.kill_leftovers()
+        leftover_mounts = mounts_below(config.root)
         for target in reversed(leftover_mounts):
             subprocess.run(["umount", "-l", target], check=False)
         CgroupLayout.from_host(parent=cgroup_parent).remove_parent()
         assert not leftover_mounts, f"the test left mounts behind: {leftover_mounts}"
+
+
+@pytest.fixture
+def host(mydocker_config: Config, service_tracker: ServiceTracker) -> Iterator[Host]:
+    """The three services up with the busybox image built, on this test's temp roots; everything removed after."""
+    with running_host(mydocker_config, service_tracker) as started:
+        yield started

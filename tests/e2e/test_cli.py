@@ -34,7 +34,7 @@ pytestmark = pytest.mark.root
 
 MYDOCKER = str(REPO / "mydocker")
 CONTAINER_ID = re.compile(r"[0-9]{10}")
-PS_HEADER = ["ID", "NAME", "PID", "STATUS", "COMMAND", "CREATED"]
+PS_HEADER = ["ID", "NAME", "PID", "IP", "STATUS", "COMMAND", "CREATED"]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def ps_table(host, *flags: str) -> dict[str, dict[str, str]]:
-    """`ps` rows by id: NAME, PID, STATUS, COMMAND, CREATED parsed by the header's column offsets."""
+    """`ps` rows by id: NAME, PID, IP, STATUS, COMMAND, CREATED parsed by the header's column offsets."""
     lines = host.mydocker("ps", *flags).stdout.splitlines()
     header = lines[0]
     assert header.split() == PS_HEADER

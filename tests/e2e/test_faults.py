@@ -1,5 +1,7 @@
 """Kill a service at every step of run, rm -f, commit, exec and stop (MYDOCKER_FAULT), restart it, check the invariants, retry.
 
+run -d and rm -f also run on a network, where addresses, veths and port rules are checked too.
+
 One set of services per command (a pool below, not scripts/up per case); each case restarts one
 service with a fault, runs the command, brings everything up again with scripts/up and checks
 tests/invariants.py, then retries the command and checks again. Three rounds of the whole
@@ -24,10 +26,10 @@ from services.common.client import check_health
 from services.common.config import Config
 from services.common.ctl import REPO, service_env
 from services.common.faults import AFTER, BEFORE, ENV_VAR
-from services.executor.cgroups import CgroupLayout
-from tests.conftest import ServiceTracker, _temp_config
-from tests.e2e.conftest import Host, mounts_below, mydocker_cli
+from tests.conftest import ServiceTracker, temp_config_dir
+from tests.e2e.conftest import Host, mydocker_cli, running_host, scripts_up
 from tests.invariants import violations
+from tests.netutil import free_port, free_subnets
 
 pytestmark = pytest.mark.root
 
@@ -60,19 +62,21 @@ class Command:
     """A CLI command, the RPCs it makes in order (from cli/lifecycle.py and cli/containers.py), and how a retry may refuse."""
 
     name: str
-    # (case name, id of the running container prepared for it or "") -> ./mydocker arguments
-    args: Callable[[str, str], list[str]]
+    # (case name, id of the running container prepared for it or "", network or "") -> ./mydocker arguments
+    args: Callable[[str, str, str], list[str]]
     steps: tuple[Step, ...]
     # Whether the case needs a running container first (rm, commit, exec, stop).
     needs_container: bool
     # The one-line refusals a retry may give instead of succeeding: "it already happened".
     already: tuple[str, ...] = ()
+    # Whether its containers join a network (and the network invariants are checked).
+    network: bool = False
 
 
 CREATE = (Step("state", "CreateContainer"), Step("storage", "PrepareRootfs"), Step("executor", "CreateContainer"))
 RUN_DETACHED = Command(
     "run -d",
-    lambda name, _: ["run", "-d", "--name", name, "busybox", "top"],
+    lambda name, _, __: ["run", "-d", "--name", name, "busybox", "top"],
     # create_and_start: record, rootfs, process, start, RUNNING.
     (*CREATE, Step("executor", "StartContainer"), Step("state", "UpdateContainerStatus")),
     needs_container=False,
@@ -80,7 +84,7 @@ RUN_DETACHED = Command(
 )
 RUN_RM = Command(
     "run --rm",
-    lambda name, _: ["run", "--rm", "--name", name, "busybox", "echo", "hi"],
+    lambda name, _, __: ["run", "--rm", "--name", name, "busybox", "echo", "hi"],
     (
         *CREATE,
         # The attach stream opens before the start, so no output is lost.
@@ -100,41 +104,43 @@ RUN_RM = Command(
     needs_container=False,
     already=("is already in use",),
 )
+# remove: resolve and sync, SIGKILL and wait, (unplug,) STOPPED, then remove_stopped: (unplug,) REMOVING, rootfs, ...
+KILL = (
+    Step("state", "GetContainer"),
+    Step("executor", "ListContainers"),
+    Step("executor", "KillContainer"),
+    Step("executor", "WaitContainer"),
+)
+REMOVE = (
+    Step("state", "UpdateContainerStatus", 2),  # REMOVING
+    Step("storage", "RemoveRootfs"),
+    Step("executor", "DeleteContainer"),
+    Step("state", "DeleteContainer"),
+)
 RM_FORCE = Command(
     "rm -f",
-    lambda _, container_id: ["rm", "-f", container_id],
-    (
-        # remove: resolve and sync, SIGKILL and wait, STOPPED, then remove_stopped.
-        Step("state", "GetContainer"),
-        Step("executor", "ListContainers"),
-        Step("executor", "KillContainer"),
-        Step("executor", "WaitContainer"),
-        Step("state", "UpdateContainerStatus", 1),  # STOPPED
-        Step("state", "UpdateContainerStatus", 2),  # REMOVING
-        Step("storage", "RemoveRootfs"),
-        Step("executor", "DeleteContainer"),
-        Step("state", "DeleteContainer"),
-    ),
+    lambda _, container_id, __: ["rm", "-f", container_id],
+    (*KILL, Step("state", "UpdateContainerStatus", 1), *REMOVE),  # 1: STOPPED
     needs_container=True,
     already=("no such container",),
 )
 COMMIT = Command(
     "commit",
-    lambda name, container_id: ["commit", container_id, f"img-{name}"],
+    lambda name, container_id, _: ["commit", container_id, f"img-{name}"],
     (Step("state", "GetContainer"), Step("storage", "CommitContainer")),
     needs_container=True,
     already=("already exists",),
 )
 EXEC = Command(
     "exec",
-    lambda _, container_id: ["exec", container_id, "true"],
+    lambda _, container_id, __: ["exec", container_id, "true"],
     (Step("state", "GetContainer"), Step("executor", "ListContainers"), Step("executor", "Exec", streaming=True)),
     needs_container=True,
 )
 STOP = Command(
     "stop",
     # busybox top exits on SIGTERM: the TERM path, no escalation.
-    lambda _, container_id: ["stop", "-t", "5", container_id],
+    lambda _, container_id, __: ["stop", "-t", "5", container_id],
     (
         Step("state", "GetContainer"),
         Step("executor", "ListContainers"),
@@ -144,7 +150,39 @@ STOP = Command(
     ),
     needs_container=True,
 )
-COMMANDS = (RUN_DETACHED, RUN_RM, RM_FORCE, COMMIT, EXEC, STOP)
+RUN_NETWORK = Command(
+    "run -d --network",
+    lambda name, _, network: ["run", "-d", "--name", name, "--network", network, "-p", f"{free_port()}:80", "busybox", "top"],
+    # create_and_start with a network: the address before the rootfs, the plumbing before the start.
+    (
+        Step("state", "CreateContainer"),
+        Step("state", "AllocateAddress"),
+        Step("storage", "PrepareRootfs"),
+        Step("executor", "CreateContainer"),
+        Step("executor", "ConnectContainer"),
+        Step("executor", "StartContainer"),
+        Step("state", "UpdateContainerStatus"),
+    ),
+    needs_container=False,
+    already=("is already in use",),
+    network=True,
+)
+RM_NETWORK = Command(
+    "rm -f --network",
+    lambda _, container_id, __: ["rm", "-f", container_id],
+    # Unplugged before STOPPED (which frees the address), and again by remove_stopped.
+    (
+        *KILL,
+        Step("executor", "DisconnectContainer", 1),
+        Step("state", "UpdateContainerStatus", 1),
+        Step("executor", "DisconnectContainer", 2),
+        *REMOVE,
+    ),
+    needs_container=True,
+    already=("no such container",),
+    network=True,
+)
+COMMANDS = (RUN_DETACHED, RUN_RM, RM_FORCE, COMMIT, EXEC, STOP, RUN_NETWORK, RM_NETWORK)
 
 
 @dataclass(frozen=True)
@@ -182,6 +220,8 @@ class MatrixHost:
     config: Config
     cgroup_parent: str
     tracker: ServiceTracker
+    # The network of networked commands' containers; "" until one is needed.
+    network: str = ""
     # Seconds spent in this command's cases, for the timing report.
     spent: float = 0.0
     cases: int = 0
@@ -192,40 +232,13 @@ class MatrixHost:
         return f"{prefix}{self.counter}"
 
 
-def scripts_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(REPO / "scripts/up")], env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-
-
 @contextlib.contextmanager
 def matrix_host() -> Iterator[MatrixHost]:
-    """The `host` fixture of tests/e2e/conftest.py, for many cases: same start, same complete teardown."""
+    """The `host` fixture's start and teardown, for many cases; a service a case left down is brought back first."""
     tracker = ServiceTracker()
-    with _temp_config() as config:
-        cgroup_parent = f"mdk-fault-{uuid.uuid4().hex[:8]}"
-        env = service_env(config)
-        env["MYDOCKER_CGROUP_PARENT"] = cgroup_parent
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env.pop(ENV_VAR, None)
-        up = scripts_up(env)
-        tracker.note(config)
-        try:
-            assert up.returncode == 0, f"scripts/up failed:\n{up.stdout}{up.stderr}"
-            yield MatrixHost(Host(env, config.root), config, cgroup_parent, tracker)
-        finally:
-            # Up again first: a failed case may have left a service down, and rm needs all three.
-            scripts_up(env)
-            tracker.note(config)
-            ids = mydocker_cli(env, "ps", "-a", "-q").stdout.split()
-            if ids:
-                mydocker_cli(env, "rm", "-f", *ids)
-            subprocess.run([str(REPO / "scripts/down")], env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
-            tracker.note(config)
-            tracker.kill_leftovers()
-            leftover_mounts = mounts_below(config.root)
-            for target in reversed(leftover_mounts):
-                subprocess.run(["umount", "-l", target], check=False)
-            CgroupLayout.from_host(parent=cgroup_parent).remove_parent()
-            assert not leftover_mounts, f"the matrix left mounts behind: {leftover_mounts}"
+    with temp_config_dir() as config:
+        with running_host(config, tracker, "mdk-fault", drop_env=(ENV_VAR,), up_before_teardown=True) as host:
+            yield MatrixHost(host, config, host.cgroup_parent, tracker)
 
 
 class HostPool:
@@ -243,6 +256,10 @@ class HostPool:
             self._stack = contextlib.ExitStack()
             self._command = command.name
             self._current = self._stack.enter_context(matrix_host())
+            if command.network:
+                self._current.network = f"fnet{uuid.uuid4().hex[:6]}"
+                (subnet,) = free_subnets(1)
+                self._current.host.mydocker("network", "create", "--subnet", subnet, self._current.network)
         return self._current
 
     def close(self) -> None:
@@ -337,9 +354,11 @@ def run_case(matrix: MatrixHost, case: Case) -> None:
     host = matrix.host
     name = matrix.unique(f"f{case.round}-")
     container_id = ""
+    network_options = ("--network", matrix.network) if case.command.network else ()
     if case.command.needs_container:
-        container_id = host.mydocker("run", "-d", "--name", name, "busybox", "top").stdout.strip()
-    args = case.command.args(name, container_id)
+        container_id = host.mydocker("run", "-d", "--name", name, *network_options, "busybox", "top").stdout.strip()
+    args = case.command.args(name, container_id, matrix.network)
+    networks = case.command.network
     problems: list[str] = []
 
     faulty = start_faulty(matrix, case.step.service, case.fault)
@@ -358,14 +377,14 @@ def run_case(matrix: MatrixHost, case: Case) -> None:
     matrix.tracker.note(matrix.config)
     if up.returncode != 0:
         problems.append(f"scripts/up after the kill failed: {(up.stdout + up.stderr).strip()}")
-    problems += [f"after the kill and scripts/up: {v}" for v in violations(matrix.config, matrix.cgroup_parent)]
+    problems += [f"after the kill and scripts/up: {v}" for v in violations(matrix.config, matrix.cgroup_parent, networks)]
 
     retry = mydocker_cli(host.env, *args, timeout=60)
     if retry.returncode != 0:
         refusal = retry.stderr.strip()
         if one_line_failure(retry) or not any(text in refusal for text in case.command.already):
             problems.append(f"the retry neither succeeded nor said it already happened: {describe(retry)}")
-    problems += [f"after the retry: {v}" for v in violations(matrix.config, matrix.cgroup_parent)]
+    problems += [f"after the retry: {v}" for v in violations(matrix.config, matrix.cgroup_parent, networks)]
 
     clean_up(matrix, case, name, problems)
     assert not problems, (

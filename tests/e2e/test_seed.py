@@ -17,7 +17,7 @@ def ls(path) -> list[str]:
 
 def ps_rows(host) -> dict[str, list[str]]:
     lines = host.mydocker("ps").stdout.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "PID", "STATUS", "COMMAND", "CREATED"]
+    assert lines[0].split() == ["ID", "NAME", "PID", "IP", "STATUS", "COMMAND", "CREATED"]
     return {line.split()[0]: line.split() for line in lines[1:]}
 
 
@@ -28,7 +28,7 @@ def test_rootfs_isolation_commit_and_rm_as_in_the_seed(host):
     assert re.fullmatch(r"[0-9]{10}", container_id)
 
     row = ps_rows(host)[container_id]
-    assert row[1:5] == ["rootfs", row[2], "running", "top"] and row[2].isdigit()
+    assert row[1:6] == ["rootfs", row[2], "-", "running", "top"] and row[2].isdigit()
 
     rootfs = root / "overlay2" / container_id
     assert ls(rootfs) == ["lower", "merged", "upper", "work"]

@@ -2,6 +2,8 @@
 
 import pytest
 
+from cli import parse
+
 from cli.parse import (
     BadValue,
     VolumeSpec,
@@ -55,3 +57,26 @@ def test_env():
         parse_env("NOPE", {})
     with pytest.raises(BadValue):
         parse_env("=x", {})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8080:80", parse.PortSpec("", 8080, 80, "tcp")),
+        ("8053:53/udp", parse.PortSpec("", 8053, 53, "udp")),
+        ("8080:80/tcp", parse.PortSpec("", 8080, 80, "tcp")),
+        ("127.0.0.1:8080:80", parse.PortSpec("127.0.0.1", 8080, 80, "tcp")),
+        ("65535:1", parse.PortSpec("", 65535, 1, "tcp")),
+    ],
+)
+def test_parse_port(text, expected):
+    assert parse.parse_port(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["80", "8080:", ":80", "a:b", "8080:80/sctp", "0:80", "8080:70000", "300.1.1.1:80:80", "8080-8081:80"]
+)
+def test_parse_port_refuses_bad_specs_in_one_line(text):
+    with pytest.raises(parse.BadValue) as caught:
+        parse.parse_port(text)
+    assert text in str(caught.value) and "\n" not in str(caught.value)

@@ -117,3 +117,21 @@ def test_finding_lines_name_the_container() -> None:
     assert finding.line().startswith("1111111111 (web): half-created")
     (orphan,) = rc.plan(snap(cgroups=["7777777777"]))
     assert orphan.line() == "7777777777: a cgroup without a record"
+
+
+def test_a_networked_container_is_unplugged_before_its_exit_or_removal_is_recorded() -> None:
+    # Dead while recorded running: the veth and port rules go before the address is freed.
+    (finding,) = rc.plan(snap(records=[record("running", pid=42, pid_start_time=4200, network="n1")], rootfs=[mounted()]))
+    assert finding.actions[0] == rc.Disconnect() and isinstance(finding.actions[1], rc.RecordExit)
+    (finding,) = rc.plan(snap(records=[record("created", network="n1")], rootfs=[mounted()]))
+    assert finding.actions == (rc.Disconnect(), *rc.REMOVE_ALL)
+    # Without a network nothing is unplugged.
+    (finding,) = rc.plan(snap(records=[record("created")], rootfs=[mounted()]))
+    assert rc.Disconnect() not in finding.actions
+
+
+def test_a_network_whose_bridge_is_gone_gets_it_back() -> None:
+    networks = (rc.NetworkBridge("n1", "mdb-n1", bridge_present=False), rc.NetworkBridge("n2", "mdb-n2", True))
+    (finding,) = rc.plan(rc.Snapshot((), (), (), (), IMAGES, networks))
+    assert finding.line() == "network n1: its bridge mdb-n1 is missing"
+    assert finding.actions == (rc.EnsureBridge("n1"),)

@@ -14,6 +14,7 @@ from services.executor.init import ExecError, InitError, resolve_executable, saf
 from services.executor.plan import (
     DEFAULT_PATH,
     ContainerPlan,
+    MountSpec,
     build_plan,
     container_env,
     merge_env,
@@ -68,8 +69,35 @@ def test_plan_round_trips_through_json():
     # init reads the same JSON as plain data.
     raw = json.loads(built.to_json())
     proc = raw["mounts"][0]
-    assert proc == {"source": "proc", "target": "/proc", "fstype": "proc", "flags": proc["flags"], "data": "", "fallback_bind": ""}
+    assert proc == {
+        "source": "proc",
+        "target": "/proc",
+        "fstype": "proc",
+        "flags": proc["flags"],
+        "data": "",
+        "fallback_bind": "",
+        "target_is_file": False,
+    }
     assert "TERM=xterm" in raw["env"]
+
+
+def test_extra_mounts_follow_the_defaults_and_round_trip():
+    hosts = MountSpec("/run/mydocker/1234567890/hosts", "/etc/hosts", "bind", linux.MS_BIND, target_is_file=True)
+    built = plan(extra_mounts=[hosts])
+    assert built.mounts[-1] == hosts and built.mounts[:-1] == plan().mounts
+    again = ContainerPlan.from_json(built.to_json())
+    assert again == built and again.mounts[-1].target_is_file
+    assert json.loads(built.to_json())["mounts"][-1]["target_is_file"] is True
+
+
+def test_plan_json_without_file_targets_still_loads():
+    # plan.json written before target_is_file existed: every mount is a directory mount.
+    raw = json.loads(plan().to_json())
+    for mount in raw["mounts"]:
+        del mount["target_is_file"]
+    loaded = ContainerPlan.from_json(json.dumps(raw))
+    assert loaded == plan()
+    assert not any(m.target_is_file for m in loaded.mounts)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +106,7 @@ def test_plan_round_trips_through_json():
         ({"container_id": "../x"}, "invalid container id"),
         ({"container_id": ""}, "invalid container id"),
         ({"container_id": "shims"}, "uses that name itself"),
+        ({"container_id": "network"}, "uses that name itself"),
         ({"container_id": "pycache"}, "uses that name itself"),
         ({"hostname": ""}, "hostname is empty"),
         ({"hostname": "bad_name!"}, "invalid hostname"),

@@ -543,3 +543,52 @@ def test_ids_are_spread_over_ten_digits(core):
     assert all(len(i) == 10 and i[0] != "0" for i in ids)
     assert len(set(ids)) == 30
     assert len({i[0] for i in ids}) > 1
+
+
+# Issue #5: bridges, published ports, addresses freed with the process.
+
+
+def test_network_bridge_is_derived_from_the_name(core):
+    assert core.create_network("net1", subnet="10.0.0.0/24").bridge == "mdb-net1"
+    long_name = "a-rather-long-network-name"
+    bridge = core.create_network(long_name, subnet="10.0.1.0/24").bridge
+    assert bridge.startswith("mdh-") and len(bridge) == 15
+    assert core.get_network(long_name)[0].bridge == bridge
+
+
+def test_bridge_name_collision_is_refused(core, monkeypatch):
+    core.create_network("net1", subnet="10.0.0.0/24")
+    monkeypatch.setattr(core_module, "bridge_name", lambda name: "mdb-same")
+    monkeypatch.setattr("services.state.model.bridge_name", lambda name: "mdb-same")
+    with pytest.raises(AlreadyExists, match='maps to bridge mdb-same, already used by network net1'):
+        core.create_network("net2", subnet="10.0.1.0/24")
+
+
+def test_host_port_held_by_a_live_container_is_refused(core):
+    web = core.create_container(spec(ports=(PortMapping(8080, 80),)))
+    with pytest.raises(AlreadyExists) as raised:
+        core.create_container(spec(ports=(PortMapping(8080, 81),)))
+    assert str(raised.value) == (
+        f"host port 8080/tcp is already published by container {web.id} ({web.name}): "
+        "choose another host port or remove that container"
+    )
+    # Another protocol, or another host address than a specific one, is free.
+    core.create_container(spec(ports=(PortMapping(8080, 80, "udp"),)))
+    core.update_container_status(web.id, S.RUNNING, pid=10, pid_start_time=20)
+    with pytest.raises(AlreadyExists):
+        core.create_container(spec(ports=(PortMapping(8080, 80, host_ip="127.0.0.1"),)))
+    # A stopped container holds no port.
+    core.update_container_status(web.id, S.STOPPED, exit_code=0)
+    core.create_container(spec(ports=(PortMapping(8080, 80),)))
+
+
+def test_address_is_released_when_the_process_ends_or_removal_begins(core):
+    core.create_network("net1", subnet="10.0.0.0/24")
+    for final in (S.STOPPED, S.EXITED, S.REMOVING):
+        container = core.create_container(spec(network="net1"))
+        core.allocate_address("net1", container.id)
+        if final is not S.REMOVING:
+            core.update_container_status(container.id, S.RUNNING, pid=10, pid_start_time=20)
+        updated = core.update_container_status(container.id, final)
+        assert updated.ip == "" and core.get_container(container.id).ip == ""
+        assert [a.owner for a in core.list_addresses("net1")] == ["gateway"]

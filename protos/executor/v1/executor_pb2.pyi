@@ -75,7 +75,7 @@ class ProcessSpec(_message.Message):
     def __init__(self, args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., cwd: _Optional[str] = ..., terminal: _Optional[bool] = ..., stdin: _Optional[bool] = ...) -> None: ...
 
 class CreateContainerRequest(_message.Message):
-    __slots__ = ("id", "hostname", "rootfs_path", "process", "resources", "stdio_mode", "network_namespace", "window_size")
+    __slots__ = ("id", "hostname", "rootfs_path", "process", "resources", "stdio_mode", "network_namespace", "window_size", "ip_address")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ROOTFS_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class CreateContainerRequest(_message.Message):
     STDIO_MODE_FIELD_NUMBER: _ClassVar[int]
     NETWORK_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     hostname: str
     rootfs_path: str
@@ -92,7 +93,8 @@ class CreateContainerRequest(_message.Message):
     stdio_mode: StdioMode
     network_namespace: bool
     window_size: WindowSize
-    def __init__(self, id: _Optional[str] = ..., hostname: _Optional[str] = ..., rootfs_path: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., stdio_mode: _Optional[_Union[StdioMode, str]] = ..., network_namespace: _Optional[bool] = ..., window_size: _Optional[_Union[WindowSize, _Mapping]] = ...) -> None: ...
+    ip_address: str
+    def __init__(self, id: _Optional[str] = ..., hostname: _Optional[str] = ..., rootfs_path: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., stdio_mode: _Optional[_Union[StdioMode, str]] = ..., network_namespace: _Optional[bool] = ..., window_size: _Optional[_Union[WindowSize, _Mapping]] = ..., ip_address: _Optional[str] = ...) -> None: ...
 
 class ContainerProcess(_message.Message):
     __slots__ = ("id", "status", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "exited_at", "cgroup_path", "log_path")

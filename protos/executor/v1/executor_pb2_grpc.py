@@ -220,30 +220,37 @@ class ExecutorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateBridge(self, request, context):
-        """CreateBridge creates a network's bridge with its gateway address and NAT
-        rules. Idempotent for the same arguments.
+        """CreateBridge creates a network's bridge with its gateway address, and its
+        rules in mydocker's own iptables chains (MASQUERADE, FORWARD accept,
+        isolation from other networks); the first network creates the chains.
+        Idempotent for the same arguments.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveBridge(self, request, context):
-        """RemoveBridge deletes a bridge and its NAT rules. Idempotent.
+        """RemoveBridge deletes a bridge and its rules; the last network removes
+        mydocker's chains, leaving iptables as it was before the first. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ConnectContainer(self, request, context):
-        """ConnectContainer plugs a running container into a bridge: veth pair,
-        eth0 with its address and default route, and port mappings.
+        """ConnectContainer plugs a created or running container into a bridge:
+        veth pair named from the id, eth0 with its address and default route in
+        the container's netns, and DNAT/FORWARD rules for its ports. NOT_FOUND
+        when the bridge does not exist, ALREADY_EXISTS when the container is
+        connected already or a host port is published by another container.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DisconnectContainer(self, request, context):
-        """DisconnectContainer removes the veth pair and port mappings. Idempotent.
+        """DisconnectContainer removes the veth pair and every rule of the
+        container. Idempotent; works after the container exited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

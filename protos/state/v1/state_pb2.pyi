@@ -244,7 +244,7 @@ class DeleteContainerResponse(_message.Message):
     def __init__(self, container: _Optional[_Union[Container, _Mapping]] = ...) -> None: ...
 
 class Network(_message.Message):
-    __slots__ = ("name", "driver", "subnet", "gateway", "labels", "created_at")
+    __slots__ = ("name", "driver", "subnet", "gateway", "labels", "created_at", "bridge")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -258,13 +258,15 @@ class Network(_message.Message):
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     driver: str
     subnet: str
     gateway: str
     labels: _containers.ScalarMap[str, str]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    bridge: str
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bridge: _Optional[str] = ...) -> None: ...
 
 class CreateNetworkRequest(_message.Message):
     __slots__ = ("name", "driver", "subnet", "gateway", "labels")

@@ -143,7 +143,8 @@ class StateServiceServicer:
         """UpdateContainerStatus moves a record through its state machine:
         CREATED -> RUNNING | EXITED | REMOVING; RUNNING -> STOPPED | EXITED;
         STOPPED | EXITED -> RUNNING | REMOVING. Any other move is
-        FAILED_PRECONDITION and changes nothing.
+        FAILED_PRECONDITION and changes nothing. Moving to STOPPED, EXITED or
+        REMOVING releases the container's addresses and clears its `ip`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
