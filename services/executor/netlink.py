@@ -267,3 +267,22 @@ def attached_links(bridge: str) -> list[str]:
         except NetlinkError as err:
             raise _kernel_error(f"cannot list the links of bridge {bridge}", err) from None
     return sorted(port.get("IFLA_IFNAME") for port in ports)
+
+
+def host_routes() -> list[tuple[str, str]]:
+    """The host's IPv4 routes of the main table that name a destination, as ("10.0.0.0/24", "eth0").
+
+    The default route (prefix 0) is left out: every subnet lies inside it.
+    """
+    with _host() as ipr:
+        try:
+            routes = ipr.get_routes(family=socket.AF_INET, table=254)
+            names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
+        except NetlinkError as err:
+            raise _kernel_error("cannot read the host's routes", err) from None
+    found = []
+    for route in routes:
+        destination, prefix_length = route.get("RTA_DST"), route["dst_len"]
+        if destination and prefix_length:
+            found.append((f"{destination}/{prefix_length}", names.get(route.get("RTA_OIF"), "") or ""))
+    return found

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +101,14 @@ def validate_connect(spec: ConnectSpec) -> None:
         seen.add((port.host_port, port.protocol))
 
 
+def overlapping_route(subnet: ipaddress.IPv4Network, bridge: str, routes: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+    """The first host route (destination, interface) that overlaps `subnet`, other than the bridge's own."""
+    for destination, interface in routes:
+        if interface != bridge and subnet.overlaps(ipaddress.IPv4Network(destination, strict=False)):
+            return destination, interface
+    return None
+
+
 def ensure_port_is_free(port: Port) -> None:
     """Refuse a host port another program on this host listens on: DNAT would silently steal its traffic."""
     kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
@@ -142,6 +150,13 @@ class Networking:
     def create_bridge(self, spec: BridgeSpec) -> None:
         subnet = validate_bridge(spec, need_gateway=True)
         with self._lock:
+            clash = overlapping_route(subnet, spec.bridge, netlink.host_routes())
+            if clash is not None:
+                # The host would send part of its own traffic into the bridge (or the containers could not answer).
+                raise FailedPrecondition(
+                    f"subnet {subnet} overlaps the host's route to {clash[0]} via {clash[1] or 'no interface'}: "
+                    "choose a subnet the host does not use"
+                )
             existed = netlink.link_exists(spec.bridge)
             netlink.ensure_bridge(spec.bridge, spec.gateway, subnet.prefixlen)
             try:

@@ -71,6 +71,8 @@ class Command:
     already: tuple[str, ...] = ()
     # Whether its containers join a network (and the network invariants are checked).
     network: bool = False
+    # What the prepared container runs.
+    prepared: tuple[str, ...] = ("busybox", "top")
 
 
 CREATE = (Step("state", "CreateContainer"), Step("storage", "PrepareRootfs"), Step("executor", "CreateContainer"))
@@ -150,6 +152,19 @@ STOP = Command(
     ),
     needs_container=True,
 )
+STOP_ESCALATION = Command(
+    "stop, escalated",
+    lambda _, container_id, __: ["stop", "-t", "1", container_id],
+    # A PID 1 that ignores TERM: after the TERM and a wait that times out (the steps STOP covers), the
+    # second kill (KILL) and the second wait.
+    (
+        Step("executor", "KillContainer", 2),
+        Step("executor", "WaitContainer", 2),
+        Step("state", "UpdateContainerStatus"),  # STOPPED
+    ),
+    needs_container=True,
+    prepared=("busybox", "sh", "-c", "trap '' TERM; while true; do sleep 1; done"),
+)
 RUN_NETWORK = Command(
     "run -d --network",
     lambda name, _, network: ["run", "-d", "--name", name, "--network", network, "-p", f"{free_port()}:80", "busybox", "top"],
@@ -182,7 +197,7 @@ RM_NETWORK = Command(
     already=("no such container",),
     network=True,
 )
-COMMANDS = (RUN_DETACHED, RUN_RM, RM_FORCE, COMMIT, EXEC, STOP, RUN_NETWORK, RM_NETWORK)
+COMMANDS = (RUN_DETACHED, RUN_RM, RM_FORCE, COMMIT, EXEC, STOP, STOP_ESCALATION, RUN_NETWORK, RM_NETWORK)
 
 
 @dataclass(frozen=True)
@@ -198,7 +213,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.command.name.replace(' ', '')}-{self.fault}-r{self.round}"
+        return f"{self.command.name.replace(' ', '').replace(',', '-')}-{self.fault}-r{self.round}"
 
 
 # Command-major, so the pool starts one set of services per command, not per command and round.
@@ -356,7 +371,7 @@ def run_case(matrix: MatrixHost, case: Case) -> None:
     container_id = ""
     network_options = ("--network", matrix.network) if case.command.network else ()
     if case.command.needs_container:
-        container_id = host.mydocker("run", "-d", "--name", name, *network_options, "busybox", "top").stdout.strip()
+        container_id = host.mydocker("run", "-d", "--name", name, *network_options, *case.command.prepared).stdout.strip()
     args = case.command.args(name, container_id, matrix.network)
     networks = case.command.network
     problems: list[str] = []

@@ -19,7 +19,7 @@ import pytest
 from services.common.config import Config
 from services.common.ctl import REPO, read_pidfile
 from services.common.netnames import bridge_name, veth_name
-from tests.netutil import free_port, free_subnets, iptables_save
+from tests.netutil import free_port, free_subnets, host_networks, iptables_save
 
 pytestmark = pytest.mark.root
 
@@ -156,6 +156,12 @@ def test_network_commands_and_clear_errors(host):
     for bad in ("10.1.2.3/24", "10.0.0.0/33", "banana", "10.0.0.0/31"):
         line = one_line_error(host.mydocker("network", "create", "--subnet", bad, name, check=False))
         assert "subnet" in line, line
+    # A subnet the host routes already (its own LAN, say) would take the host's traffic: refused.
+    routed = [n for n in host_networks() if 8 <= n.prefixlen <= 30]
+    if routed:
+        line = one_line_error(host.mydocker("network", "create", "--subnet", str(routed[0]), unique("n"), check=False))
+        assert f"overlaps the host's route to {routed[0]}" in line, line
+        assert host.mydocker("network", "ls", "-q").stdout == ""
     with network(host, name, subnet):
         listed = host.mydocker("network", "ls").stdout.splitlines()
         assert listed[0].split() == ["NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE"]

@@ -70,3 +70,16 @@ def test_a_listener_with_reuseaddr_still_holds_its_port() -> None:
         holder.listen()
         with pytest.raises(AlreadyExists):
             ensure_port_is_free(Port("", holder.getsockname()[1], 80, "tcp"))
+
+
+def test_a_subnet_overlapping_a_host_route_is_found_but_the_bridge_own_route_is_not() -> None:
+    import ipaddress
+
+    from services.executor.networking import overlapping_route
+
+    routes = [("192.0.2.0/24", "eth0"), ("10.20.0.0/24", "mdb-web"), ("172.16.0.0/12", "vpn0")]
+    subnet = ipaddress.IPv4Network("10.20.0.0/24")
+    assert overlapping_route(subnet, "mdb-web", routes) is None
+    assert overlapping_route(subnet, "mdb-other", routes) == ("10.20.0.0/24", "mdb-web")
+    assert overlapping_route(ipaddress.IPv4Network("172.20.0.0/16"), "mdb-web", routes) == ("172.16.0.0/12", "vpn0")
+    assert overlapping_route(ipaddress.IPv4Network("192.0.0.0/16"), "mdb-web", routes) == ("192.0.2.0/24", "eth0")
