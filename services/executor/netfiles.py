@@ -13,6 +13,9 @@ HOSTS = "hosts"
 HOSTNAME = "hostname"
 RESOLV_CONF = "resolv.conf"
 FILE_MODE = 0o644
+# systemd-resolved's list of the real upstream servers, used when the host's own resolv.conf names only
+# its loopback stub (127.0.0.53), which answers nothing from a container's netns.
+RESOLVED_UPSTREAM = "/run/systemd/resolve/resolv.conf"
 # File in the state dir -> path inside the container.
 TARGETS = ((HOSTS, "/etc/hosts"), (HOSTNAME, "/etc/hostname"), (RESOLV_CONF, "/etc/resolv.conf"))
 
@@ -65,21 +68,41 @@ def _write(path: Path, text: str) -> None:
         os.close(fd)
 
 
+def has_nameserver(text: str) -> bool:
+    return any(line.split()[:1] == ["nameserver"] for line in text.splitlines())
+
+
+def container_resolv_conf(host_text: str, upstream_text: str | None) -> str:
+    """The host's resolv.conf for a container; systemd-resolved's upstream list when the host's is only its stub."""
+    text = resolv_conf_text(host_text)
+    if not has_nameserver(text) and upstream_text is not None:
+        return resolv_conf_text(upstream_text)
+    return text
+
+
+def _read_or_none(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return None
+
+
 def write_network_files(
-    directory: Path, hostname: str, address: str = "", host_resolv_path: str = "/etc/resolv.conf"
+    directory: Path,
+    hostname: str,
+    address: str = "",
+    host_resolv_path: str = "/etc/resolv.conf",
+    upstream_resolv_path: str = RESOLVED_UPSTREAM,
 ) -> tuple[MountSpec, ...]:
     """Write hosts, hostname and resolv.conf into `directory` (the container's state dir).
 
     Returns the bind mounts that put them at /etc/hosts, /etc/hostname and /etc/resolv.conf.
     """
-    try:
-        host_resolv = Path(host_resolv_path).read_text()
-    except FileNotFoundError:
-        host_resolv = ""
+    host_resolv = _read_or_none(host_resolv_path) or ""
     texts = {
         HOSTS: hosts_text(hostname, address),
         HOSTNAME: hostname_text(hostname),
-        RESOLV_CONF: resolv_conf_text(host_resolv),
+        RESOLV_CONF: container_resolv_conf(host_resolv, _read_or_none(upstream_resolv_path)),
     }
     for name, text in texts.items():
         _write(directory / name, text)

@@ -292,3 +292,25 @@ def test_records_survive_a_server_restart_on_the_same_database(start_server, tem
     assert again.status == pb.CONTAINER_STATUS_RUNNING
     assert again.ip == "10.93.0.2"
     assert state.GetNetwork(pb.GetNetworkRequest(name="kept"), timeout=5).network.subnet == "10.93.0.0/24"
+
+
+def test_bridge_names_published_ports_and_addresses_freed_with_the_process(state):
+    network = state.CreateNetwork(pb.CreateNetworkRequest(name="web", subnet="10.93.0.0/24"), timeout=5).network
+    assert network.bridge == "mdb-web"
+    assert state.GetNetwork(pb.GetNetworkRequest(name="web"), timeout=5).network.bridge == "mdb-web"
+
+    port = types_pb2.PortMapping(host_port=8080, container_port=80, protocol=types_pb2.PROTOCOL_TCP)
+    web = create(state, "web1", network="web", ports=[port])
+    expect(CODE.ALREADY_EXISTS, state.CreateContainer, pb.CreateContainerRequest(image="busybox", command=["top"], ports=[port]), web.id)
+    udp = types_pb2.PortMapping(host_port=8080, container_port=80, protocol=types_pb2.PROTOCOL_UDP)
+    create(state, "web2", ports=[udp])
+
+    state.AllocateAddress(pb.AllocateAddressRequest(network="web", container_id=web.id), timeout=5)
+    running = pb.UpdateContainerStatusRequest(id=web.id, status=pb.CONTAINER_STATUS_RUNNING, pid=10, pid_start_time=20)
+    assert state.UpdateContainerStatus(running, timeout=5).container.ip == "10.93.0.2"
+    stopped = pb.UpdateContainerStatusRequest(id=web.id, status=pb.CONTAINER_STATUS_STOPPED)
+    assert state.UpdateContainerStatus(stopped, timeout=5).container.ip == ""
+    owners = [a.owner for a in state.ListAddresses(pb.ListAddressesRequest(network="web"), timeout=5).allocations]
+    assert owners == ["gateway"]
+    # Stopped, it holds its host port no more.
+    create(state, "web3", ports=[port])

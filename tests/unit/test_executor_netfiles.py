@@ -60,7 +60,7 @@ def test_write_network_files(tmp_path: Path):
     state.mkdir()
     old_umask = os.umask(0o077)
     try:
-        mounts = write_network_files(state, "web", "10.88.0.2", str(host_resolv))
+        mounts = write_network_files(state, "web", "10.88.0.2", str(host_resolv), str(tmp_path / "no-resolved"))
     finally:
         os.umask(old_umask)
     assert (state / "hosts").read_text().endswith("10.88.0.2\tweb\n")
@@ -119,3 +119,14 @@ def test_file_target_refuses_symlinks(tmp_path: Path):
     (tmp_path / "etc" / "resolv.conf").symlink_to("/tmp/elsewhere")
     with pytest.raises(InitError, match="symbolic link"):
         safe_target(str(tmp_path), "/etc/resolv.conf")
+
+
+def test_a_host_behind_systemd_resolved_gives_its_upstream_servers():
+    from services.executor.netfiles import container_resolv_conf
+
+    stub = "nameserver 127.0.0.53\noptions edns0\nsearch lan\n"
+    upstream = "nameserver 192.0.2.53\nsearch lan\n"
+    assert container_resolv_conf(stub, upstream) == upstream
+    # Without systemd-resolved, or with real servers on the host, the host's file as it is.
+    assert container_resolv_conf(stub, None) == "options edns0\nsearch lan\n"
+    assert container_resolv_conf("nameserver 192.0.2.1\n", upstream) == "nameserver 192.0.2.1\n"
