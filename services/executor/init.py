@@ -75,6 +75,40 @@ def safe_target(rootfs: str, target: str) -> str:
     return path
 
 
+MAX_SYMLINKS = 40
+
+
+def resolve_in_rootfs(rootfs: str, target: str) -> str:
+    """Host path of `target` with the image's symlinks followed as the container would see them, never out of `rootfs`.
+
+    For the files docker also mounts through links (an image's /etc/resolv.conf is often one): like
+    runc's securejoin, ".." stops at the root and an absolute link starts again from the rootfs.
+    """
+    resolved: list[str] = []
+    pending = [p for p in target.split("/") if p]
+    followed = 0
+    while pending:
+        part = pending.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        path = os.path.join(rootfs, *resolved, part)
+        if not os.path.islink(path):
+            resolved.append(part)
+            continue
+        followed += 1
+        if followed > MAX_SYMLINKS:
+            raise InitError(f"{target}: too many symbolic links in the image")
+        link = os.readlink(path)
+        if link.startswith("/"):
+            resolved = []
+        pending = [p for p in link.split("/") if p] + pending
+    return os.path.join(rootfs, *resolved)
+
+
 def make_file_target(path: str) -> None:
     """An empty file at `path` (a checked safe_target) to bind a file onto, with its parent directories."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -105,11 +139,12 @@ def mount_rootfs(plan: dict, console: str | None = None) -> None:
     # pivot_root needs the new root to be a mount point of its own.
     linux.mount(rootfs, rootfs, None, linux.MS_BIND | linux.MS_REC)
     for spec in plan["mounts"]:
-        target = safe_target(rootfs, spec["target"])
         # .get: a plan written before file targets existed has no such key.
         if spec.get("target_is_file"):
+            target = resolve_in_rootfs(rootfs, spec["target"])
             make_file_target(target)
         else:
+            target = safe_target(rootfs, spec["target"])
             os.makedirs(target, exist_ok=True)
         try:
             linux.mount(spec["source"], target, spec["fstype"], spec["flags"], spec["data"] or None)

@@ -1172,3 +1172,21 @@ def test_a_shim_killed_while_the_executor_runs_is_settled_at_the_next_look(execu
     process = executor.GetContainer(pb.GetContainerRequest(id=created.id), timeout=30).process
     assert (process.status, process.exit_code) == (pb.PROCESS_STATUS_EXITED, 255)
     executor.DeleteContainer(pb.DeleteContainerRequest(id=created.id), timeout=30)
+
+
+def test_network_files_are_mounted_through_an_image_link_as_docker_does(executor):
+    # systemd images link /etc/resolv.conf into /run: the file lands at the link's target, inside the rootfs.
+    base = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp"))
+    try:
+        with busybox_rootfs(base) as linked:
+            (linked / "etc" / "resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
+            final, output = run(
+                executor, str(linked), ["sh", "-c", "cat /etc/resolv.conf /etc/hostname"], hostname="linked", ip_address="10.9.9.2"
+            )
+            assert final.exit_code == 0, output
+            assert output.decode().endswith("linked\n")
+            # The link is the image's and stays; nothing was written outside the rootfs.
+            assert os.readlink(linked / "etc" / "resolv.conf") == "/run/systemd/resolve/stub-resolv.conf"
+            assert (linked / "run" / "systemd" / "resolve" / "stub-resolv.conf").exists()
+    finally:
+        shutil.rmtree(base)

@@ -114,11 +114,33 @@ def test_file_target_keeps_what_the_image_has(tmp_path: Path):
     assert stat.S_ISFIFO((etc / "hostname").lstat().st_mode)
 
 
-def test_file_target_refuses_symlinks(tmp_path: Path):
+def test_directory_targets_refuse_symlinks(tmp_path: Path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "resolv.conf").symlink_to("/tmp/elsewhere")
     with pytest.raises(InitError, match="symbolic link"):
         safe_target(str(tmp_path), "/etc/resolv.conf")
+
+
+def test_file_targets_follow_the_image_links_without_leaving_the_rootfs(tmp_path: Path):
+    from services.executor.init import resolve_in_rootfs
+
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "run" / "systemd" / "resolve").mkdir(parents=True)
+    # systemd images: an absolute link, resolved from the rootfs, not from the host's /.
+    (root / "etc" / "resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
+    assert resolve_in_rootfs(str(root), "/etc/resolv.conf") == str(root / "run/systemd/resolve/stub-resolv.conf")
+    # A relative link climbing past the root stops at it.
+    (root / "etc" / "hosts").symlink_to("../../../../../etc/hosts-of-the-host")
+    assert resolve_in_rootfs(str(root), "/etc/hosts") == str(root / "etc" / "hosts-of-the-host")
+    (root / "etc" / "hostname").symlink_to("hostname")
+    with pytest.raises(InitError, match="too many symbolic links"):
+        resolve_in_rootfs(str(root), "/etc/hostname")
+    # A directory on the way may be a link too.
+    (root / "usr" / "etc").mkdir(parents=True)
+    (root / "etc2").symlink_to("usr/etc")
+    assert resolve_in_rootfs(str(root), "/etc2/hosts") == str(root / "usr" / "etc" / "hosts")
+    assert resolve_in_rootfs(str(root), "/plain/file") == str(root / "plain" / "file")
 
 
 def test_a_host_behind_systemd_resolved_gives_its_upstream_servers():
