@@ -22,6 +22,10 @@ def _owner_alive(container: st.Container) -> bool:
 def snapshot(services: Services) -> reconcile.Snapshot:
     """Everything the check compares. Records are read last: a `run` creates its record before its rootfs
     and process, so whatever rootfs or process was seen already has its record in what is read after."""
+    bridges = tuple(
+        reconcile.ExecutorBridge(b.network, b.bridge_name, b.subnet)
+        for b in services.call("executor", "ListBridges", ex.ListBridgesRequest()).bridges
+    )
     processes = tuple(
         reconcile.Process(
             id=p.id,
@@ -60,7 +64,7 @@ def snapshot(services: Services) -> reconcile.Snapshot:
         reconcile.NetworkBridge(n.name, n.bridge, os.path.exists(f"/sys/class/net/{n.bridge}"))
         for n in services.call("state", "ListNetworks", st.ListNetworksRequest()).networks
     )
-    return reconcile.Snapshot(records, processes, rootfs, cgroups, images, networks)
+    return reconcile.Snapshot(records, processes, rootfs, cgroups, images, networks, bridges)
 
 
 def apply(services: Services, finding: reconcile.Finding) -> None:
@@ -90,6 +94,9 @@ def apply(services: Services, finding: reconcile.Finding) -> None:
             services.call("executor", "DisconnectContainer", ex.DisconnectContainerRequest(container_id=container_id))
         elif isinstance(action, reconcile.EnsureBridge):
             ensure_bridge(services, action.network)
+        elif isinstance(action, reconcile.RemoveBridge):
+            remove = ex.RemoveBridgeRequest(network=action.network, bridge_name=action.bridge, subnet=action.subnet)
+            services.call("executor", "RemoveBridge", remove)
         elif isinstance(action, reconcile.DeleteRecord):
             services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container_id), missing_ok=True)
         else:

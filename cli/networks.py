@@ -66,7 +66,7 @@ def inspect(names: list[str] = typer.Argument(..., help="Network names.")) -> No
 
 
 def rm(names: list[str] = typer.Argument(..., help="Network names.")) -> None:
-    """Remove networks no container is attached to: bridge and rules, then the record."""
+    """Remove networks no container is attached to: the record, then the bridge and its rules."""
     failures = []
     services = Services()
     for name in names:
@@ -80,7 +80,6 @@ def rm(names: list[str] = typer.Argument(..., help="Network names.")) -> None:
 
 
 def _remove(services: Services, name: str) -> None:
-    from cli import lifecycle
     from cli.lifecycle import Rollback, step
     from protos.executor.v1 import executor_pb2 as ex
     from protos.state.v1 import state_pb2 as st
@@ -93,11 +92,21 @@ def _remove(services: Services, name: str) -> None:
             f"network {name} is in use by containers {', '.join(holders)}: remove them (mydocker rm -f) first"
         )
     remove = ex.RemoveBridgeRequest(network=network.name, bridge_name=network.bridge, subnet=network.subnet)
+    # The record first: the state refuses while any container holds an address, atomically, and a bridge
+    # left by a failure below is one `system check --repair` finds (the executor lists its bridges).
+    services.call("state", "DeleteNetwork", st.DeleteNetworkRequest(name=network.name))
     with Rollback() as undo:
+        undo.add("restoring the record", lambda: _recreate(services, network))
         step("removing the bridge", lambda: services.call("executor", "RemoveBridge", remove))
-        # A container that joined meanwhile makes the state refuse: its bridge comes back.
-        undo.add("restoring the bridge", lambda: lifecycle.ensure_bridge(services, network.name))
-        services.call("state", "DeleteNetwork", st.DeleteNetworkRequest(name=network.name))
+
+
+def _recreate(services: Services, network) -> None:
+    from protos.state.v1 import state_pb2 as st
+
+    request = st.CreateNetworkRequest(
+        name=network.name, driver=network.driver, subnet=network.subnet, gateway=network.gateway, labels=network.labels
+    )
+    services.call("state", "CreateNetwork", request)
 
 
 def register(app: typer.Typer) -> None:

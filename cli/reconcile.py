@@ -63,6 +63,17 @@ class Snapshot:
     cgroups: tuple[str, ...]
     images: frozenset[str]
     networks: tuple["NetworkBridge", ...] = ()
+    # Bridges the executor made (ListBridges): one whose network has no record is an orphan.
+    bridges: tuple["ExecutorBridge", ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutorBridge:
+    """A bridge the executor created and still lists."""
+
+    network: str
+    bridge: str
+    subnet: str
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,19 @@ class EnsureBridge:
     network: str
 
 
-Action = RecordExit | RecordRunning | DeleteProcess | RemoveRootfs | MarkRemoving | DeleteRecord | Disconnect | EnsureBridge
+@dataclass(frozen=True)
+class RemoveBridge:
+    """executor: delete a bridge and its rules (idempotent)."""
+
+    network: str
+    bridge: str
+    subnet: str
+
+
+Action = (
+    RecordExit | RecordRunning | DeleteProcess | RemoveRootfs | MarkRemoving | DeleteRecord | Disconnect | EnsureBridge
+    | RemoveBridge
+)
 REMOVE_ALL: tuple[Action, ...] = (DeleteProcess(), RemoveRootfs(), DeleteRecord())
 
 
@@ -242,6 +265,15 @@ def plan(snapshot: Snapshot) -> list[Finding]:
     networked = _networked(snapshot)
     findings = [_unplug_first(finding, networked) for finding in findings]
     findings += _orphans(snapshot, {record.id for record in snapshot.records})
+    recorded = {network.name for network in snapshot.networks}
+    for bridge in snapshot.bridges:
+        if bridge.network not in recorded:
+            findings.append(
+                Finding(
+                    f"network {bridge.network}", "", f"its bridge {bridge.bridge} exists without a network record",
+                    "remove the bridge and its rules", (RemoveBridge(bridge.network, bridge.bridge, bridge.subnet),),
+                )
+            )
     for network in snapshot.networks:
         if not network.bridge_present:
             findings.append(

@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from protos.executor.v1 import executor_pb2, executor_pb2_grpc
 from protos.state.v1 import state_pb2, state_pb2_grpc
 from services.common.client import open_channel
 from services.common.config import Config
@@ -98,6 +99,32 @@ def violations(config: Config, cgroup_parent: str, networks: bool = False) -> li
     found = check(containers, read_host(config, cgroup_parent), config)
     if networks:
         found += check_networks(containers, allocations(config), read_network_host())
+        found += check_bridges(network_records(config), executor_bridges(config))
+    return found
+
+
+def network_records(config: Config) -> list[state_pb2.Network]:
+    with open_channel(config, "state") as channel:
+        stub = state_pb2_grpc.StateServiceStub(channel)
+        return list(stub.ListNetworks(state_pb2.ListNetworksRequest(), timeout=STATE_TIMEOUT).networks)
+
+
+def executor_bridges(config: Config) -> list[executor_pb2.Bridge]:
+    with open_channel(config, "executor") as channel:
+        stub = executor_pb2_grpc.ExecutorServiceStub(channel)
+        return list(stub.ListBridges(executor_pb2.ListBridgesRequest(), timeout=STATE_TIMEOUT).bridges)
+
+
+def check_bridges(networks: list[state_pb2.Network], bridges: list[executor_pb2.Bridge]) -> list[str]:
+    """Every network record has its bridge on the host; every bridge the executor made has a record."""
+    found = []
+    for network in networks:
+        if not os.path.exists(f"/sys/class/net/{network.bridge}"):
+            found.append(f"network {network.name} has no bridge {network.bridge}")
+    recorded = {network.name for network in networks}
+    for bridge in bridges:
+        if bridge.network not in recorded:
+            found.append(f"bridge {bridge.bridge} of network {bridge.network} has no network record")
     return found
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from services.common import procinfo
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.common.netnames import veth_name
+from services.common.netnames import NETWORK_PATTERN, veth_name
 from services.executor import netlink, statefiles
 from services.executor.firewall import Firewall, Port
 from services.executor.model import ProcessState, ProcessStatus
@@ -24,6 +24,8 @@ IFNAME_MAX = 15
 MIN_PREFIX_LENGTH = 8
 MAX_PREFIX_LENGTH = 30
 PROTOCOLS = ("tcp", "udp")
+# Under the executor's network state dir: one JSON file per bridge it created.
+BRIDGES_DIR = "bridges"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,16 @@ class BridgeSpec:
     bridge: str
     subnet: str
     gateway: str = ""
+
+
+@dataclass(frozen=True)
+class BridgeRecord:
+    """A bridge this executor created, and whether its interface exists now."""
+
+    network: str
+    bridge: str
+    subnet: str
+    present: bool
 
 
 @dataclass(frozen=True)
@@ -62,8 +74,8 @@ def _check_address(text: str, what: str) -> ipaddress.IPv4Address:
 
 def validate_bridge(spec: BridgeSpec, need_gateway: bool) -> ipaddress.IPv4Network:
     """Raise InvalidArgument for the first bad field; returns the parsed subnet."""
-    if not spec.network:
-        raise InvalidArgument("network is empty: it is required")
+    if not NETWORK_PATTERN.fullmatch(spec.network):
+        raise InvalidArgument(f'invalid network name "{spec.network}": use 1-64 letters, digits, "_", "." or "-"')
     _check_ifname(spec.bridge, "bridge name")
     try:
         subnet = ipaddress.IPv4Network(spec.subnet)
@@ -142,6 +154,7 @@ class Networking:
         firewall: Firewall | None = None,
     ):
         self._firewall = firewall or Firewall(state_dir)
+        self._bridges_dir = Path(state_dir) / BRIDGES_DIR
         self._process_of = process_of
         self._container_dir = container_dir
         # One plumbing change at a time: netlink and iptables read-modify-write would race otherwise.
@@ -158,12 +171,17 @@ class Networking:
                     "choose a subnet the host does not use"
                 )
             existed = netlink.link_exists(spec.bridge)
-            netlink.ensure_bridge(spec.bridge, spec.gateway, subnet.prefixlen)
+            # Recorded first: a crash after the bridge leaves it listed, so `system check` can find it.
+            self._bridges_dir.mkdir(parents=True, exist_ok=True)
+            record = {"network": spec.network, "bridge": spec.bridge, "subnet": str(subnet)}
+            statefiles.write_atomic(str(self._bridge_record(spec.network)), json.dumps(record))
             try:
+                netlink.ensure_bridge(spec.bridge, spec.gateway, subnet.prefixlen)
                 self._firewall.add_network(spec.network, spec.bridge, str(subnet))
             except BaseException:
                 if not existed:
                     netlink.delete_bridge(spec.bridge)
+                    self._bridge_record(spec.network).unlink(missing_ok=True)
                 raise
 
     def remove_bridge(self, spec: BridgeSpec) -> None:
@@ -176,6 +194,21 @@ class Networking:
                 )
             self._firewall.remove_network(spec.network, spec.bridge, str(subnet))
             netlink.delete_bridge(spec.bridge)
+            self._bridge_record(spec.network).unlink(missing_ok=True)
+
+    def list_bridges(self) -> list[BridgeRecord]:
+        """The bridges created here and not removed yet, by network name."""
+        found = []
+        for entry in sorted(self._bridges_dir.glob("*.json")):
+            text = statefiles.read_text(str(entry))
+            if not text:
+                continue
+            record = json.loads(text)
+            found.append(BridgeRecord(record["network"], record["bridge"], record["subnet"], netlink.link_exists(record["bridge"])))
+        return found
+
+    def _bridge_record(self, network: str) -> Path:
+        return self._bridges_dir / f"{network}.json"
 
     def connect(self, spec: ConnectSpec) -> str:
         """Plug the container in and publish its ports; returns the host end's name. All or nothing."""

@@ -146,3 +146,10 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     def DisconnectContainer(self, request, context):
         self._networking.disconnect(request.container_id)
         return pb.DisconnectContainerResponse()
+
+    def ListBridges(self, request, context):
+        bridges = [
+            pb.Bridge(network=b.network, bridge_name=b.bridge, subnet=b.subnet, present=b.present)
+            for b in self._networking.list_bridges()
+        ]
+        return pb.ListBridgesResponse(bridges=bridges)

@@ -1110,6 +1110,8 @@ def test_network_rpcs_plumb_a_container_and_leave_iptables_as_they_were(executor
     try:
         executor.CreateBridge(bridge_request, timeout=30)
         executor.CreateBridge(bridge_request, timeout=30)  # idempotent
+        (listed,) = executor.ListBridges(pb.ListBridgesRequest(), timeout=30).bridges
+        assert (listed.network, listed.bridge_name, listed.subnet, listed.present) == (network, bridge, str(subnet), True)
         shell = "ip -4 addr show eth0; ip route; cat /etc/hosts /etc/hostname"
         process = create(executor, rootfs, ["sh", "-c", shell], hostname="webbox", ip_address=address)
         ports = [types_pb2.PortMapping(host_port=host_port, container_port=80, protocol=types_pb2.PROTOCOL_TCP)]
@@ -1141,6 +1143,7 @@ def test_network_rpcs_plumb_a_container_and_leave_iptables_as_they_were(executor
         executor.RemoveBridge(remove_request, timeout=30)
     executor.RemoveBridge(remove_request, timeout=30)  # idempotent
     assert not os.path.exists(f"/sys/class/net/{bridge}")
+    assert executor.ListBridges(pb.ListBridgesRequest(), timeout=30).bridges == []
     assert iptables_save() == before
 
 

@@ -1,6 +1,7 @@
 """Kill a service at every step of run, rm -f, commit, exec and stop (MYDOCKER_FAULT), restart it, check the invariants, retry.
 
-run -d and rm -f also run on a network, where addresses, veths and port rules are checked too.
+run -d and rm -f also run on a network, where addresses, veths, port rules and bridges are checked
+too, and so do network create and network rm.
 
 One set of services per command (a pool below, not scripts/up per case); each case restarts one
 service with a fault, runs the command, brings everything up again with scripts/up and checks
@@ -73,6 +74,8 @@ class Command:
     network: bool = False
     # What the prepared container runs.
     prepared: tuple[str, ...] = ("busybox", "top")
+    # Whether the case needs a network of its own first, named "n" + the case name (network rm).
+    prepared_network: bool = False
 
 
 CREATE = (Step("state", "CreateContainer"), Step("storage", "PrepareRootfs"), Step("executor", "CreateContainer"))
@@ -197,7 +200,27 @@ RM_NETWORK = Command(
     already=("no such container",),
     network=True,
 )
-COMMANDS = (RUN_DETACHED, RUN_RM, RM_FORCE, COMMIT, EXEC, STOP, STOP_ESCALATION, RUN_NETWORK, RM_NETWORK)
+NETWORK_CREATE = Command(
+    "network create",
+    lambda name, _, __: ["network", "create", "--subnet", free_subnets(1)[0], f"n{name}"],
+    (Step("state", "CreateNetwork"), Step("executor", "CreateBridge")),
+    needs_container=False,
+    already=("is already in use",),
+    network=True,
+)
+NETWORK_RM = Command(
+    "network rm",
+    lambda name, _, __: ["network", "rm", f"n{name}"],
+    # The record goes first, then the bridge and its rules.
+    (Step("state", "GetNetwork"), Step("state", "DeleteNetwork"), Step("executor", "RemoveBridge")),
+    needs_container=False,
+    already=("no such network",),
+    network=True,
+    prepared_network=True,
+)
+COMMANDS = (
+    RUN_DETACHED, RUN_RM, RM_FORCE, COMMIT, EXEC, STOP, STOP_ESCALATION, RUN_NETWORK, RM_NETWORK, NETWORK_CREATE, NETWORK_RM,
+)
 
 
 @dataclass(frozen=True)
@@ -370,6 +393,8 @@ def run_case(matrix: MatrixHost, case: Case) -> None:
     name = matrix.unique(f"f{case.round}-")
     container_id = ""
     network_options = ("--network", matrix.network) if case.command.network else ()
+    if case.command.prepared_network:
+        host.mydocker("network", "create", "--subnet", free_subnets(1)[0], f"n{name}")
     if case.command.needs_container:
         container_id = host.mydocker("run", "-d", "--name", name, *network_options, *case.command.prepared).stdout.strip()
     args = case.command.args(name, container_id, matrix.network)
@@ -413,6 +438,10 @@ def clean_up(matrix: MatrixHost, case: Case, name: str, problems: list[str]) -> 
     removed = mydocker_cli(host.env, "rm", "-f", name)
     if removed.returncode != 0 and "no such container" not in removed.stderr:
         problems.append(f"cleaning up: rm -f {name}: {describe(removed)}")
+    if case.command in (NETWORK_CREATE, NETWORK_RM):
+        removed = mydocker_cli(host.env, "network", "rm", f"n{name}")
+        if removed.returncode != 0 and "no such network" not in removed.stderr:
+            problems.append(f"cleaning up: network rm n{name}: {describe(removed)}")
     if case.command is COMMIT and (matrix.config.root / "image" / f"img-{name}.tar").exists():
         removed = mydocker_cli(host.env, "rmi", f"img-{name}")
         if removed.returncode != 0:

@@ -156,3 +156,44 @@ def test_system_prune_removes_stopped_containers_and_unused_layers(host) -> None
     assert "Total reclaimed space:" in pruned
     assert len([p for p in layers.iterdir() if p.is_dir()]) == 1
     assert host.mydocker("run", "--rm", "busybox", "echo", "still").stdout == "still\n"
+
+
+# -- networks (issue #5) --------------------------------------------------------------------------
+
+
+def test_a_bridge_lost_to_a_reboot_is_made_again(host) -> None:
+    from services.common.netnames import bridge_name
+    from tests.netutil import free_subnets
+
+    host.mydocker("network", "create", "--subnet", free_subnets(1)[0], "lost")
+    subprocess.run(["ip", "link", "del", bridge_name("lost")], check=True)
+    assert_found_then_repaired(host, f"network lost: its bridge {bridge_name('lost')} is missing")
+    assert os.path.exists(f"/sys/class/net/{bridge_name('lost')}")
+
+
+def test_a_bridge_without_a_record_is_removed_with_its_rules(host) -> None:
+    from services.common.netnames import bridge_name
+    from tests.netutil import free_subnets, iptables_save
+
+    host.mydocker("network", "create", "--subnet", free_subnets(1)[0], "orphan")
+    # What a `network create` killed after its bridge, whose undo deleted the record, leaves.
+    stub(host, "state").DeleteNetwork(st.DeleteNetworkRequest(name="orphan"), timeout=10)
+    assert_found_then_repaired(host, f"network orphan: its bridge {bridge_name('orphan')} exists without a network record")
+    assert not os.path.exists(f"/sys/class/net/{bridge_name('orphan')}")
+    assert "mydocker net=orphan" not in iptables_save()
+
+
+def test_a_networked_container_that_died_is_unplugged_and_its_address_freed(host) -> None:
+    from tests.netutil import free_port, free_subnets, iptables_save
+
+    host.mydocker("network", "create", "--subnet", free_subnets(1)[0], "died")
+    container_id = host.mydocker("run", "-d", "--network", "died", "-p", f"{free_port()}:80", "busybox", "top").stdout.strip()
+    record = stub(host, "state").GetContainer(st.GetContainerRequest(reference=container_id), timeout=10).container
+    os.kill(record.shim_pid, signal.SIGKILL)
+    os.kill(record.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert f"ctr={container_id}" in iptables_save()
+    assert_found_then_repaired(host, "recorded as running")
+    assert f"ctr={container_id}" not in iptables_save()
+    allocations = stub(host, "state").ListAddresses(st.ListAddressesRequest(network="died"), timeout=10).allocations
+    assert [a.owner for a in allocations] == ["gateway"]

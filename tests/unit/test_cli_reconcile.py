@@ -135,3 +135,11 @@ def test_a_network_whose_bridge_is_gone_gets_it_back() -> None:
     (finding,) = rc.plan(rc.Snapshot((), (), (), (), IMAGES, networks))
     assert finding.line() == "network n1: its bridge mdb-n1 is missing"
     assert finding.actions == (rc.EnsureBridge("n1"),)
+
+
+def test_a_bridge_without_a_network_record_is_removed() -> None:
+    bridges = (rc.ExecutorBridge("gone", "mdb-gone", "10.1.0.0/24"), rc.ExecutorBridge("n1", "mdb-n1", "10.2.0.0/24"))
+    networks = (rc.NetworkBridge("n1", "mdb-n1", bridge_present=True),)
+    (finding,) = rc.plan(rc.Snapshot((), (), (), (), IMAGES, networks, bridges))
+    assert finding.line() == "network gone: its bridge mdb-gone exists without a network record"
+    assert finding.actions == (rc.RemoveBridge("gone", "mdb-gone", "10.1.0.0/24"),)

@@ -367,3 +367,25 @@ class DisconnectContainerRequest(_message.Message):
 class DisconnectContainerResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ListBridgesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Bridge(_message.Message):
+    __slots__ = ("network", "bridge_name", "subnet", "present")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    bridge_name: str
+    subnet: str
+    present: bool
+    def __init__(self, network: _Optional[str] = ..., bridge_name: _Optional[str] = ..., subnet: _Optional[str] = ..., present: _Optional[bool] = ...) -> None: ...
+
+class ListBridgesResponse(_message.Message):
+    __slots__ = ("bridges",)
+    BRIDGES_FIELD_NUMBER: _ClassVar[int]
+    bridges: _containers.RepeatedCompositeFieldContainer[Bridge]
+    def __init__(self, bridges: _Optional[_Iterable[_Union[Bridge, _Mapping]]] = ...) -> None: ...

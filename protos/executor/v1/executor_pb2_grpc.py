@@ -116,6 +116,11 @@ class ExecutorServiceStub:
                 request_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.DisconnectContainerRequest.SerializeToString,
                 response_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.DisconnectContainerResponse.FromString,
                 _registered_method=True)
+        self.ListBridges = channel.unary_unary(
+                '/mydocker.executor.v1.ExecutorService/ListBridges',
+                request_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesRequest.SerializeToString,
+                response_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -256,6 +261,15 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBridges(self, request, context):
+        """ListBridges returns the bridges this executor created and has not
+        removed (kept under its run directory, so a reboot forgets them with the
+        bridges themselves), for `system check` to find bridges without a record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -338,6 +352,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.DisconnectContainer,
                     request_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.DisconnectContainerRequest.FromString,
                     response_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.DisconnectContainerResponse.SerializeToString,
+            ),
+            'ListBridges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBridges,
+                    request_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesRequest.FromString,
+                    response_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -774,6 +793,33 @@ class ExecutorService:
             '/mydocker.executor.v1.ExecutorService/DisconnectContainer',
             protos_dot_executor_dot_v1_dot_executor__pb2.DisconnectContainerRequest.SerializeToString,
             protos_dot_executor_dot_v1_dot_executor__pb2.DisconnectContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBridges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mydocker.executor.v1.ExecutorService/ListBridges',
+            protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesRequest.SerializeToString,
+            protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesResponse.FromString,
             options,
             channel_credentials,
             insecure,
