@@ -180,6 +180,9 @@ def test_network_commands_and_clear_errors(host):
             line = one_line_error(host.mydocker("run", "--network", name, "-p", bad_port, "busybox", "true", check=False))
             assert "port" in line, line
         assert "needs a network" in one_line_error(host.mydocker("run", "-p", "8080:80", "busybox", "true", check=False))
+        # --network none, as without the option: loopback only, but the files all the same.
+        alone = host.mydocker("run", "--rm", "--network", "none", "busybox", "sh", "-c", "ls /sys/class/net; cat /etc/hosts")
+        assert alone.stdout.split("\n")[0] == "lo" and "127.0.0.1\tlocalhost" in alone.stdout
         unknown = one_line_error(host.mydocker("run", "--network", "no-such-net", "busybox", "true", check=False))
         assert "no such network: no-such-net" in unknown
         assert host.mydocker("ps", "-a", "-q").stdout == ""
@@ -282,6 +285,10 @@ def test_published_ports_over_tcp_and_udp_and_iptables_restored(host):
             assert http_get(f"http://127.0.0.1:{tcp_port}/") == "hello-from-mydocker\n"
             assert udp_echo("127.0.0.1", udp_port, b"again") == b"echo:again"
 
+            # stop alone unplugs: no rule, no veth, no address.
+            host.mydocker("stop", "-t", "1", web)
+            assert f"ctr={web}" not in iptables_save() and not link_exists(veth_name(web))
+            assert "ip" not in inspect(host, web)
             host.mydocker("rm", "-f", web, echo)
             saved = iptables_save()
             for container in (web, echo):
