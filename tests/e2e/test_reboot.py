@@ -47,12 +47,12 @@ def wait_until(done, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def kill_exact(pid: int, start_time: int) -> bool:
-    """SIGKILL `pid` only if it is still the process that started at `start_time` (never a recycled pid)."""
+def kill_exact(pid: int, start_time: int, signum: int = signal.SIGKILL) -> bool:
+    """Signal `pid` only if it is still the process that started at `start_time` (never a recycled pid)."""
     if not statefiles.is_alive(pid, start_time):
         return False
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signum)
     return True
 
 
@@ -96,8 +96,12 @@ def test_after_a_reboot_every_record_is_exited_and_rm_and_run_work(host, volume_
         shim = statefiles.parse_pid(statefiles.read_text(str(config.run / container_id / statefiles.SHIM_PID)))
         assert statefiles.is_alive(*shim), f"no live shim for {container_id}: {shim}"
         victims.append(shim)
+    # All frozen first, then all killed: a shim must not see its container die and record the exit,
+    # which a one-by-one kill would allow (a reboot gives nobody that chance).
     for pid, start in victims:
-        assert kill_exact(pid, start), f"pid {pid} was gone before the reboot"
+        assert kill_exact(pid, start, signal.SIGSTOP), f"pid {pid} was gone before the reboot"
+    for pid, start in victims:
+        assert kill_exact(pid, start), f"pid {pid} died while stopped"
     wait_until(lambda: not any(statefiles.is_alive(pid, start) for pid, start in victims), EXIT_WAIT, "the shims and containers to die")
     unmounted = unmount_all_below(config.root)
     assert any(target.endswith("/data") for target in unmounted), f"the volume was not mounted: {unmounted}"
