@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,8 @@ from protos.executor.v1 import executor_pb2, executor_pb2_grpc
 from protos.state.v1 import state_pb2, state_pb2_grpc
 from services.common.client import open_channel
 from services.common.config import Config
-from services.executor import statefiles
+from services.common.netnames import VETH_PREFIX
+from services.executor import firewall, statefiles
 from services.executor.cgroups import SHIMS_CGROUP, join_cgroup_path, parse_proc_cgroup
 from services.storage import mountinfo
 
@@ -21,9 +21,6 @@ STATE_TIMEOUT = 10.0
 RUNNING = state_pb2.CONTAINER_STATUS_RUNNING
 # Statuses in which a CLI is midway through a multi-step operation, named by the record's owner.
 IN_PROGRESS = (state_pb2.CONTAINER_STATUS_CREATED, state_pb2.CONTAINER_STATUS_REMOVING)
-# Host ends of container veths (services/common/netnames.py, for ten-digit ids) and port rule tags.
-VETH_PREFIX = "mdv"
-RULE_TAG = re.compile(r'"mydocker ctr=(\S+) port=')
 
 
 @dataclass(frozen=True)
@@ -150,7 +147,8 @@ def allocations(config: Config) -> list[state_pb2.AddressAllocation]:
 def read_network_host() -> NetworkHostView:
     veth_ids = sorted(name.removeprefix(VETH_PREFIX) for name in os.listdir("/sys/class/net") if name.startswith(VETH_PREFIX))
     saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
-    return NetworkHostView(veth_ids, sorted(set(RULE_TAG.findall(saved))))
+    # The firewall's own parser: the containers its port rules are tagged with.
+    return NetworkHostView(veth_ids, sorted(firewall.published_ports(firewall.parse_save(saved))))
 
 
 def check_networks(
