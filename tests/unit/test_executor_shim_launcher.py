@@ -16,7 +16,7 @@ import pytest
 from services.common.errors import FailedPrecondition
 from services.executor import shim_launcher as launcher
 from services.executor import statefiles
-from services.executor.core import ShimLauncher
+from services.executor.launcher_client import ShimLauncher
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {"PYTHONPATH": str(REPO), "PATH": os.defpath}
