@@ -37,9 +37,23 @@ def run(
     publish: Optional[list[str]] = typer.Option(
         None, "--publish", "-p", help="Publish [HOST_IP:]HOST_PORT:CONTAINER_PORT[/udp] on the host; repeatable."
     ),
+    privileged: bool = typer.Option(False, "--privileged", help="All capabilities, no seccomp, no masked paths, every device."),
+    cap_add: Optional[list[str]] = typer.Option(None, "--cap-add", help="Add a capability (NET_ADMIN, CAP_SYS_TIME, ALL); repeatable."),
+    cap_drop: Optional[list[str]] = typer.Option(None, "--cap-drop", help="Drop a capability (or ALL); repeatable."),
+    security_opt: Optional[list[str]] = typer.Option(
+        None, "--security-opt", help="seccomp=unconfined, seccomp=PROFILE.json or no-new-privileges; repeatable."
+    ),
+    user: str = typer.Option("", "--user", "-u", help="UID, NAME, UID:GID or NAME:GROUP, from the image's /etc files."),
+    group_add: Optional[list[str]] = typer.Option(None, "--group-add", help="Supplementary group name or number; repeatable."),
+    read_only: bool = typer.Option(False, "--read-only", help="Mount the root filesystem read-only."),
+    tmpfs: Optional[list[str]] = typer.Option(None, "--tmpfs", help="A tmpfs at PATH[:OPTIONS] (size=64m,mode=1777); repeatable."),
+    device: Optional[list[str]] = typer.Option(None, "--device", help="Host device HOST[:CONTAINER[:rwm]]; repeatable."),
+    ulimit: Optional[list[str]] = typer.Option(None, "--ulimit", help="Resource limit NAME=SOFT[:HARD] (nofile=1024:2048); repeatable."),
+    oom_score_adj: int = typer.Option(0, "--oom-score-adj", help="OOM score adjustment of the container, -1000..1000."),
 ) -> None:
     """Create and start a container from IMAGE: `run -d -name c1 busybox top`, `run -it busybox sh`."""
     from cli import lifecycle, parse
+    from cli.security_options import SecurityFlags, security_options
     from cli.stdio import window_size
     from protos.types.v1 import types_pb2
 
@@ -85,6 +99,21 @@ def run(
             detach=detach,
             auto_remove=auto_remove,
             window=window_size(sys.stdin.fileno()) if tty and os.isatty(sys.stdin.fileno()) else None,
+            security=security_options(
+                SecurityFlags(
+                    privileged=privileged,
+                    cap_add=cap_add or [],
+                    cap_drop=cap_drop or [],
+                    security_opt=security_opt or [],
+                    user=user,
+                    group_add=group_add or [],
+                    read_only=read_only,
+                    tmpfs=tmpfs or [],
+                    device=device or [],
+                    ulimit=ulimit or [],
+                    oom_score_adj=oom_score_adj,
+                )
+            ),
         )
     except parse.BadValue as err:
         raise CliError(str(err)) from None
@@ -178,6 +207,8 @@ def exec_(
     tty: bool = typer.Option(False, "--tty", "-t", help="Allocate a terminal (default when stdin is a terminal)."),
     env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="Extra KEY=VALUE; repeatable."),
     workdir: str = typer.Option("", "--workdir", "-w", help="Working directory inside the container."),
+    user: str = typer.Option("", "--user", "-u", help="UID, NAME, UID:GID or NAME:GROUP (default: the container's user)."),
+    privileged: bool = typer.Option(False, "--privileged", help="All capabilities and no seccomp filter for this command."),
 ) -> None:
     """Run a command inside a running container, stdin attached; exits with the command's exit code."""
     del interactive  # stdin is always attached, so the seed's `exec ID /bin/sh` is a shell
@@ -185,17 +216,22 @@ def exec_(
     from cli.streams import exec_stream
     from protos.state.v1 import state_pb2
 
+    from services.common.errors import InvalidArgument
+    from services.common.security import check_user
+
     on_terminal = os.isatty(sys.stdin.fileno())
     try:
         extra_env = [parse.parse_env(text, dict(os.environ)) for text in env or []]
-    except parse.BadValue as err:
+        check_user(user)
+    except (parse.BadValue, InvalidArgument) as err:
         raise CliError(str(err)) from None
     services = Services()
     record = lifecycle.resolve_synced(services, container)
     if record.status != state_pb2.CONTAINER_STATUS_RUNNING:
         raise CliError(f"container {record.id} ({record.name}) is not running: start a new one with mydocker run")
     exit_code = exec_stream(
-        services, record.id, list(command), extra_env, workdir, stdin=True, tty=tty or on_terminal
+        services, record.id, list(command), extra_env, workdir, stdin=True, tty=tty or on_terminal,
+        user=user, privileged=privileged,
     )
     raise typer.Exit(exit_code)
 

@@ -331,6 +331,7 @@ def preload() -> None:
     cli.main.command()
     import cli.output  # noqa: F401
     import cli.parse  # noqa: F401
+    import cli.security_options  # noqa: F401
     import cli.stdio  # noqa: F401
     import cli.streams  # noqa: F401
     import cli.system  # noqa: F401

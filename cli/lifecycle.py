@@ -68,6 +68,7 @@ class RunRequest:
     auto_remove: bool = False
     # (rows, cols) of the caller's terminal, for a -t container's first instant.
     window: tuple[int, int] | None = None
+    security: types_pb2.SecurityOptions = field(default_factory=types_pb2.SecurityOptions)
 
 
 def this_process() -> st.Owner:
@@ -159,6 +160,7 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
         stdin_open=request.stdin_open,
         auto_remove=request.auto_remove,
         owner=this_process(),
+        security=request.security,
     )
     container = step("creating the record", lambda: services.call("state", "CreateContainer", spec).container)
     with Rollback() as undo:
@@ -188,6 +190,7 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
             stdio_mode=ex.STDIO_MODE_LOG if request.detach else ex.STDIO_MODE_ATTACH,
             window_size=ex.WindowSize(rows=request.window[0], cols=request.window[1]) if request.window else None,
             ip_address=address.allocation.address if address else "",
+            security=container.security,
         )
         step("creating the process", lambda: services.call("executor", "CreateContainer", create))
         undo.add("deleting the process", lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)))

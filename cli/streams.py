@@ -34,11 +34,21 @@ def _pump(services: Services, session: StreamSession) -> int:
 
 
 def exec_stream(
-    services: Services, container_id: str, command: list[str], env: list[str], workdir: str, stdin: bool, tty: bool
+    services: Services,
+    container_id: str,
+    command: list[str],
+    env: list[str],
+    workdir: str,
+    stdin: bool,
+    tty: bool,
+    user: str = "",
+    privileged: bool = False,
 ) -> int:
     start = ex.ExecStart(
         container_id=container_id,
         process=ex.ProcessSpec(args=command, env=env, cwd=workdir, terminal=tty, stdin=stdin),
+        user=user,
+        privileged=privileged,
     )
     codec = StreamCodec(
         first=ex.ExecRequest(start=start),

@@ -33,7 +33,37 @@ MNT_DETACH = 0x2
 UMOUNT_NOFOLLOW = 0x8
 
 PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+PR_SET_SECCOMP = 22
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+
+# capset(2): _LINUX_CAPABILITY_VERSION_3 takes two 32-bit words per set.
+_CAPABILITY_VERSION_3 = 0x20080522
+
+# bpf(2) commands, program and attach types of cgroup device programs.
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_MULTI = 2
+
+# mount_setattr(2) (Linux 5.12): same number on every architecture since 5.x's unified table.
+_SYS_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
 
 # Generic ioctl numbers (x86, arm64, riscv) of the pty multiplexer.
 TIOCGPTN = 0x80045430
@@ -43,8 +73,9 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
-# glibc has no pivot_root() wrapper; the syscall number depends on the architecture.
+# glibc has no pivot_root() or bpf() wrapper; the syscall numbers depend on the architecture.
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 # Namespace names under /proc/<pid>/ns/ and the clone flag setns() expects for each.
 NAMESPACE_FLAGS = {
@@ -63,6 +94,7 @@ _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_libc.capset.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
 _libc.syscall.restype = ctypes.c_long
 _libc.syncfs.argtypes = (ctypes.c_int,)
 
@@ -122,8 +154,91 @@ def sethostname(name: str) -> None:
     _check(_libc.sethostname(raw, len(raw)), f"sethostname({name})")
 
 
-def prctl(option: int, arg2: int = 0) -> None:
-    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option})")
+def prctl(option: int, arg2: int = 0, arg3: int = 0) -> int:
+    result = _libc.prctl(option, arg2, arg3, 0, 0)
+    _check(result, f"prctl({option})")
+    return result
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set this thread's capability sets, each a bit mask of capability numbers (64 bits)."""
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)(
+        effective & 0xFFFFFFFF, permitted & 0xFFFFFFFF, inheritable & 0xFFFFFFFF,
+        effective >> 32, permitted >> 32, inheritable >> 32,
+    )
+    _check(_libc.capset(header, data), "capset")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def load_seccomp(program: bytes) -> None:
+    """Install a classic-BPF seccomp filter (8-byte instructions in host order) on this thread.
+
+    Needs no_new_privs or CAP_SYS_ADMIN; the filter is inherited across fork and execve.
+    """
+    if not program or len(program) % 8:
+        raise OSError(errno.EINVAL, f"seccomp: a filter is a non-empty multiple of 8 bytes, not {len(program)}")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "seccomp filter")
+
+
+def _syscall_number(table: dict[str, int], name: str) -> int:
+    machine = os.uname().machine
+    if machine not in table:
+        raise OSError(errno.ENOSYS, f"{name}: unknown syscall number on {machine}")
+    return table[machine]
+
+
+def bpf_prog_load_cgroup_device(instructions: bytes, license: str = "Apache-2.0") -> int:
+    """Load an eBPF cgroup device program (8-byte instructions in host order); returns its fd."""
+    insns = ctypes.create_string_buffer(instructions, len(instructions))
+    license_buffer = ctypes.create_string_buffer(license.encode())
+    log = ctypes.create_string_buffer(65536)
+    # union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size, log_buf.
+    attr = bytearray(128)
+    attr[0:4] = BPF_PROG_TYPE_CGROUP_DEVICE.to_bytes(4, sys.byteorder)
+    attr[4:8] = (len(instructions) // 8).to_bytes(4, sys.byteorder)
+    attr[8:16] = ctypes.addressof(insns).to_bytes(8, sys.byteorder)
+    attr[16:24] = ctypes.addressof(license_buffer).to_bytes(8, sys.byteorder)
+    attr[24:28] = (1).to_bytes(4, sys.byteorder)
+    attr[28:32] = len(log).to_bytes(4, sys.byteorder)
+    attr[32:40] = ctypes.addressof(log).to_bytes(8, sys.byteorder)
+    raw = (ctypes.c_char * len(attr)).from_buffer(attr)
+    fd = _libc.syscall(ctypes.c_long(_syscall_number(_SYS_BPF, "bpf")), ctypes.c_long(BPF_PROG_LOAD), raw, ctypes.c_long(len(attr)))
+    if fd == -1:
+        code = ctypes.get_errno()
+        verifier = log.value.decode(errors="replace").strip().splitlines()
+        detail = f" (verifier: {verifier[-1]})" if verifier else ""
+        raise OSError(code, f"bpf prog load: {os.strerror(code)}{detail}")
+    return fd
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """Attach a loaded program to a target (a cgroup directory fd for BPF_CGROUP_DEVICE)."""
+    attr = bytearray(128)
+    attr[0:4] = target_fd.to_bytes(4, sys.byteorder)
+    attr[4:8] = prog_fd.to_bytes(4, sys.byteorder)
+    attr[8:12] = attach_type.to_bytes(4, sys.byteorder)
+    attr[12:16] = flags.to_bytes(4, sys.byteorder)
+    raw = (ctypes.c_char * len(attr)).from_buffer(attr)
+    number = ctypes.c_long(_syscall_number(_SYS_BPF, "bpf"))
+    _check(_libc.syscall(number, ctypes.c_long(BPF_PROG_ATTACH), raw, ctypes.c_long(len(attr))), "bpf prog attach")
+
+
+def mount_setattr(path: str | os.PathLike, attr_set: int, attr_clr: int = 0, recursive: bool = True) -> None:
+    """Change the flags of the mount at `path` (and every mount below it when `recursive`)."""
+    # struct mount_attr: attr_set, attr_clr, propagation, userns_fd (4 x u64).
+    attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_long(AT_FDCWD), _encode(path), ctypes.c_long(flags), attr,
+        ctypes.c_long(ctypes.sizeof(attr)),
+    )
+    _check(result, f"mount_setattr {os.fsdecode(path)}", path)
 
 
 def set_link_up(name: str) -> None:

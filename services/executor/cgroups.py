@@ -14,8 +14,9 @@ from pathlib import Path
 from services.common.errors import FailedPrecondition, InvalidArgument
 
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
-# v1 hierarchies a container gets a directory in: cpuacct for usage, pids for `kill --all` and limits.
-V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids")
+# v1 hierarchies a container gets a directory in: cpuacct for usage, pids for `kill --all` and limits,
+# devices for the device allow list.
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices")
 V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
 CPU_PERIOD_US = 100_000
 NANO = 1_000_000_000

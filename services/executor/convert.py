@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from protos.executor.v1 import executor_pb2 as pb
 from protos.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
+from services.common.security_convert import security_from_proto
 from services.executor.cgroups import Limits
 from services.executor.firewall import Port
 from services.executor.networking import BridgeSpec, ConnectSpec
@@ -27,6 +28,7 @@ from services.executor.model import (
     Stdin,
     StdioMode,
 )
+from services.executor.profile import SecurityProfile
 
 STATUS_TO_PROTO = {
     ProcessStatus.CREATED: pb.PROCESS_STATUS_CREATED,
@@ -41,13 +43,15 @@ STDIO_FROM_PROTO = {
 STREAM_TO_PROTO = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
 
 
-def process_from_proto(process: pb.ProcessSpec) -> ProcessSpec:
+def process_from_proto(process: pb.ProcessSpec, user: str = "", privileged: bool = False) -> ProcessSpec:
     return ProcessSpec(
         args=tuple(process.args),
         env=tuple(process.env),
         cwd=process.cwd,
         terminal=process.terminal,
         stdin=process.stdin,
+        user=user,
+        privileged=privileged,
     )
 
 
@@ -72,6 +76,7 @@ def create_from_proto(request: pb.CreateContainerRequest) -> CreateSpec:
         network_namespace=request.network_namespace,
         window=(request.window_size.rows, request.window_size.cols) if request.HasField("window_size") else None,
         ip_address=request.ip_address,
+        security=security_from_proto(request.security),
     )
 
 
@@ -95,7 +100,26 @@ def state_to_proto(state: ProcessState) -> pb.ContainerProcess:
     )
     if state.exited_at_ns is not None:
         process.exited_at.CopyFrom(timestamp(state.exited_at_ns))
+    if state.security is not None:
+        process.security.CopyFrom(profile_to_proto(state.security))
     return process
+
+
+def profile_to_proto(profile: SecurityProfile) -> pb.SecurityProfile:
+    return pb.SecurityProfile(
+        privileged=profile.privileged,
+        capabilities=[f"CAP_{name}" for name in profile.capabilities],
+        seccomp=profile.seccomp,
+        no_new_privileges=profile.no_new_privileges,
+        masked_paths=profile.masked_paths,
+        readonly_paths=profile.readonly_paths,
+        read_only_rootfs=profile.read_only_rootfs,
+        user=profile.user,
+        group_add=profile.group_add,
+        device_rules=profile.device_rules,
+        ulimits=[types_pb2.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in profile.ulimits],
+        oom_score_adj=profile.oom_score_adj,
+    )
 
 
 def log_entry_to_proto(entry: LogEntry) -> pb.LogsResponse:

@@ -28,7 +28,20 @@ from services.executor.core_streams import StreamsMixin
 from services.executor.launcher_client import CREATE_TIMEOUT, ShimLauncher
 from services.executor.model import CreateSpec, ProcessState, ProcessStatus, ServiceInfo
 from services.executor.networking import Networking
-from services.executor.plan import NETWORK_DIR, PYCACHE_DIR, ContainerPlan, build_plan, check_container_id, is_container_id, validate
+from services.executor import devices
+from services.executor.plan import (
+    NETWORK_DIR,
+    PYCACHE_DIR,
+    SECCOMP_DIR,
+    ContainerPlan,
+    build_plan,
+    check_container_id,
+    is_container_id,
+    tmpfs_mount,
+    validate,
+)
+from services.executor.profile import SecurityProfile
+from services.executor.security_setup import SecuritySetup
 from services.executor.processes import KILL_WAIT, LOST_EXIT_CODE, POLL_SECONDS, Notifier, await_exit, error_for, kill_members, send_signal
 
 log = logging.getLogger(__name__)
@@ -49,6 +62,7 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
         self._locks_guard = threading.Lock()
         self._launcher = ShimLauncher(python, self._helper_env)
         self.networking = Networking(self.network_state_dir(), self.get, self._dir)
+        self.security = SecuritySetup(config.run / SECCOMP_DIR)
 
     @property
     def launcher_pid(self) -> int:
@@ -167,7 +181,13 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
         )
 
     def get(self, container_id: str) -> ProcessState:
-        return self._settle_lost_shim(self._state(container_id))
+        """The live state, with the container's security profile."""
+        state = self._settle_lost_shim(self._state(container_id))
+        return dataclasses.replace(state, security=self._profile(self._dir(container_id)))
+
+    def _profile(self, directory: Path) -> SecurityProfile | None:
+        security = self._plan(directory).get("security")
+        return SecurityProfile.from_dict(security) if security else None
 
     def list(self) -> list[ProcessState]:
         states = []
@@ -202,6 +222,7 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
     def create(self, spec: CreateSpec) -> ProcessState:
         directory = self._dir(spec.id)
         cgroup = self._layout.container(spec.id)
+        confinement = self.security.container(spec.security)
         plan = validate(
             build_plan(
                 spec.id,
@@ -216,6 +237,9 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
                 limits=spec.limits,
                 cgroup_procs=cgroup.procs_files(),
                 cgroup_namespace=os.path.exists("/proc/self/ns/cgroup"),
+                extra_mounts=[tmpfs_mount(mount) for mount in spec.security.tmpfs],
+                security=confinement.profile,
+                extra_devices=confinement.device_nodes,
             )
         )
         if not os.path.isdir(plan.rootfs):
@@ -224,7 +248,7 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
             if directory.exists():
                 self._check_reusable(spec.id, directory)
             try:
-                plan = self._prepare(plan, spec.ip_address, directory, cgroup)
+                plan = self._prepare(plan, spec.ip_address, directory, cgroup, confinement.device_rules)
                 plan_json = plan.to_json()
                 statefiles.write_atomic(str(directory / statefiles.PLAN), plan_json)
                 self._spawn_shim(plan, plan_json, directory, cgroup, spec.window)
@@ -251,12 +275,17 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
             raise AlreadyExists(f"container {container_id} already exists in the executor: delete it first")
         self._destroy(container_id, directory)
 
-    def _prepare(self, plan: ContainerPlan, ip_address: str, directory: Path, cgroup: Cgroup) -> ContainerPlan:
+    def _prepare(
+        self, plan: ContainerPlan, ip_address: str, directory: Path, cgroup: Cgroup, device_rules: tuple
+    ) -> ContainerPlan:
         """Cgroup, state dir, fifos, log file and /etc files; returns the plan with those files' bind mounts."""
         try:
             self._layout.shims().create()
             cgroup.create()
             cgroup.apply(plan.limits)
+            # Before init joins: no process of the container ever sees the host's devices.
+            if device_rules:
+                devices.apply(cgroup, device_rules)
         except OSError as err:
             if err.errno in (errno.EINVAL, errno.ERANGE):
                 raise InvalidArgument(f"the host refused the cgroup limits: {err}") from None
@@ -303,7 +332,7 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
                 raise error_for(error)
             state = self._state(container_id)
             if state.status == ProcessStatus.CREATED and state.pid:
-                return state
+                return dataclasses.replace(state, security=self._profile(directory))
             if state.status != ProcessStatus.CREATED:
                 raise FailedPrecondition(
                     f"container {container_id} exited while being created: see {directory / statefiles.SHIM_LOG}"

@@ -35,7 +35,7 @@ SHIM_EXIT_WAIT = 2.0
 
 
 class StreamsMixin:
-    """ExecutorCore's stream methods; they use its _dir, _plan, _state, _cgroup, wait, log_path and helpers."""
+    """ExecutorCore's stream methods; they use its _dir, _plan, _state, _cgroup, wait, log_path, security and helpers."""
 
     def logs(
         self, container_id: str, follow: bool, tail: int, since_ns: int, is_active: Callable[[], bool] = lambda: True
@@ -113,6 +113,7 @@ class StreamsMixin:
             "env": list(env),
             "cwd": process.cwd or plan.get("cwd") or "/",
             "terminal": process.terminal,
+            "security": self.security.exec(plan.get("security"), process.user, process.privileged),
         }
         session = ExecSession(process.terminal, process.stdin, window)
         try:
@@ -131,6 +132,9 @@ class StreamsMixin:
         if raw is None or not statefiles.is_alive(state.pid, state.pid_start_time):
             raise FailedPrecondition(f"container {state.id} is not running")
         base = [entry.decode(errors="surrogateescape") for entry in raw.split(b"\0") if entry]
+        if process.user:
+            # Another user's HOME comes from its own passwd entry (nsexec adds it), not the container's.
+            base = [entry for entry in base if not entry.startswith("HOME=")]
         env = merge_env(base, process.env)
         if process.terminal and not any(e.startswith("TERM=") for e in env):
             env = (*env, "TERM=xterm")

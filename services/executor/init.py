@@ -11,7 +11,7 @@ import stat
 import termios
 
 from services.common import linux
-from services.executor import statefiles
+from services.executor import confine, statefiles, users
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # exec keeps ignored signals ignored (Python ignores SIGPIPE and SIGXFSZ): give every one its default back.
@@ -155,9 +155,7 @@ def mount_rootfs(plan: dict, console: str | None = None) -> None:
             linux.mount(spec["fallback_bind"], target, None, linux.MS_BIND)
             linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | spec["flags"])
     for device in plan["devices"]:
-        path = safe_target(rootfs, device["path"])
-        os.mknod(path, stat.S_IFCHR | device["mode"], os.makedev(device["major"], device["minor"]))
-        os.chmod(path, device["mode"])
+        make_device(safe_target(rootfs, device["path"]), device)
     for link, target in plan["symlinks"]:
         os.symlink(target, safe_target(rootfs, link))
     if console is not None:
@@ -165,6 +163,15 @@ def mount_rootfs(plan: dict, console: str | None = None) -> None:
         path = safe_target(rootfs, "/dev/console")
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
         linux.mount(console, path, None, linux.MS_BIND)
+
+
+def make_device(path: str, device: dict) -> None:
+    """The node `device` describes at `path` (a checked safe_target), with its owner and mode."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    kind = stat.S_IFBLK if device["kind"] == "b" else stat.S_IFCHR
+    os.mknod(path, kind | device["mode"], os.makedev(device["major"], device["minor"]))
+    os.chown(path, device["uid"], device["gid"])
+    os.chmod(path, device["mode"])
 
 
 def pivot(rootfs: str) -> None:
@@ -221,8 +228,21 @@ def exec_command(args, env, executable: str) -> None:
         raise ExecError(f'exec: "{args[0]}": {err.strerror}', exit_code=126) from None
 
 
-def prepare(plan: dict, stdio) -> str:
-    """Every step before exec; returns the resolved executable."""
+def confined_identity(security: dict, env) -> tuple:
+    """(identity, env with HOME) of the profile's user; an unknown user or group is the caller's mistake."""
+    try:
+        who = confine.identity(security)
+    except users.UserError as err:
+        raise ExecError(str(err), exit_code=126) from None
+    return who, confine.with_home(env, who)
+
+
+def prepare(plan: dict, stdio) -> tuple:
+    """Every step before exec, privileges dropped last; returns (executable, env)."""
+    security = plan["security"]
+    # Under MYDOCKER_RUN, which pivot_root takes out of reach.
+    programs = confine.read_programs(security["seccomp_file"])
+    confine.set_oom_score_adj(security["oom_score_adj"])
     join_cgroups(plan)
     # The shim's pty lives in the host's devpts; its path must be read before pivot_root hides it.
     console = os.ttyname(stdio[0]) if plan["terminal"] else None
@@ -231,10 +251,15 @@ def prepare(plan: dict, stdio) -> str:
     linux.sethostname(plan["hostname"])
     linux.set_link_up("lo")
     pivot(plan["rootfs"])
+    confine.restrict_filesystem(security)
     enter_workdir(plan["cwd"])
-    executable = resolve_executable(plan["args"][0], plan["env"])
+    who, env = confined_identity(security, plan["env"])
+    # Last before the drop: a low open-file limit must not fail our own reads above.
+    confine.set_rlimits(security["rlimits"])
+    confine.drop_privileges(security, who, programs)
+    executable = resolve_executable(plan["args"][0], env)
     setup_stdio(stdio, plan["terminal"])
-    return executable
+    return executable, env
 
 
 def run(state_dir: str, plan_data: bytes, stdio, status_fd: int) -> None:
@@ -245,11 +270,11 @@ def run(state_dir: str, plan_data: bytes, stdio, status_fd: int) -> None:
         plan = marshal.loads(plan_data)
         # Read-write, so reads block until the executor writes and never see end-of-file.
         start_fd = os.open(os.path.join(state_dir, statefiles.START_FIFO), os.O_RDWR | os.O_CLOEXEC)
-        executable = prepare(plan, stdio)
+        executable, env = prepare(plan, stdio)
         report(status_fd, "R\n")
         if os.read(start_fd, 1) != b"s":
             raise InitError("the start signal was not recognised")
-        exec_command(plan["args"], plan["env"], executable)
+        exec_command(plan["args"], env, executable)
     except ExecError as err:
         report(status_fd, "E " + statefiles.format_error(err.kind, str(err)))
         os._exit(err.exit_code)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from services.common.security import SecurityOptions
 from services.executor.cgroups import Limits
+from services.executor.profile import SecurityProfile
 
 
 class ProcessStatus(str, enum.Enum):
@@ -28,6 +30,9 @@ class ProcessSpec:
     cwd: str = ""
     terminal: bool = False
     stdin: bool = False
+    # Exec only: `exec --user` (empty: the container's user) and `exec --privileged`.
+    user: str = ""
+    privileged: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class CreateSpec:
     window: tuple[int, int] | None = None
     # Address on the container's network, for its /etc/hosts; empty with loopback only.
     ip_address: str = ""
+    security: SecurityOptions = field(default_factory=SecurityOptions)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class ProcessState:
     exited_at_ns: int | None = None
     cgroup_path: str = ""
     log_path: str = ""
+    # Filled in by create and get only; None for a container of an older plan (unconfined).
+    security: SecurityProfile | None = None
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import socket
 import sys
 
 from services.common import linux
-from services.executor import statefiles
-from services.executor.init import ExecError, exec_command, report, resolve_executable, setup_stdio
+from services.executor import confine, statefiles
+from services.executor.init import ExecError, confined_identity, exec_command, report, resolve_executable, setup_stdio
 
 BOOTSTRAP = "import sys; from services.executor.nsexec import main; main(sys.argv[1:])"
 # setns order: the mount namespace last, since joining it changes our root and /proc.
@@ -67,17 +67,31 @@ def open_console(console_fd: int) -> tuple[int, int, int]:
     return slave, slave, slave
 
 
-def run_child(spec: dict, status_fd: int, console_fd: int) -> None:
+def confine_child(security: dict | None, env, programs) -> list:
+    """The container's profile (or the exec's variant of it) on this process; returns the env with HOME."""
+    if security is None:
+        # A container created before profiles existed runs unconfined; its execs do too.
+        return list(env)
+    who, env = confined_identity(security, env)
+    # The helper inherited the executor's low OOM score and its limits: the container's apply instead.
+    confine.set_oom_score_adj(security["oom_score_adj"])
+    confine.set_rlimits(security["rlimits"])
+    confine.drop_privileges(security, who, programs)
+    return env
+
+
+def run_child(spec: dict, status_fd: int, console_fd: int, programs) -> None:
     """In the forked child, inside every namespace: never returns."""
     try:
         try:
             os.chdir(spec["cwd"] or "/")
         except OSError as err:
             raise ExecError(f'cannot use working directory "{spec["cwd"]}": {err.strerror}', exit_code=126) from None
-        executable = resolve_executable(spec["args"][0], spec["env"])
+        env = confine_child(spec["security"], spec["env"], programs)
+        executable = resolve_executable(spec["args"][0], env)
         stdio = open_console(console_fd) if spec["terminal"] else (0, 1, 2)
         setup_stdio(stdio, spec["terminal"])
-        exec_command(spec["args"], spec["env"], executable)
+        exec_command(spec["args"], env, executable)
     except ExecError as err:
         report(status_fd, "E " + statefiles.format_error(err.kind, str(err)))
         os._exit(err.exit_code)
@@ -91,6 +105,8 @@ def main(argv: list[str]) -> None:
     status_fd = int(argv[1])
     console_fd = int(argv[2])
     try:
+        # Under the executor's run dir, out of reach once we join the container's mount namespace.
+        programs = confine.read_programs((spec["security"] or {}).get("seccomp_file", ""))
         enter(spec)
         # setns(pid) applies to our children only: fork so the command is inside the pid namespace.
         pid = os.fork()
@@ -101,7 +117,7 @@ def main(argv: list[str]) -> None:
         report(status_fd, "E " + statefiles.format_error(statefiles.ERROR_FAILED, f"cannot enter the container: {err}"))
         sys.exit(1)
     if pid == 0:
-        run_child(spec, status_fd, console_fd)
+        run_child(spec, status_fd, console_fd, programs)
     if console_fd >= 0:
         os.close(console_fd)
     report(status_fd, f"P {pid}\n")

@@ -11,18 +11,21 @@ from dataclasses import asdict, dataclass, field
 
 from services.common.errors import InvalidArgument
 from services.common import linux as flags
+from services.common.security import TmpfsMount
 from services.executor.cgroups import SHIMS_CGROUP, Limits, validate_limits
+from services.executor.profile import SecurityProfile
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TERM = "xterm"
 STDIO_LOG = "log"
 STDIO_ATTACH = "attach"
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-# Names the executor uses beside container ids: the shims' cgroup, and helper bytecode and the
-# firewall's saved state under MYDOCKER_RUN.
+# Names the executor uses beside container ids: the shims' cgroup, and helper bytecode, the
+# firewall's saved state and compiled seccomp programs under MYDOCKER_RUN.
 PYCACHE_DIR = "pycache"
 NETWORK_DIR = "network"
-RESERVED_IDS = frozenset({SHIMS_CGROUP, PYCACHE_DIR, NETWORK_DIR})
+SECCOMP_DIR = "seccomp"
+RESERVED_IDS = frozenset({SHIMS_CGROUP, PYCACHE_DIR, NETWORK_DIR, SECCOMP_DIR})
 # The state service's alphabet, since a container's name is its default hostname; the kernel takes 64 bytes.
 HOSTNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HOSTNAME_MAX = 64
@@ -48,12 +51,15 @@ class MountSpec:
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """A character device node created in the container's /dev tmpfs."""
+    """A device node init creates in the container's /dev tmpfs: `kind` "c" (character) or "b" (block)."""
 
     path: str
     major: int
     minor: int
     mode: int = 0o666
+    kind: str = "c"
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,13 @@ class ContainerPlan:
     # cgroup.procs files init writes itself into before unsharing its cgroup namespace.
     cgroup_procs: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    # None only in a plan written before security profiles existed: that container runs unconfined.
+    security: SecurityProfile | None = field(default_factory=SecurityProfile)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        raw = asdict(self)
+        raw["security"] = self.security.to_dict() if self.security is not None else None
+        return json.dumps(raw, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "ContainerPlan":
@@ -92,11 +102,14 @@ class ContainerPlan:
         raw["symlinks"] = tuple(tuple(pair) for pair in raw["symlinks"])
         raw["cgroup_procs"] = tuple(raw["cgroup_procs"])
         raw["limits"] = Limits(**raw["limits"])
+        # A plan written before security profiles existed ran unconfined: say so rather than invent one.
+        raw["security"] = SecurityProfile.from_dict(raw["security"]) if raw.get("security") else None
         return cls(**raw)
 
 
-def default_mounts() -> tuple[MountSpec, ...]:
+def default_mounts(sysfs_writable: bool = False) -> tuple[MountSpec, ...]:
     nosuid_nodev_noexec = flags.MS_NOSUID | flags.MS_NODEV | flags.MS_NOEXEC
+    sysfs_flags = nosuid_nodev_noexec | (0 if sysfs_writable else flags.MS_RDONLY)
     return (
         MountSpec("proc", "/proc", "proc", nosuid_nodev_noexec),
         MountSpec("tmpfs", "/dev", "tmpfs", flags.MS_NOSUID | flags.MS_STRICTATIME, "mode=755,size=65536k"),
@@ -105,7 +118,7 @@ def default_mounts() -> tuple[MountSpec, ...]:
         ),
         MountSpec("shm", "/dev/shm", "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k"),
         MountSpec("mqueue", "/dev/mqueue", "mqueue", nosuid_nodev_noexec),
-        MountSpec("sysfs", "/sys", "sysfs", nosuid_nodev_noexec | flags.MS_RDONLY, fallback_bind="/sys"),
+        MountSpec("sysfs", "/sys", "sysfs", sysfs_flags, fallback_bind="/sys"),
     )
 
 
@@ -128,6 +141,28 @@ def default_symlinks() -> tuple[tuple[str, str], ...]:
         ("/dev/stdout", "/proc/self/fd/1"),
         ("/dev/stderr", "/proc/self/fd/2"),
     )
+
+
+# mount(8) words of --tmpfs options that set or clear a mount flag.
+_TMPFS_SET = {"ro": flags.MS_RDONLY, "nosuid": flags.MS_NOSUID, "nodev": flags.MS_NODEV, "noexec": flags.MS_NOEXEC}
+_TMPFS_CLEAR = {"rw": flags.MS_RDONLY, "suid": flags.MS_NOSUID, "dev": flags.MS_NODEV, "exec": flags.MS_NOEXEC}
+# Atime words are accepted for Docker compatibility; tmpfs needs none of them.
+_TMPFS_IGNORED = {"sync", "async", "dirsync", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
+                  "strictatime", "nostrictatime"}
+
+
+def tmpfs_mount(mount: TmpfsMount) -> MountSpec:
+    """A --tmpfs as a mount: noexec, nosuid and nodev unless exec, suid or dev say otherwise, as Docker does."""
+    mount_flags = flags.MS_NOSUID | flags.MS_NODEV | flags.MS_NOEXEC
+    data = []
+    for word in filter(None, mount.options.split(",")):
+        if word in _TMPFS_SET:
+            mount_flags |= _TMPFS_SET[word]
+        elif word in _TMPFS_CLEAR:
+            mount_flags &= ~_TMPFS_CLEAR[word]
+        elif word not in _TMPFS_IGNORED:
+            data.append(word)
+    return MountSpec("tmpfs", posixpath.normpath(mount.path), "tmpfs", mount_flags, ",".join(data))
 
 
 def env_key(entry: str) -> str:
@@ -164,8 +199,17 @@ def build_plan(
     cgroup_procs: Sequence[str] = (),
     cgroup_namespace: bool = True,
     extra_mounts: Sequence[MountSpec] = (),
+    security: SecurityProfile = SecurityProfile(),
+    extra_devices: Sequence[DeviceSpec] = (),
 ) -> ContainerPlan:
-    """The plan of one container; `extra_mounts` come after the defaults (/proc, /dev, ...), so they may sit on them."""
+    """The plan of one container; `extra_mounts` come after the defaults (/proc, /dev, ...), so they may sit on them.
+
+    `extra_devices` (--device, or every host device when privileged) replace a default node of the same path;
+    a path the container has as a symlink (/dev/ptmx to its own devpts) stays a symlink.
+    """
+    symlinks = default_symlinks()
+    links = {link for link, _ in symlinks}
+    devices = {device.path: device for device in (*default_devices(), *extra_devices) if device.path not in links}
     namespaces = INIT_NAMESPACES if cgroup_namespace else tuple(n for n in INIT_NAMESPACES if n != "cgroup")
     return ContainerPlan(
         id=container_id,
@@ -178,11 +222,12 @@ def build_plan(
         stdin=stdin,
         stdio_mode=stdio_mode,
         namespaces=namespaces,
-        mounts=default_mounts() + tuple(extra_mounts),
-        devices=default_devices(),
-        symlinks=default_symlinks(),
+        mounts=default_mounts(security.sysfs_writable) + tuple(extra_mounts),
+        devices=tuple(devices.values()),
+        symlinks=symlinks,
         cgroup_procs=tuple(cgroup_procs),
         limits=limits,
+        security=security,
     )
 
 

@@ -116,7 +116,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         window = (start.window_size.rows, start.window_size.cols) if start.HasField("window_size") else None
         events = self._core.exec(
             start.container_id,
-            convert.process_from_proto(start.process),
+            convert.process_from_proto(start.process, start.user, start.privileged),
             window,
             _events(request_iterator),
             context.is_active,

@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from protos.state.v1 import state_pb2
 from protos.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
+from services.common.security_convert import security_from_proto, security_to_proto
 from services.state.model import (
     AddressAllocation,
     Container,
@@ -129,6 +130,7 @@ def spec_from_proto(request: state_pb2.CreateContainerRequest) -> ContainerSpec:
         tty=request.tty,
         stdin_open=request.stdin_open,
         auto_remove=request.auto_remove,
+        security=security_from_proto(request.security),
     )
 
 
@@ -161,6 +163,7 @@ def container_to_proto(container: Container) -> state_pb2.Container:
         oom_killed=container.oom_killed,
         error=container.error,
         owner=owner_to_proto(container.owner),
+        security=security_to_proto(container.security),
     )
 
 

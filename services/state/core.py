@@ -147,6 +147,7 @@ class StateCore:
                 tty=spec.tty,
                 stdin_open=spec.stdin_open,
                 auto_remove=spec.auto_remove,
+                security=spec.security,
                 status=ContainerStatus.CREATED,
                 created_at=self._clock(),
                 owner=owner,

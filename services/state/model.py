@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 from services.common.errors import InvalidArgument, InvalidTransition
 from services.common.netnames import bridge_name
+from services.common.security import SecurityOptions, check_options
 from services.common.types import Volume
 
 
@@ -93,6 +94,7 @@ class ContainerSpec:
     tty: bool = False
     stdin_open: bool = False
     auto_remove: bool = False
+    security: SecurityOptions = SecurityOptions()
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class Container:
     ip: str = ""
     # Set only while CREATED (the creator) or REMOVING (the remover): work in progress while it lives.
     owner: Owner | None = None
+    security: SecurityOptions = SecurityOptions()
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,14 @@ _SPEC_CHECKS: tuple[tuple[str, Callable[[object], None], bool], ...] = (
 )
 
 
+def validate_mount_points(spec: ContainerSpec) -> None:
+    """A tmpfs and a volume (or --device node) never share a container path: one would hide the other."""
+    volume_paths = {posixpath.normpath(volume.container_path) for volume in spec.volumes}
+    for mount in spec.security.tmpfs:
+        if posixpath.normpath(mount.path) in volume_paths:
+            raise InvalidArgument(f'"{mount.path}" is both a volume and a --tmpfs: give each its own path')
+
+
 def validate_spec(spec: ContainerSpec) -> None:
     """Raise InvalidArgument for the first bad field of a create request."""
     for field_name, check, empty_means_default in _SPEC_CHECKS:
@@ -341,3 +352,5 @@ def validate_spec(spec: ContainerSpec) -> None:
         if empty_means_default and not value:
             continue
         check(value)
+    check_options(spec.security)
+    validate_mount_points(spec)

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition
+from services.common.security import security_from_dict, security_to_dict
 from services.state import ipam
 from services.state.model import (
     AddressAllocation,
@@ -85,6 +86,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE containers ADD COLUMN owner_pid INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE containers ADD COLUMN owner_pid_start_time INTEGER NOT NULL DEFAULT 0",
     ),
+    # 3: security options (issue #10), as JSON of the fields that differ from the defaults; older rows: defaults.
+    ("ALTER TABLE containers ADD COLUMN security TEXT NOT NULL DEFAULT '{}'",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -93,7 +96,7 @@ _CONTAINER_COLUMNS = (
     "id", "name", "image", "command", "env", "volumes", "resources", "network", "ports", "ip",
     "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "status",
     "created_at", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid",
-    "exit_code", "oom_killed", "error", "owner_pid", "owner_pid_start_time",
+    "exit_code", "oom_killed", "error", "owner_pid", "owner_pid_start_time", "security",
 )
 # The only columns that change after creation; everything else is immutable by contract.
 _CONTAINER_MUTABLE_COLUMNS = (
@@ -132,6 +135,7 @@ def _container_to_row(container: Container) -> dict[str, object]:
         "error": container.error,
         "owner_pid": container.owner.pid if container.owner else 0,
         "owner_pid_start_time": container.owner.pid_start_time if container.owner else 0,
+        "security": json.dumps(security_to_dict(container.security)),
     }
 
 
@@ -164,6 +168,7 @@ def _row_to_container(row: sqlite3.Row) -> Container:
         oom_killed=bool(row["oom_killed"]),
         error=row["error"],
         owner=Owner(row["owner_pid"], row["owner_pid_start_time"]) if row["owner_pid"] else None,
+        security=security_from_dict(json.loads(row["security"])),
     )
 
 

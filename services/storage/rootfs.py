@@ -63,6 +63,21 @@ def volume_mount(paths: RootfsPaths, volume: Volume, relative: str | None = None
     return Mount(type="bind", source=volume.host_path, target=target, options=bind_options(volume))
 
 
+def make_readonly(target: str) -> None:
+    """The bind at `target` and every mount below it read-only: a submount of a `:ro` volume is no way to write.
+
+    mount_setattr(2) with AT_RECURSIVE (Linux 5.12) does the whole tree at once; an older kernel gets
+    the top mount only, as before, and a warning.
+    """
+    try:
+        linux.mount_setattr(target, linux.MOUNT_ATTR_RDONLY, recursive=True)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:
+            raise
+        log.warning("kernel without mount_setattr: only the top mount of the :ro volume at %s is read-only", target)
+        linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
+
+
 def planned_mounts(paths: RootfsPaths, record: RootfsRecord, supported: frozenset[str] | None) -> list[Mount]:
     """The mounts of a rootfs in order (overlay, then volumes parents first), targets not resolved."""
     return [overlay_mount(paths, supported)] + [volume_mount(paths, volume) for volume in mount_order(record.volumes)]
@@ -196,7 +211,7 @@ class RootfsStore:
             linux.mount(volume.host_path, resolved.proc_path, None, linux.MS_BIND | linux.MS_REC)
             if volume.read_only:
                 try:
-                    linux.mount(None, planned.target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
+                    make_readonly(planned.target)
                 except BaseException:
                     self.unmount_tree(planned.target)
                     raise

@@ -187,7 +187,8 @@ def test_command_is_pid_1_with_hostname_proc_dev_and_readonly_sys(executor, root
         "echo data > /dev/null && echo devnull-ok; head -c 4 /dev/zero | wc -c; "
         "ls /dev; touch /sys/x 2>/dev/null || echo sys-readonly; "
         "cat /sys/class/net/lo/flags; ls /sys/class/net; "
-        "grep -c ' /proc ' /proc/self/mountinfo; grep ' /sys ' /proc/self/mountinfo | grep -c ' ro,'"
+        # The mount point field exactly: /proc/sys, read-only now, also has " /sys " as its root field.
+        "awk '$5 == \"/proc\"' /proc/self/mountinfo | wc -l; awk '$5 == \"/sys\" && $6 ~ /^ro/' /proc/self/mountinfo | wc -l"
     )
     final, output = run(executor, rootfs, ["sh", "-c", script], hostname="web-1")
     assert final.exit_code == 0, output
@@ -205,12 +206,19 @@ def test_command_is_pid_1_with_hostname_proc_dev_and_readonly_sys(executor, root
     assert lines[-2:] == ["1", "1"]
 
 
-def test_environment_is_exactly_path_hostname_and_given(executor, rootfs, monkeypatch):
+def test_environment_is_exactly_path_hostname_home_and_given(executor, rootfs, monkeypatch):
     monkeypatch.setenv("MDK_HOST_SECRET", "leak")
     final, output = run(executor, rootfs, ["env"], hostname="envbox", env=["FOO=bar", "EMPTY="])
     assert final.exit_code == 0
+    # HOME comes from the user's passwd entry, as Docker sets it.
     assert sorted(output.decode().splitlines()) == sorted(
-        ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=envbox", "FOO=bar", "EMPTY="]
+        [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOSTNAME=envbox",
+            "HOME=/root",
+            "FOO=bar",
+            "EMPTY=",
+        ]
     )
 
 
@@ -227,7 +235,11 @@ def test_working_directory(executor, rootfs):
 
 def test_mounts_stay_inside_the_container(executor, rootfs):
     before = Path("/proc/self/mountinfo").read_text().count(rootfs)
-    final, _ = run(executor, rootfs, ["sh", "-c", "mount -t tmpfs none /tmp && echo ok"])
+    # Mounting needs CAP_SYS_ADMIN, which a default container does not have.
+    final, _ = run(
+        executor, rootfs, ["sh", "-c", "mount -t tmpfs none /tmp && echo ok"],
+        security=types_pb2.SecurityOptions(cap_add=["SYS_ADMIN"]),
+    )
     assert final.exit_code == 0
     assert Path("/proc/self/mountinfo").read_text().count(rootfs) == before
 
@@ -783,7 +795,7 @@ def test_the_exec_helper_refuses_a_gone_or_recycled_process(tmp_path):
         start = statefiles.proc_start_time(sleeper.pid)
         for pid, start_time in [(sleeper.pid, start + 1), (2**22 + 1, 1)]:
             spec = {"pid": pid, "start_time": start_time, "cgroup_procs": [], "args": ["touch", str(marker)],
-                    "env": ["PATH=/usr/bin:/bin"], "cwd": "/", "terminal": False}
+                    "env": ["PATH=/usr/bin:/bin"], "cwd": "/", "terminal": False, "security": None}
             status_r, status_w = os.pipe()
             helper = subprocess.Popen(
                 [sys.executable, "-S", "-c", nsexec.BOOTSTRAP, json.dumps(spec), str(status_w), "-1"],

@@ -13,6 +13,7 @@ import pytest
 from services.common.errors import InvalidArgument, InvalidTransition
 from services.state.core import StateCore
 from services.state.model import ContainerSpec, ContainerStatus, Owner, validate_owner
+from services.common.security import SecurityOptions
 from services.state.store import MIGRATIONS, SCHEMA_VERSION, Store, _container_to_row
 
 S = ContainerStatus
@@ -112,7 +113,8 @@ def test_a_version_1_database_is_migrated_and_its_records_have_no_owner(db_path)
         for statement in MIGRATIONS[0]:
             raw.execute(statement)
         raw.execute("PRAGMA user_version = 1")
-        row = {k: v for k, v in _container_to_row(template).items() if not k.startswith("owner_")}
+        # The columns of version 1: later migrations added the owner and the security options.
+        row = {k: v for k, v in _container_to_row(template).items() if not k.startswith("owner_") and k != "security"}
         raw.execute(f"INSERT INTO containers ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})", row)
     finally:
         raw.close()
@@ -121,6 +123,7 @@ def test_a_version_1_database_is_migrated_and_its_records_have_no_owner(db_path)
         core = StateCore(store)
         migrated = core.get_container("old")
         assert migrated.owner is None and migrated.status is S.CREATED
+        assert migrated.security == SecurityOptions()
         assert core.update_container_status(migrated.id, S.REMOVING, owner=OTHER).owner == OTHER
 
 

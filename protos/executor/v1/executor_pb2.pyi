@@ -75,7 +75,7 @@ class ProcessSpec(_message.Message):
     def __init__(self, args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., cwd: _Optional[str] = ..., terminal: _Optional[bool] = ..., stdin: _Optional[bool] = ...) -> None: ...
 
 class CreateContainerRequest(_message.Message):
-    __slots__ = ("id", "hostname", "rootfs_path", "process", "resources", "stdio_mode", "network_namespace", "window_size", "ip_address")
+    __slots__ = ("id", "hostname", "rootfs_path", "process", "resources", "stdio_mode", "network_namespace", "window_size", "ip_address", "security")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ROOTFS_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class CreateContainerRequest(_message.Message):
     NETWORK_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
     IP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     hostname: str
     rootfs_path: str
@@ -94,10 +95,11 @@ class CreateContainerRequest(_message.Message):
     network_namespace: bool
     window_size: WindowSize
     ip_address: str
-    def __init__(self, id: _Optional[str] = ..., hostname: _Optional[str] = ..., rootfs_path: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., stdio_mode: _Optional[_Union[StdioMode, str]] = ..., network_namespace: _Optional[bool] = ..., window_size: _Optional[_Union[WindowSize, _Mapping]] = ..., ip_address: _Optional[str] = ...) -> None: ...
+    security: _types_pb2.SecurityOptions
+    def __init__(self, id: _Optional[str] = ..., hostname: _Optional[str] = ..., rootfs_path: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., stdio_mode: _Optional[_Union[StdioMode, str]] = ..., network_namespace: _Optional[bool] = ..., window_size: _Optional[_Union[WindowSize, _Mapping]] = ..., ip_address: _Optional[str] = ..., security: _Optional[_Union[_types_pb2.SecurityOptions, _Mapping]] = ...) -> None: ...
 
 class ContainerProcess(_message.Message):
-    __slots__ = ("id", "status", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "exited_at", "cgroup_path", "log_path")
+    __slots__ = ("id", "status", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "exited_at", "cgroup_path", "log_path", "security")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +110,7 @@ class ContainerProcess(_message.Message):
     EXITED_AT_FIELD_NUMBER: _ClassVar[int]
     CGROUP_PATH_FIELD_NUMBER: _ClassVar[int]
     LOG_PATH_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: ProcessStatus
     pid: int
@@ -118,7 +121,36 @@ class ContainerProcess(_message.Message):
     exited_at: _timestamp_pb2.Timestamp
     cgroup_path: str
     log_path: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[ProcessStatus, str]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cgroup_path: _Optional[str] = ..., log_path: _Optional[str] = ...) -> None: ...
+    security: SecurityProfile
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[ProcessStatus, str]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., exited_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cgroup_path: _Optional[str] = ..., log_path: _Optional[str] = ..., security: _Optional[_Union[SecurityProfile, _Mapping]] = ...) -> None: ...
+
+class SecurityProfile(_message.Message):
+    __slots__ = ("privileged", "capabilities", "seccomp", "no_new_privileges", "masked_paths", "readonly_paths", "read_only_rootfs", "user", "group_add", "device_rules", "ulimits", "oom_score_adj")
+    PRIVILEGED_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_FIELD_NUMBER: _ClassVar[int]
+    NO_NEW_PRIVILEGES_FIELD_NUMBER: _ClassVar[int]
+    MASKED_PATHS_FIELD_NUMBER: _ClassVar[int]
+    READONLY_PATHS_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_ROOTFS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ADD_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_RULES_FIELD_NUMBER: _ClassVar[int]
+    ULIMITS_FIELD_NUMBER: _ClassVar[int]
+    OOM_SCORE_ADJ_FIELD_NUMBER: _ClassVar[int]
+    privileged: bool
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    seccomp: str
+    no_new_privileges: bool
+    masked_paths: _containers.RepeatedScalarFieldContainer[str]
+    readonly_paths: _containers.RepeatedScalarFieldContainer[str]
+    read_only_rootfs: bool
+    user: str
+    group_add: _containers.RepeatedScalarFieldContainer[str]
+    device_rules: _containers.RepeatedScalarFieldContainer[str]
+    ulimits: _containers.RepeatedCompositeFieldContainer[_types_pb2.Ulimit]
+    oom_score_adj: int
+    def __init__(self, privileged: _Optional[bool] = ..., capabilities: _Optional[_Iterable[str]] = ..., seccomp: _Optional[str] = ..., no_new_privileges: _Optional[bool] = ..., masked_paths: _Optional[_Iterable[str]] = ..., readonly_paths: _Optional[_Iterable[str]] = ..., read_only_rootfs: _Optional[bool] = ..., user: _Optional[str] = ..., group_add: _Optional[_Iterable[str]] = ..., device_rules: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[_types_pb2.Ulimit, _Mapping]]] = ..., oom_score_adj: _Optional[int] = ...) -> None: ...
 
 class CreateContainerResponse(_message.Message):
     __slots__ = ("process",)
@@ -221,14 +253,18 @@ class WindowSize(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ...) -> None: ...
 
 class ExecStart(_message.Message):
-    __slots__ = ("container_id", "process", "window_size")
+    __slots__ = ("container_id", "process", "window_size", "user", "privileged")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    PRIVILEGED_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     process: ProcessSpec
     window_size: WindowSize
-    def __init__(self, container_id: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., window_size: _Optional[_Union[WindowSize, _Mapping]] = ...) -> None: ...
+    user: str
+    privileged: bool
+    def __init__(self, container_id: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., window_size: _Optional[_Union[WindowSize, _Mapping]] = ..., user: _Optional[str] = ..., privileged: _Optional[bool] = ...) -> None: ...
 
 class ExecRequest(_message.Message):
     __slots__ = ("start", "stdin", "close_stdin", "resize", "signal")

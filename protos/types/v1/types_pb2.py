@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/types/v1/types.proto\x12\x11mydocker.types.v1\"F\n\x05Mount\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0f\n\x07options\x18\x04 \x03(\t\"F\n\x06Volume\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"]\n\tResources\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x03\x12\x11\n\tnano_cpus\x18\x02 \x01(\x03\x12\x13\n\x0b\x63puset_cpus\x18\x03 \x01(\t\x12\x12\n\npids_limit\x18\x04 \x01(\x03\"x\n\x0bPortMapping\x12\x0f\n\x07host_ip\x18\x01 \x01(\t\x12\x11\n\thost_port\x18\x02 \x01(\r\x12\x16\n\x0e\x63ontainer_port\x18\x03 \x01(\r\x12-\n\x08protocol\x18\x04 \x01(\x0e\x32\x1b.mydocker.types.v1.Protocol*H\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n\x0cPROTOCOL_TCP\x10\x01\x12\x10\n\x0cPROTOCOL_UDP\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotos/types/v1/types.proto\x12\x11mydocker.types.v1\"F\n\x05Mount\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0f\n\x07options\x18\x04 \x03(\t\"F\n\x06Volume\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"]\n\tResources\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x03\x12\x11\n\tnano_cpus\x18\x02 \x01(\x03\x12\x13\n\x0b\x63puset_cpus\x18\x03 \x01(\t\x12\x12\n\npids_limit\x18\x04 \x01(\x03\"x\n\x0bPortMapping\x12\x0f\n\x07host_ip\x18\x01 \x01(\t\x12\x11\n\thost_port\x18\x02 \x01(\r\x12\x16\n\x0e\x63ontainer_port\x18\x03 \x01(\r\x12-\n\x08protocol\x18\x04 \x01(\x0e\x32\x1b.mydocker.types.v1.Protocol\"\xf7\x02\n\x0fSecurityOptions\x12\x12\n\nprivileged\x18\x01 \x01(\x08\x12\x0f\n\x07\x63\x61p_add\x18\x02 \x03(\t\x12\x10\n\x08\x63\x61p_drop\x18\x03 \x03(\t\x12\x1a\n\x12seccomp_unconfined\x18\x04 \x01(\x08\x12\x17\n\x0fseccomp_profile\x18\x05 \x01(\t\x12\x19\n\x11no_new_privileges\x18\x06 \x01(\x08\x12\x0c\n\x04user\x18\x07 \x01(\t\x12\x11\n\tgroup_add\x18\x08 \x03(\t\x12\x18\n\x10read_only_rootfs\x18\t \x01(\x08\x12,\n\x05tmpfs\x18\n \x03(\x0b\x32\x1d.mydocker.types.v1.TmpfsMount\x12\x31\n\x07\x64\x65vices\x18\x0b \x03(\x0b\x32 .mydocker.types.v1.DeviceMapping\x12*\n\x07ulimits\x18\x0c \x03(\x0b\x32\x19.mydocker.types.v1.Ulimit\x12\x15\n\room_score_adj\x18\r \x01(\x05\"+\n\nTmpfsMount\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07options\x18\x02 \x01(\t\"O\n\rDeviceMapping\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x13\n\x0bpermissions\x18\x03 \x01(\t\"2\n\x06Ulimit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04soft\x18\x02 \x01(\x04\x12\x0c\n\x04hard\x18\x03 \x01(\x04*H\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n\x0cPROTOCOL_TCP\x10\x01\x12\x10\n\x0cPROTOCOL_UDP\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.types.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTOCOL']._serialized_start=411
-  _globals['_PROTOCOL']._serialized_end=483
+  _globals['_PROTOCOL']._serialized_start=967
+  _globals['_PROTOCOL']._serialized_end=1039
   _globals['_MOUNT']._serialized_start=50
   _globals['_MOUNT']._serialized_end=120
   _globals['_VOLUME']._serialized_start=122
@@ -41,4 +41,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCES']._serialized_end=287
   _globals['_PORTMAPPING']._serialized_start=289
   _globals['_PORTMAPPING']._serialized_end=409
+  _globals['_SECURITYOPTIONS']._serialized_start=412
+  _globals['_SECURITYOPTIONS']._serialized_end=787
+  _globals['_TMPFSMOUNT']._serialized_start=789
+  _globals['_TMPFSMOUNT']._serialized_end=832
+  _globals['_DEVICEMAPPING']._serialized_start=834
+  _globals['_DEVICEMAPPING']._serialized_end=913
+  _globals['_ULIMIT']._serialized_start=915
+  _globals['_ULIMIT']._serialized_end=965
 # @@protoc_insertion_point(module_scope)
