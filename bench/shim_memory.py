@@ -69,7 +69,7 @@ def main() -> int:
     ids = [f"{4000000000 + n}" for n in range(args.containers)]
     created: list[str] = []
     try:
-        with busybox_rootfs(base) as rootfs:
+        with busybox_rootfs(base / "root") as rootfs:
             try:
                 for container_id in ids:
                     spec = CreateSpec(container_id, "bench", str(rootfs), ProcessSpec(args=("sleep", "1000")),

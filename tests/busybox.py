@@ -14,9 +14,10 @@ BUSYBOX = Path("/bin/busybox")
 
 
 @contextlib.contextmanager
-def busybox_rootfs(base: Path) -> Iterator[Path]:
-    """<base>/rootfs: bin/busybox plus its applet links, bind-mounted onto itself as storage's overlay would be."""
-    rootfs = base / "rootfs"
+def busybox_rootfs(root: Path, name: str = "busybox") -> Iterator[Path]:
+    """<root>/overlay2/<name>/merged: bin/busybox plus its applet links, bind-mounted onto itself as storage's
+    overlay would be, where an executor whose MYDOCKER_ROOT is `root` accepts it."""
+    rootfs = root / "overlay2" / name / "merged"
     (rootfs / "bin").mkdir(parents=True)
     shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
     applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()

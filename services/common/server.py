@@ -88,8 +88,39 @@ def root_only_socket(socket: Path) -> Iterator[None]:
     os.chmod(socket, 0o600)
 
 
-def create_server(definition: ServiceDefinition, address: str, max_workers: int = MAX_WORKERS) -> RunningServer:
-    """Build and start a server on `address` ("unix:/abs/path" or "host:port") with health and reflection."""
+@dataclass(frozen=True)
+class MutualTls:
+    """PEM files of a TCP listener: its certificate and key, and the CA every client certificate must chain to."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+
+    def credentials(self) -> grpc.ServerCredentials:
+        try:
+            pair = (self.key.read_bytes(), self.cert.read_bytes())
+            client_ca = self.client_ca.read_bytes()
+        except OSError as err:
+            raise SystemExit(f"mydocker: cannot read a TLS file: {err.filename}: {err.strerror}") from None
+        return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=True)
+
+
+def is_unix_address(address: str) -> bool:
+    return address.startswith("unix:")
+
+
+def create_server(
+    definition: ServiceDefinition, address: str, max_workers: int = MAX_WORKERS, tls: MutualTls | None = None
+) -> RunningServer:
+    """Build and start a server on `address` ("unix:/abs/path", or "host:port" with mutual TLS) with health and reflection.
+
+    A service can start containers as root: TCP without client certificates would hand that to the network.
+    """
+    if not is_unix_address(address) and tls is None:
+        raise SystemExit(
+            f"mydocker-{definition.name}: --listen {address} needs mutual TLS: give --tls-cert, --tls-key and "
+            "--tls-client-ca, or use the default root-only unix socket"
+        )
     interceptors: list[grpc.ServerInterceptor] = [DomainErrorInterceptor()]
     # Only when MYDOCKER_FAULT names this service (crash tests): otherwise no interceptor, no cost.
     fault = faults.interceptor_for(definition.name, definition.full_name)
@@ -107,12 +138,12 @@ def create_server(definition: ServiceDefinition, address: str, max_workers: int 
     )
 
     socket: Path | None = None
-    if address.startswith("unix:"):
+    if is_unix_address(address):
         socket = Path(address.removeprefix("unix://").removeprefix("unix:"))
         with root_only_socket(socket):
             server.add_insecure_port(unix_target(socket))
     else:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, tls.credentials())
         address = f"{address.rsplit(':', 1)[0]}:{port}"
     server.start()
     for name in ("", definition.full_name):
@@ -154,15 +185,36 @@ def setup_logging(log_file: Path, service: str) -> None:
     root.setLevel(logging.INFO)
 
 
+# As containerd does for itself and its shims: a container using up memory is killed, never the
+# services or shims that record its exit. Containers set their own score (0 by default) in init.
+SERVICE_OOM_SCORE_ADJ = -999
+
+
+def protect_from_oom_killer() -> None:
+    """Lower our OOM score (inherited by the shim launcher and shims) where the host lets us.
+
+    Lowering needs CAP_SYS_RESOURCE; a sandbox may have taken it from even root's bounding set, and
+    then the services run at the score they were started with, which is logged.
+    """
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(str(SERVICE_OOM_SCORE_ADJ))
+    except PermissionError:
+        log.warning("cannot lower our OOM score to %d (no CAP_SYS_RESOURCE): left as it is", SERVICE_OOM_SCORE_ADJ)
+
+
 def parse_args(service: str, argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"mydocker-{service}", description=f"mydocker {service} service")
     parser.add_argument("--root", help="state root (default: $MYDOCKER_ROOT or /var/lib/mydocker)")
     parser.add_argument("--run", help="runtime root for sockets and pids (default: $MYDOCKER_RUN or /run/mydocker)")
     parser.add_argument(
         "--listen",
-        help="address to serve on: unix:/path (default: <run>/<service>.sock) or host:port for TCP, "
-        "which has no access control and must be asked for explicitly",
+        help="address to serve on: unix:/path (default: <run>/<service>.sock), or host:port for TCP, "
+        "which requires mutual TLS (--tls-cert, --tls-key, --tls-client-ca)",
     )
+    parser.add_argument("--tls-cert", help="PEM certificate of a TCP listener")
+    parser.add_argument("--tls-key", help="PEM private key of a TCP listener")
+    parser.add_argument("--tls-client-ca", help="PEM CA certificate(s) that client certificates must chain to")
     parser.add_argument("--log-file", help="log file (default: <root>/log/<service>.log)")
     return parser.parse_args(argv)
 
@@ -173,6 +225,10 @@ def serve(service: str, build: Callable[[Config], ServiceDefinition], argv: list
     config = Config.from_env(root=args.root, run=args.run)
     setup_logging(Path(args.log_file) if args.log_file else config.log_path(service), service)
     address = args.listen or f"unix:{config.socket_path(service)}"
+    tls_files = (args.tls_cert, args.tls_key, args.tls_client_ca)
+    if any(tls_files) and not all(tls_files):
+        raise SystemExit(f"mydocker-{service}: give all of --tls-cert, --tls-key and --tls-client-ca, or none")
+    tls = MutualTls(*(Path(path) for path in tls_files)) if all(tls_files) else None
 
     stop_requested = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -180,8 +236,9 @@ def serve(service: str, build: Callable[[Config], ServiceDefinition], argv: list
 
     config.run.mkdir(parents=True, exist_ok=True)
     os.chmod(config.run, 0o700)
+    protect_from_oom_killer()
     with single_instance(config.lock_path(service), service):
-        running = create_server(build(config), address)
+        running = create_server(build(config), address, tls=tls)
         write_pidfile(config.pid_path(service))
         log.info("serving %s on %s (root %s, run %s)", service, running.address, config.root, config.run)
         try:

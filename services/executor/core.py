@@ -242,8 +242,7 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
                 extra_devices=confinement.device_nodes,
             )
         )
-        if not os.path.isdir(plan.rootfs):
-            raise InvalidArgument(f"rootfs_path {plan.rootfs} is not a directory")
+        self._check_rootfs(plan.rootfs)
         with self._lock(spec.id):
             if directory.exists():
                 self._check_reusable(spec.id, directory)
@@ -260,6 +259,16 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
                 except MydockerError as cleanup:
                     raise FailedPrecondition(f"{err} (and cleaning up failed: {cleanup})") from err
                 raise
+
+    def _check_rootfs(self, rootfs: str) -> None:
+        """Only a rootfs storage prepared: a directory below <root>/overlay2, symlinks resolved, never / or the host's."""
+        if not os.path.isdir(rootfs):
+            raise InvalidArgument(f"rootfs_path {rootfs} is not a directory")
+        allowed = os.path.realpath(self._config.root / "overlay2")
+        if not os.path.realpath(rootfs).startswith(allowed + os.sep):
+            raise InvalidArgument(
+                f"rootfs_path {rootfs} is not below {allowed}: the executor runs only root filesystems storage prepared"
+            )
 
     def _check_reusable(self, container_id: str, directory: Path) -> None:
         """An id whose shim or init lives, or whose command ran and exited, belongs to a container.

@@ -39,6 +39,8 @@ class HostFacts:
     # Our own hard limits by RLIMIT number: a container inherits them, and may not exceed them without
     # CAP_SYS_RESOURCE (which a sandbox may have taken from our bounding set).
     hard_limits: dict[int, int]
+    # Our own OOM score adjustment: containers start from it, and go below it only with CAP_SYS_RESOURCE.
+    oom_score_adj: int = 0
 
     @property
     def nofile_hard(self) -> int:
@@ -64,7 +66,9 @@ class HostFacts:
         for number in RLIMITS.values():
             limit = resource.getrlimit(number)[1]
             hard[number] = RLIM_INFINITY if limit == resource.RLIM_INFINITY else limit
-        return cls(available, nr_open, hard)
+        with open("/proc/self/oom_score_adj") as handle:
+            oom_score_adj = int(handle.read())
+        return cls(available, nr_open, hard, oom_score_adj)
 
 
 @dataclass(frozen=True)
@@ -157,8 +161,17 @@ def rlimits(options: SecurityOptions, host: HostFacts) -> tuple[tuple[int, int, 
     return tuple(limits)
 
 
+def check_oom_score_adj(value: int, host: HostFacts) -> None:
+    if value < host.oom_score_adj and not host.can_raise_limits:
+        raise InvalidArgument(
+            f"--oom-score-adj {value} is below the services' own ({host.oom_score_adj}), "
+            "and they lack CAP_SYS_RESOURCE to lower it"
+        )
+
+
 def build_profile(options: SecurityOptions, host: HostFacts, device_rules: tuple[str, ...] = ()) -> SecurityProfile:
     """The profile for `options` on `host`; the seccomp program file is filled in by the caller once compiled."""
+    check_oom_score_adj(options.oom_score_adj, host)
     capabilities = effective_capabilities(options.cap_add, options.cap_drop, options.privileged, host.available_capabilities)
     return SecurityProfile(
         privileged=options.privileged,

@@ -177,12 +177,16 @@ class ImageStore:
         if not os.path.isabs(source_path):
             raise InvalidArgument(f'source path "{source_path}" is not absolute: give the full path')
         try:
-            handle = open(source_path, "rb")
+            # O_NONBLOCK: a fifo must not hang the service before it is refused below; no effect on a file.
+            fd = os.open(source_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise NotFound(f"source {source_path} does not exist") from None
-        except IsADirectoryError:
-            raise InvalidArgument(f"source {source_path} is a directory, not a tar file") from None
-        with handle:
+        # A device or a fifo could be endless or act on being read: an image comes from a regular file only.
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise InvalidArgument(f"source {source_path} is not a regular file: give a tar file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
             while chunk := handle.read(COPY_CHUNK):
                 writer.write(chunk)
 

@@ -51,13 +51,26 @@ def new_id() -> str:
 
 
 @pytest.fixture(scope="module")
-def rootfs() -> Iterator[str]:
+def busybox_tree() -> Iterator[Path]:
+    """One busybox rootfs for the module; each test sees it where its own executor accepts a rootfs."""
     base = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp"))
     try:
         with busybox_rootfs(base) as root:
-            yield str(root)
+            yield root
     finally:
         shutil.rmtree(base)
+
+
+@pytest.fixture
+def rootfs(busybox_tree, temp_config) -> Iterator[str]:
+    """The module's busybox tree bound at <root>/overlay2/busybox/merged of this test's executor."""
+    target = temp_config.root / "overlay2" / "busybox" / "merged"
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(busybox_tree), str(target)], check=True)
+    try:
+        yield str(target)
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
 
 
 @pytest.fixture
@@ -266,6 +279,8 @@ def test_unknown_command_fails_at_create_and_leaves_nothing(executor, rootfs, te
         ({"hostname": ""}, "hostname"),
         ({"rootfs_path": "/nonexistent/mdk"}, "not a directory"),
         ({"rootfs_path": "relative"}, "absolute"),
+        ({"rootfs_path": "/"}, "absolute, normalised path other than /"),
+        ({"rootfs_path": "/tmp"}, "is not below"),
         ({"process": pb.ProcessSpec(args=["true"], env=["NOEQUALS"])}, "KEY=VALUE"),
         ({"resources": types_pb2.Resources(memory_bytes=1024)}, "too small"),
         ({"resources": types_pb2.Resources(nano_cpus=1000)}, "too small"),
@@ -1189,11 +1204,10 @@ def test_a_shim_killed_while_the_executor_runs_is_settled_at_the_next_look(execu
     executor.DeleteContainer(pb.DeleteContainerRequest(id=created.id), timeout=30)
 
 
-def test_network_files_are_mounted_through_an_image_link_as_docker_does(executor):
+def test_network_files_are_mounted_through_an_image_link_as_docker_does(executor, temp_config):
     # systemd images link /etc/resolv.conf into /run: the file lands at the link's target, inside the rootfs.
-    base = Path(tempfile.mkdtemp(prefix="mdk-", dir="/tmp"))
     try:
-        with busybox_rootfs(base) as linked:
+        with busybox_rootfs(temp_config.root, "linked") as linked:
             (linked / "etc" / "resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
             final, output = run(
                 executor, str(linked), ["sh", "-c", "cat /etc/resolv.conf /etc/hostname"], hostname="linked", ip_address="10.9.9.2"
@@ -1204,4 +1218,4 @@ def test_network_files_are_mounted_through_an_image_link_as_docker_does(executor
             assert os.readlink(linked / "etc" / "resolv.conf") == "/run/systemd/resolve/stub-resolv.conf"
             assert (linked / "run" / "systemd" / "resolve" / "stub-resolv.conf").exists()
     finally:
-        shutil.rmtree(base)
+        shutil.rmtree(temp_config.root / "overlay2" / "linked")

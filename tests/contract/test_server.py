@@ -120,3 +120,54 @@ def test_second_instance_is_refused(tmp_path):
                 pass
     with single_instance(lock, "state"):
         pass
+
+
+def make_certificates(directory) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it; and a rogue client's."""
+    import subprocess
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mdk-test-ca", "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=rogue-ca", "-keyout", "rogue-ca.key", "-out", "rogue-ca.pem")
+    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, ca, extension in (("server", "ca", ["-extfile", "server.ext"]), ("client", "ca", []), ("rogue", "rogue-ca", [])):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+                "-days", "1", "-out", f"{name}.pem", *extension)
+    return {name: str(directory / name) for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key", "rogue.pem", "rogue.key")}
+
+
+def test_tcp_needs_mutual_tls_and_refuses_clients_without_a_certificate_of_its_ca(tmp_path):
+    from pathlib import Path
+
+    from services.common.server import MutualTls, create_server
+
+    definition = service_with({"Ok": unary(lambda request, context: b"ok")})
+    with pytest.raises(SystemExit, match="needs mutual TLS"):
+        create_server(definition, "127.0.0.1:0")
+    files = make_certificates(tmp_path)
+    tls = MutualTls(Path(files["server.pem"]), Path(files["server.key"]), Path(files["ca.pem"]))
+    running = create_server(definition, "127.0.0.1:0", tls=tls)
+    try:
+        ca = Path(files["ca.pem"]).read_bytes()
+
+        def channel_with(key: str | None, cert: str | None) -> grpc.Channel:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca,
+                private_key=Path(files[key]).read_bytes() if key else None,
+                certificate_chain=Path(files[cert]).read_bytes() if cert else None,
+            )
+            return grpc.secure_channel(running.address, credentials)
+
+        with channel_with("client.key", "client.pem") as trusted:
+            assert call(trusted, "Ok") == b"ok"
+        for key, cert in ((None, None), ("rogue.key", "rogue.pem")):
+            with channel_with(key, cert) as untrusted, pytest.raises(grpc.RpcError) as caught:
+                call(untrusted, "Ok", timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        with grpc.insecure_channel(running.address) as plain, pytest.raises(grpc.RpcError):
+            call(plain, "Ok", timeout=5)
+    finally:
+        running.stop(grace=1)

@@ -314,3 +314,38 @@ def test_bridge_names_published_ports_and_addresses_freed_with_the_process(state
     assert owners == ["gateway"]
     # Stopped, it holds its host port no more.
     create(state, "web3", ports=[port])
+
+
+def test_security_options_are_stored_and_checked(state):
+    security = types_pb2.SecurityOptions(
+        cap_add=["NET_ADMIN"],
+        cap_drop=["ALL"],
+        seccomp_profile='{"defaultAction": "SCMP_ACT_ALLOW"}',
+        no_new_privileges=True,
+        user="1000:1000",
+        group_add=["audio"],
+        read_only_rootfs=True,
+        tmpfs=[types_pb2.TmpfsMount(path="/run", options="size=1m")],
+        devices=[types_pb2.DeviceMapping(host_path="/dev/fuse", container_path="/dev/fuse", permissions="rw")],
+        ulimits=[types_pb2.Ulimit(name="nofile", soft=10, hard=20)],
+        oom_score_adj=-5,
+    )
+    container = create(state, "secure", security=security)
+    assert container.security == security
+    fetched = state.GetContainer(pb.GetContainerRequest(reference="secure"), timeout=5).container
+    assert fetched.security == security
+    assert create(state, "plain").security == types_pb2.SecurityOptions()
+    for bad, fragment in [
+        (types_pb2.SecurityOptions(cap_add=["NOPE"]), 'unknown capability "NOPE"'),
+        (types_pb2.SecurityOptions(user="a:b:c"), "invalid user"),
+        (types_pb2.SecurityOptions(ulimits=[types_pb2.Ulimit(name="nofile", soft=5, hard=1)]), "soft limit 5"),
+        (types_pb2.SecurityOptions(oom_score_adj=5000), "outside -1000..1000"),
+    ]:
+        expect(CODE.INVALID_ARGUMENT, state.CreateContainer, pb.CreateContainerRequest(image="busybox", command=["top"], security=bad), fragment)
+    clash = pb.CreateContainerRequest(
+        image="busybox",
+        command=["top"],
+        volumes=[types_pb2.Volume(host_path="/srv", container_path="/data")],
+        security=types_pb2.SecurityOptions(tmpfs=[types_pb2.TmpfsMount(path="/data/")]),
+    )
+    expect(CODE.INVALID_ARGUMENT, state.CreateContainer, clash, '"/data/" is both a volume and a --tmpfs')

@@ -173,6 +173,13 @@ def test_import_from_a_server_side_path(storage, tmp_path):
     expect(CODE.INVALID_ARGUMENT, storage.stub.ImportImage, iter([pb.ImportImageRequest(header=relative)]), "absolute")
     both = iter([pb.ImportImageRequest(header=pb.ImportImageHeader(name="y", source_path=str(source))), pb.ImportImageRequest(chunk=b"x")])
     expect(CODE.INVALID_ARGUMENT, storage.stub.ImportImage, both, "no chunks")
+    # Regular files only: a fifo nobody writes would hang the import, a device could be endless.
+    fifo = tmp_path / "fifo.tar"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        header = pb.ImportImageHeader(name="x", source_path=str(path))
+        expect(CODE.INVALID_ARGUMENT, storage.stub.ImportImage, iter([pb.ImportImageRequest(header=header)]), "is not a regular file")
+    assert sorted(os.listdir(storage.root / "image")) == ["fromfile.tar"]
 
 
 def test_import_existing_name_and_replace(storage):
