@@ -31,18 +31,31 @@ apt_install() {
     apt_updated=1
   fi
   say "installing Debian packages: $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+  # No package may start a daemon on the host (docker.io would start a dockerd that rewrites iptables):
+  # policy-rc.d exit 101 tells invoke-rc.d to start nothing. One that exists already is left as it is.
+  local policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# Written by mydocker bootstrap for one apt-get install; removed after it.\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    made_policy=1
+  fi
+  local status=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null || status=$?
+  if [ -n "$made_policy" ]; then
+    rm -f "$policy"
+  fi
+  return "$status"
 }
 
-# Installs every package of scripts/debian-packages.txt that dpkg does not report installed.
+# Installs every package of a list (default scripts/debian-packages.txt) that dpkg does not report installed.
 ensure_debian_packages() {
-  local package missing=()
+  local list=${1:-$repo/scripts/debian-packages.txt} package missing=()
   while read -r package; do
     package=${package%%#*}
     package=${package//[[:space:]]/}
     [ -n "$package" ] || continue
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
-  done < "$repo/scripts/debian-packages.txt"
+  done < "$list"
   if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
   fi

@@ -14,9 +14,16 @@ from pathlib import Path
 from services.common.errors import FailedPrecondition, InvalidArgument
 
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
-# v1 hierarchies a container gets a directory in: cpuacct for usage, pids for `kill --all` and limits,
-# devices for the device allow list.
-V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices")
+# v1 hierarchies a container gets a directory in, where mounted: cpuacct for usage, pids for `kill --all`
+# and limits, devices for the device allow list, and every other one as runc does: with a cgroup
+# namespace, a hierarchy the container is not in would show it the host's root cgroup, release_agent
+# and all, to anyone able to mount it (CVE-2022-0492). Joining one more costs ~0.03 ms.
+V1_CONTROLLERS = (
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer", "blkio", "net_cls", "net_prio",
+    "perf_event", "hugetlb", "rdma", "misc", "systemd",
+)
+# /proc/<pid>/cgroup names a named hierarchy "name=<name>", mounted at /sys/fs/cgroup/<name>.
+V1_PROC_KEYS = {"systemd": "name=systemd"}
 V2_CONTROLLERS = ("cpu", "cpuset", "memory", "pids")
 CPU_PERIOD_US = 100_000
 NANO = 1_000_000_000
@@ -407,7 +414,11 @@ class CgroupLayout:
             self.own = join_cgroup_path("/", own.get("", "/"))
             self.parent = join_cgroup_path(self.own, parent)
         else:
-            self.parents = {c: join_cgroup_path(own.get(c, "/"), parent) for c in V1_CONTROLLERS if (self.root / c).exists()}
+            self.parents = {
+                c: join_cgroup_path(own.get(V1_PROC_KEYS.get(c, c), "/"), parent)
+                for c in V1_CONTROLLERS
+                if (self.root / c).exists()
+            }
 
     @classmethod
     def from_host(cls, root: Path = DEFAULT_CGROUP_ROOT, parent: str | None = None) -> "CgroupLayout":

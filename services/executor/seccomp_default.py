@@ -8,6 +8,7 @@ ALLOW = "SCMP_ACT_ALLOW"
 ERRNO = "SCMP_ACT_ERRNO"
 EPERM = 1
 ENOSYS = 38
+AF_ALG = 38
 AF_VSOCK = 40
 # clone(2) flags that create namespaces (NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET): without
 # CAP_SYS_ADMIN a clone may set none of them, or a container could make a user namespace and gain capabilities in it.
@@ -130,8 +131,15 @@ def _clone_without_namespaces(flags_index: int, includes: Condition, excludes: C
 
 
 def _unconditional_rules() -> tuple[SyscallRule, ...]:
-    # AF_VSOCK reaches the host (or the VM's hypervisor) outside the network namespace.
-    no_vsock = ArgRule(index=0, value=AF_VSOCK, value_two=0, op="SCMP_CMP_NE")
+    # Every address family but two, as current moby (moby#52494): AF_VSOCK reaches the host (or the VM's
+    # hypervisor) outside the network namespace; AF_ALG, the kernel crypto API, is CVE-2026-31431's way to
+    # write into the shared page cache. Two "!=" in one rule would be ANDed on one argument, which libseccomp
+    # cannot express, hence three ranges around 38 and 40.
+    socket_families = (
+        ArgRule(index=0, value=AF_ALG, value_two=0, op="SCMP_CMP_LT"),
+        ArgRule(index=0, value=AF_ALG + 1, value_two=0, op="SCMP_CMP_EQ"),
+        ArgRule(index=0, value=AF_VSOCK, value_two=0, op="SCMP_CMP_GT"),
+    )
     personalities = tuple(
         SyscallRule(names=("personality",), action=ALLOW, args=(ArgRule(0, value, 0, "SCMP_CMP_EQ"),))
         for value in PERSONALITY_VALUES
@@ -139,7 +147,7 @@ def _unconditional_rules() -> tuple[SyscallRule, ...]:
     return (
         _allow(ALLOWED),
         _allow(PTRACE_SINCE_4_8, includes=Condition(min_kernel=(4, 8))),
-        SyscallRule(names=("socket",), action=ALLOW, args=(no_vsock,)),
+        *(SyscallRule(names=("socket",), action=ALLOW, args=(family,)) for family in socket_families),
         *personalities,
     )
 

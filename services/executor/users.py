@@ -83,7 +83,8 @@ def resolve(user: str, group_add, passwd_text: str, group_text: str) -> Identity
     """The identity of `user` ("", UID, NAME, UID:GID, NAME:GROUP) plus `group_add`, as Docker resolves it.
 
     A number not in /etc/passwd still works (gid 0, home /); a name must be there. Supplementary groups
-    are those /etc/group lists the user's name in, then `group_add`, without the primary group twice.
+    are those /etc/group lists the user's name in (only when no group is given, as runc), then
+    `group_add`, without the primary group twice.
     """
     user_part, _, group_part = (user or "0").partition(":")
     passwd = parse_passwd(passwd_text)
@@ -103,7 +104,8 @@ def resolve(user: str, group_add, passwd_text: str, group_text: str) -> Identity
     if group_part:
         gid = _find_group(group_part, groups, f"--user {user}")
     supplementary = []
-    if name:
+    # As runc: memberships only in the implicit form; USER:GROUP asks for exactly that group (plus --group-add).
+    if name and not group_part:
         supplementary = [g_gid for _, g_gid, members in groups if name in members]
     for extra in group_add:
         supplementary.append(_find_group(extra, groups, "--group-add"))

@@ -268,16 +268,18 @@ def test_without_a_terminal_stdio_are_pipes(host):
     assert (detached_stdin.returncode, detached_stdin.stdout) == (0, "")
 
 
-def test_the_environment_is_exactly_path_hostname_term_and_e_values(host):
+def test_the_environment_is_exactly_path_hostname_home_term_and_e_values(host):
     leak = f"MDK_LEAK_{uuid.uuid4().hex[:8].upper()}"
     env = {**host.env, leak: "from-the-host", "MDK_PASS": "passed-through"}
 
     plain = mydocker_cli(env, "run", "--name", "envy", "-e", "K1=v1", "-e", "K2=a b=c", "-e", "MDK_PASS", "busybox", "env")
     assert plain.returncode == 0, plain.stderr
     variables = dict(line.split("=", 1) for line in plain.stdout.splitlines())
+    # HOME from the image's /etc/passwd, as Docker sets it.
     assert variables == {
         "PATH": variables["PATH"],
         "HOSTNAME": "envy",
+        "HOME": "/root",
         "K1": "v1",
         "K2": "a b=c",
         "MDK_PASS": "passed-through",
@@ -288,13 +290,13 @@ def test_the_environment_is_exactly_path_hostname_term_and_e_values(host):
     # With a terminal (-t alone, stdin closed), TERM is there too.
     with_tty = mydocker_cli(env, "run", "-t", "busybox", "env")
     assert with_tty.returncode == 0, with_tty.stderr
-    assert sorted(line.split("=")[0] for line in with_tty.stdout.replace("\r", "").splitlines()) == ["HOSTNAME", "PATH", "TERM"]
+    assert sorted(line.split("=")[0] for line in with_tty.stdout.replace("\r", "").splitlines()) == ["HOME", "HOSTNAME", "PATH", "TERM"]
 
     # And at a real terminal with -it.
     with pty_session(host, "run", "-it", "-e", "K1=v1", "busybox", "env") as term:
         assert term.wait() == 0
     names = sorted(line.split("=")[0] for line in terminal_lines(term.output) if "=" in line)
-    assert names == ["HOSTNAME", "K1", "PATH", "TERM"]
+    assert names == ["HOME", "HOSTNAME", "K1", "PATH", "TERM"]
 
 
 def test_the_container_is_isolated(host):

@@ -148,8 +148,9 @@ staff:x:50:
         ("", (), users.Identity(0, 0, (10,), "/root")),
         ("app", (), users.Identity(1000, 1000, (10, 29), "/home/app")),
         ("1000", (), users.Identity(1000, 1000, (10, 29), "/home/app")),
-        ("app:staff", (), users.Identity(1000, 50, (10, 29), "/home/app")),
-        ("app:50", ("audio", "777"), users.Identity(1000, 50, (10, 29, 777), "/home/app")),
+        # An explicit group is exactly that group: no memberships from /etc/group, as runc.
+        ("app:staff", (), users.Identity(1000, 50, (), "/home/app")),
+        ("app:50", ("audio", "777"), users.Identity(1000, 50, (29, 777), "/home/app")),
         # A number the image does not know: gid 0 and home /, as Docker.
         ("4242", (), users.Identity(4242, 0, (), "/")),
         ("4242:4242", ("staff",), users.Identity(4242, 4242, (50,), "/")),
