@@ -39,14 +39,14 @@ def install_hooks(marks: list) -> None:
     from cli.services import Services
 
     class TimedServices(Services):
-        def call(self, service, method, request, timeout=10.0):
+        def call(self, service, method, request, timeout=10.0, **options):
             if service not in self.__dict__:
                 begin = time.monotonic()
                 getattr(self, service)
                 mark(f"open {service} channel + import its stub", begin)
             begin = time.monotonic()
             try:
-                return super().call(service, method, request, timeout=timeout)
+                return super().call(service, method, request, timeout=timeout, **options)
             finally:
                 mark(f"{service}.{method}", begin)
 
