@@ -179,7 +179,7 @@ def _read(path: Path) -> str:
         return handle.read()
 
 
-def _rmdir_when_empty(directory: Path, timeout: float) -> None:
+def rmdir_when_empty(directory: Path, timeout: float) -> None:
     """rmdir a cgroup, retrying while its last processes finish exiting (EBUSY)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -297,7 +297,7 @@ class CgroupV1:
 
     def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
         for directory in self.dirs():
-            _rmdir_when_empty(directory, timeout)
+            rmdir_when_empty(directory, timeout)
 
     def to_record(self) -> dict:
         return {"version": "v1", "root": str(self.root), "paths": self.paths}
@@ -376,7 +376,7 @@ class CgroupV2:
         return _last_change(self.dirs())
 
     def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
-        _rmdir_when_empty(self.path(), timeout)
+        rmdir_when_empty(self.path(), timeout)
 
     def to_record(self) -> dict:
         return {"version": "v2", "root": str(self.root), "path": self.cgroup}

@@ -30,6 +30,15 @@ def mydocker_cli(env: dict[str, str], *args: str, stdin: str | None = None, time
     )
 
 
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The failure contract: exit 1, nothing on stdout, exactly one `mydocker: ...` line on stderr."""
+    assert result.returncode == 1, f"exit {result.returncode}: {result.stdout!r} {result.stderr!r}"
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mydocker: "), result.stderr
+    return lines[0]
+
+
 def mounts_below(path: Path) -> list[str]:
     prefix = str(path)
     with open("/proc/self/mountinfo") as mountinfo:

@@ -29,6 +29,7 @@ import pytest
 
 from services.common.ctl import REPO
 from services.executor.cgroups import CgroupLayout, parse_proc_cgroup
+from tests.e2e.conftest import one_line_error
 
 pytestmark = pytest.mark.root
 
@@ -45,15 +46,6 @@ def mydocker_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
     return subprocess.run(
         [MYDOCKER, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
     )
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The failure contract: exit 1, nothing on stdout, exactly one `mydocker: ...` line on stderr."""
-    assert result.returncode == 1, f"exit {result.returncode}: {result.stdout!r} {result.stderr!r}"
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mydocker: "), result.stderr
-    return lines[0]
 
 
 def ps_table(host, *flags: str) -> dict[str, dict[str, str]]:

@@ -34,7 +34,7 @@ import pytest
 from services.executor.cgroups import CgroupLayout
 from tests import probe as probe_image
 from tests.conftest import ServiceTracker, temp_config_dir
-from tests.e2e.conftest import Host, running_host
+from tests.e2e.conftest import Host, one_line_error, running_host
 
 pytestmark = pytest.mark.root
 
@@ -766,22 +766,9 @@ def test_exec_user(host):
 # -- bad input -------------------------------------------------------------------------------------
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The failure contract: exit 1, nothing on stdout, exactly one `mydocker: ...` line on stderr."""
-    assert result.returncode == 1, f"exit {result.returncode}: {result.stdout!r} {result.stderr!r}"
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mydocker: "), result.stderr
-    return lines[0]
-
-
 def container_cgroups(host: Host) -> set[str]:
-    layout = CgroupLayout.from_host(parent=host.cgroup_parent)
-    return {
-        f"{directory}/{child}"
-        for directory in layout.parent_dirs() if directory.is_dir()
-        for child in os.listdir(directory) if (directory / child).is_dir()
-    }
+    """Container cgroups below the host's parent, in every hierarchy (the shims' own is not one)."""
+    return set(CgroupLayout.from_host(parent=host.cgroup_parent).child_names())
 
 
 def mounts_below(root: Path) -> list[str]:

@@ -19,6 +19,7 @@ import pytest
 from services.common.config import Config
 from services.common.ctl import REPO, read_pidfile
 from services.common.netnames import bridge_name, veth_name
+from tests.e2e.conftest import one_line_error
 from tests.netutil import free_port, free_subnets, host_networks, iptables_save
 
 pytestmark = pytest.mark.root
@@ -45,13 +46,6 @@ def link_exists(name: str) -> bool:
 
 def inspect(host, container_id: str) -> dict:
     return json.loads(host.mydocker("inspect", container_id).stdout)[0]
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mydocker: "), result.stderr
-    return lines[0]
 
 
 @contextmanager

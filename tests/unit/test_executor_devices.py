@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import itertools
 import json
 import os
@@ -12,7 +11,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.executor.cgroups import CgroupV1, CgroupV2
 from services.common.security import DeviceMapping, parse_device
+from services.executor.cgroups import rmdir_when_empty
 from services.executor.devices import (
     ALLOW_ALL,
     DEFAULT_ALLOWED,
@@ -478,21 +477,6 @@ def _assert_default_rules_enforced(results: dict[str, dict[str, str]]) -> None:
     }
 
 
-def _remove_cgroup(directory: Path) -> None:
-    # The child was reaped, but the kernel may take a moment to mark the cgroup unpopulated.
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            directory.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as err:
-            if err.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 @pytest.mark.root
 def test_v1_devices_cgroup_enforces_the_default_rules(scratch):
     assert (V1_DEVICES / "devices.allow").exists(), f"no cgroup v1 devices hierarchy at {V1_DEVICES}: needed here"
@@ -505,7 +489,7 @@ def test_v1_devices_cgroup_enforces_the_default_rules(scratch):
         assert listed == {format_v1(rule) for rule in DEFAULT_ALLOWED}
         results = _run_probes(directory / "cgroup.procs", scratch)
     finally:
-        _remove_cgroup(directory)
+        rmdir_when_empty(directory, timeout=5)
     assert not directory.exists()
     _assert_default_rules_enforced(results)
 
@@ -521,6 +505,6 @@ def test_v2_device_program_enforces_the_default_rules(scratch):
         apply(cgroup, DEFAULT_ALLOWED)
         results = _run_probes(directory / "cgroup.procs", scratch)
     finally:
-        _remove_cgroup(directory)
+        rmdir_when_empty(directory, timeout=5)
     assert not directory.exists()
     _assert_default_rules_enforced(results)
