@@ -14,7 +14,7 @@ import time
 import uuid
 
 from bench.common import REPO, summary, temp_roots
-from services.executor.cgroups import CgroupLayout
+from services.executor.cgroup_layout import CgroupLayout
 from tests.netutil import free_port, free_subnets
 
 

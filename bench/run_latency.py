@@ -602,7 +602,7 @@ def cleanup(base: Path, state: dict) -> None:
     left = cleanup_mounts_below(base)
     if left:
         say(f"warning: mounts were left below {base} (unmounted now): {left}")
-    from services.executor.cgroups import CgroupLayout
+    from services.executor.cgroup_layout import CgroupLayout
 
     if not CgroupLayout.from_host(parent=state["cgroup_parent"]).remove_parent():
         say(f"warning: cgroup parent {state['cgroup_parent']} is still in use and was not removed")

@@ -32,7 +32,6 @@ MIN_NANO_CPUS = NANO * 1000 // CPU_PERIOD_US
 # Docker's floor: below this the container's own init does not fit.
 MIN_MEMORY_BYTES = 6 * 1024 * 1024
 SHIMS_CGROUP = "shims"
-DEFAULT_PARENT = "mydocker"
 REMOVE_TIMEOUT = 5.0
 _CPUSET_LOCK = threading.Lock()
 
@@ -169,12 +168,12 @@ def join_cgroup_path(base: str, child: str) -> str:
     return "/" + "/".join(parts)
 
 
-def _write(path: Path, value: str) -> None:
+def write_value(path: Path, value: str) -> None:
     with open(path, "w") as handle:
         handle.write(value)
 
 
-def _read(path: Path) -> str:
+def read_value(path: Path) -> str:
     with open(path) as handle:
         return handle.read()
 
@@ -196,7 +195,7 @@ def rmdir_when_empty(directory: Path, timeout: float) -> None:
 
 def _procs(directory: Path) -> list[int]:
     try:
-        return [int(line) for line in _read(directory / "cgroup.procs").split()]
+        return [int(line) for line in read_value(directory / "cgroup.procs").split()]
     except FileNotFoundError:
         return []
 
@@ -263,14 +262,14 @@ class CgroupV1:
                 level.mkdir(exist_ok=True)
                 for name in ("cpuset.cpus", "cpuset.mems"):
                     target = level / name
-                    current = _read(target).strip() if target.exists() else ""
+                    current = read_value(target).strip() if target.exists() else ""
                     if not current:
-                        _write(target, _read(level.parent / name).strip())
+                        write_value(target, read_value(level.parent / name).strip())
 
     def apply(self, limits: Limits) -> None:
         has_memsw = "memory" in self.paths and (self.dir("memory") / "memory.memsw.limit_in_bytes").exists()
         for controller, name, value in v1_writes(limits, has_memsw):
-            _write(self.dir(controller) / name, value)
+            write_value(self.dir(controller) / name, value)
 
     def procs_files(self) -> list[str]:
         return [str(directory / "cgroup.procs") for directory in self.dirs()]
@@ -287,7 +286,7 @@ class CgroupV1:
         return str(self.dir("memory") / "memory.oom_control") if "memory" in self.paths else ""
 
     def cpu_usage_ns(self) -> int:
-        return int(_read(self.dir("cpuacct") / "cpuacct.usage"))
+        return int(read_value(self.dir("cpuacct") / "cpuacct.usage"))
 
     def exists(self) -> bool:
         return any(directory.exists() for directory in self.dirs())
@@ -336,14 +335,14 @@ class CgroupV2:
         self._enable_in(level)
 
     def _enable_in(self, level: Path) -> None:
-        available = set(_read(level / "cgroup.controllers").split()) if (level / "cgroup.controllers").exists() else set()
+        available = set(read_value(level / "cgroup.controllers").split()) if (level / "cgroup.controllers").exists() else set()
         subtree = level / "cgroup.subtree_control"
-        enabled = set(_read(subtree).split()) if subtree.exists() else set()
+        enabled = set(read_value(subtree).split()) if subtree.exists() else set()
         wanted = [c for c in V2_CONTROLLERS if c in available and c not in enabled]
         if not wanted:
             return
         try:
-            _write(subtree, " ".join(f"+{c}" for c in wanted))
+            write_value(subtree, " ".join(f"+{c}" for c in wanted))
         except OSError as err:
             if err.errno == errno.EBUSY:
                 raise FailedPrecondition(
@@ -355,7 +354,7 @@ class CgroupV2:
     def apply(self, limits: Limits) -> None:
         has_swap = (self.path() / "memory.swap.max").exists()
         for name, value in v2_writes(limits, has_swap):
-            _write(self.path() / name, value)
+            write_value(self.path() / name, value)
 
     def procs_files(self) -> list[str]:
         return [str(self.path() / "cgroup.procs")]
@@ -367,7 +366,7 @@ class CgroupV2:
         return str(self.path() / "memory.events")
 
     def cpu_usage_ns(self) -> int:
-        return parse_counter(_read(self.path() / "cpu.stat"), "usage_usec") * 1000
+        return parse_counter(read_value(self.path() / "cpu.stat"), "usage_usec") * 1000
 
     def exists(self) -> bool:
         return self.path().exists()
@@ -394,109 +393,6 @@ def cgroup_from_record(record: Mapping) -> Cgroup:
 def oom_kills(oom_file: str) -> int:
     """The OOM kill counter of a cgroup: `oom_kill N` in v1 memory.oom_control and v2 memory.events."""
     try:
-        return parse_counter(_read(Path(oom_file)), "oom_kill")
+        return parse_counter(read_value(Path(oom_file)), "oom_kill")
     except FileNotFoundError:
         return 0
-
-
-class CgroupLayout:
-    """Where container cgroups go: `<parent>/<id>` per hierarchy, shims in the `<parent>/shims` leaf.
-
-    `parent` is absolute (from each hierarchy's root) or relative to the executor's own cgroup,
-    never the root cgroup by default.
-    """
-
-    def __init__(self, root: Path, version: str, own: Mapping[str, str], parent: str | None = None):
-        self.root = Path(root)
-        self.version = "v2" if version == "v2" else "v1"
-        parent = parent or DEFAULT_PARENT
-        if self.version == "v2":
-            self.own = join_cgroup_path("/", own.get("", "/"))
-            self.parent = join_cgroup_path(self.own, parent)
-        else:
-            self.parents = {
-                c: join_cgroup_path(own.get(V1_PROC_KEYS.get(c, c), "/"), parent)
-                for c in V1_CONTROLLERS
-                if (self.root / c).exists()
-            }
-
-    @classmethod
-    def from_host(cls, root: Path = DEFAULT_CGROUP_ROOT, parent: str | None = None) -> "CgroupLayout":
-        own = parse_proc_cgroup(_read(Path("/proc/self/cgroup")))
-        return cls(root, detect_cgroup_mode(root), own, parent)
-
-    def prepare(self, pid: int) -> None:
-        """On v2, leave room for controllers below our own cgroup: move `pid` into an `executor` leaf.
-
-        The no-internal-process rule forbids enabling controllers for the children of a cgroup that
-        holds processes, and by default container cgroups live below the executor's own. Done only
-        when `pid` is alone there (a service unit of its own); otherwise enabling controllers fails
-        later with an error that names MYDOCKER_CGROUP_PARENT.
-        """
-        if self.version != "v2" or self.own == "/" or not self.parent.startswith(self.own + "/"):
-            return
-        own_dir = self.root / self.own.lstrip("/")
-        try:
-            members = [int(line) for line in _read(own_dir / "cgroup.procs").split()]
-        except FileNotFoundError:
-            return
-        if members != [pid]:
-            return
-        leaf = own_dir / "executor"
-        leaf.mkdir(exist_ok=True)
-        _write(leaf / "cgroup.procs", str(pid))
-
-    def _child(self, name: str) -> Cgroup:
-        if self.version == "v2":
-            return CgroupV2(self.root, f"{self.parent}/{name}")
-        return CgroupV1(self.root, {c: f"{p}/{name}" for c, p in self.parents.items()})
-
-    def container(self, container_id: str) -> Cgroup:
-        return self._child(container_id)
-
-    def shims(self) -> Cgroup:
-        return self._child(SHIMS_CGROUP)
-
-    def parent_dirs(self) -> list[Path]:
-        if self.version == "v2":
-            return [self.root / self.parent.lstrip("/")]
-        return CgroupV1(self.root, self.parents).dirs()
-
-    def parent_path(self) -> str:
-        """The parent from each hierarchy's root; on v1, hierarchies placed elsewhere are named after it."""
-        if self.version == "v2":
-            return self.parent
-        paths = list(self.parents.values())
-        if not paths:
-            return ""
-        common = max(paths, key=paths.count)
-        others = [f"{c}: {p}" for c, p in self.parents.items() if p != common]
-        return f"{common} ({', '.join(others)})" if others else common
-
-    def child_names(self) -> list[str]:
-        """Every cgroup directly below the parent in any hierarchy, the shims' own excepted; sorted."""
-        names: set[str] = set()
-        for directory in self.parent_dirs():
-            try:
-                entries = list(os.scandir(directory))
-            except FileNotFoundError:
-                continue
-            names.update(e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name != SHIMS_CGROUP)
-        return sorted(names)
-
-    def remove_parent(self) -> bool:
-        """rmdir the shims leaf and the parent once nothing uses them; False while something still does.
-
-        The executor never does this itself: another executor may share the parent (containers and
-        shims outlive it). Test teardowns and uninstall scripts call it.
-        """
-        for directory in [*self.shims().dirs(), *self.parent_dirs()]:
-            try:
-                directory.rmdir()
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                if err.errno in (errno.EBUSY, errno.ENOTEMPTY):
-                    return False
-                raise
-        return True

@@ -12,6 +12,7 @@ import resource
 from services.common import linux
 from services.executor import users
 
+# services.common.security's RLIM_INFINITY: that module (dataclasses, errors) is too heavy for init to import.
 RLIM_INFINITY = (1 << 64) - 1
 # statvfs flags that are also mount flags (same bits): a read-only remount must keep them.
 _KEPT_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
-import marshal
 import os
 import shutil
 import signal
@@ -19,40 +17,30 @@ from pathlib import Path
 
 import services
 from services.common.config import VERSION, Config
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MydockerError, NotFound
-from services.executor import netfiles, statefiles
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.executor import reconcile as reconcile_plan
-from services.executor.cgroups import Cgroup, CgroupLayout, cgroup_from_record
+from services.executor import statefiles
+from services.executor.cgroup_layout import CgroupLayout
+from services.executor.cgroups import Cgroup, cgroup_from_record
+from services.executor.core_create import CreateMixin
 from services.executor.core_reconcile import ReconcileMixin
 from services.executor.core_streams import StreamsMixin
-from services.executor.launcher_client import CREATE_TIMEOUT, ShimLauncher
-from services.executor.model import CreateSpec, ProcessState, ProcessStatus, ServiceInfo
+from services.executor.launcher_client import ShimLauncher
+from services.executor.model import ProcessState, ProcessStatus, ServiceInfo
 from services.executor.networking import Networking
-from services.executor import devices
-from services.executor.plan import (
-    NETWORK_DIR,
-    PYCACHE_DIR,
-    SECCOMP_DIR,
-    ContainerPlan,
-    build_plan,
-    check_container_id,
-    is_container_id,
-    tmpfs_mount,
-    validate,
-)
+from services.executor.plan import NETWORK_DIR, PYCACHE_DIR, SECCOMP_DIR, check_container_id, is_container_id
+from services.executor.processes import KILL_WAIT, LOST_EXIT_CODE, POLL_SECONDS, Notifier, await_exit, kill_members, send_signal
 from services.executor.profile import SecurityProfile
 from services.executor.security_setup import SecuritySetup
-from services.executor.processes import KILL_WAIT, LOST_EXIT_CODE, POLL_SECONDS, Notifier, await_exit, error_for, kill_members, send_signal
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = str(Path(services.__file__).resolve().parent.parent)
-START_TIMEOUT = 30.0
 SHIM_EXIT_WAIT = 2.0
 MAX_SIGNAL = 64
 
 
-class ExecutorCore(ReconcileMixin, StreamsMixin):
+class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin):
     def __init__(self, config: Config, layout: CgroupLayout, cgroup_mode: str, python: str = sys.executable):
         self._config = config
         self._layout = layout
@@ -216,184 +204,6 @@ class ExecutorCore(ReconcileMixin, StreamsMixin):
     def list_cgroups(self) -> tuple[list[str], str]:
         """Ids of every container cgroup below the parent (with or without state), and the parent itself."""
         return [name for name in self._layout.child_names() if is_container_id(name)], self._layout.parent_path()
-
-    # -- create and start ---------------------------------------------------------------------
-
-    def create(self, spec: CreateSpec) -> ProcessState:
-        directory = self._dir(spec.id)
-        cgroup = self._layout.container(spec.id)
-        confinement = self.security.container(spec.security)
-        plan = validate(
-            build_plan(
-                spec.id,
-                spec.hostname,
-                spec.rootfs_path,
-                spec.process.args,
-                spec.process.env,
-                cwd=spec.process.cwd,
-                terminal=spec.process.terminal,
-                stdin=spec.process.stdin,
-                stdio_mode=spec.stdio_mode.value,
-                limits=spec.limits,
-                cgroup_procs=cgroup.procs_files(),
-                cgroup_namespace=os.path.exists("/proc/self/ns/cgroup"),
-                extra_mounts=[tmpfs_mount(mount) for mount in spec.security.tmpfs],
-                security=confinement.profile,
-                extra_devices=confinement.device_nodes,
-            )
-        )
-        self._check_rootfs(plan.rootfs)
-        with self._lock(spec.id):
-            if directory.exists():
-                self._check_reusable(spec.id, directory)
-            try:
-                plan = self._prepare(plan, spec.ip_address, directory, cgroup, confinement.device_rules)
-                plan_json = plan.to_json()
-                statefiles.write_atomic(str(directory / statefiles.PLAN), plan_json)
-                self._spawn_shim(plan, plan_json, directory, cgroup, spec.window)
-                return self._await_created(spec.id, directory)
-            except BaseException as err:
-                # Leave nothing behind: no shim, no parked init, no cgroup, no state dir.
-                try:
-                    self._destroy(spec.id, directory)
-                except MydockerError as cleanup:
-                    raise FailedPrecondition(f"{err} (and cleaning up failed: {cleanup})") from err
-                raise
-
-    def _check_rootfs(self, rootfs: str) -> None:
-        """Only a rootfs storage prepared: a directory below <root>/overlay2, symlinks resolved, never / or the host's."""
-        if not os.path.isdir(rootfs):
-            raise InvalidArgument(f"rootfs_path {rootfs} is not a directory")
-        allowed = os.path.realpath(self._config.root / "overlay2")
-        if not os.path.realpath(rootfs).startswith(allowed + os.sep):
-            raise InvalidArgument(
-                f"rootfs_path {rootfs} is not below {allowed}: the executor runs only root filesystems storage prepared"
-            )
-
-    def _check_reusable(self, container_id: str, directory: Path) -> None:
-        """An id whose shim or init lives, or whose command ran and exited, belongs to a container.
-
-        Anything else is the debris of a create that never finished (the executor or the shim died
-        half-way, or the host rebooted before the start): cleaned, so a retried create succeeds.
-        """
-        shim_pid, shim_start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.SHIM_PID)))
-        pid, start = statefiles.parse_pid(statefiles.read_text(str(directory / statefiles.PID)))
-        exit_text = statefiles.read_text(str(directory / statefiles.EXIT))
-        never_ran = exit_text is not None and not statefiles.parse_exit(exit_text)["started"]
-        if statefiles.is_alive(shim_pid, shim_start) or statefiles.is_alive(pid, start) or (exit_text and not never_ran):
-            raise AlreadyExists(f"container {container_id} already exists in the executor: delete it first")
-        self._destroy(container_id, directory)
-
-    def _prepare(
-        self, plan: ContainerPlan, ip_address: str, directory: Path, cgroup: Cgroup, device_rules: tuple
-    ) -> ContainerPlan:
-        """Cgroup, state dir, fifos, log file and /etc files; returns the plan with those files' bind mounts."""
-        try:
-            self._layout.shims().create()
-            cgroup.create()
-            cgroup.apply(plan.limits)
-            # Before init joins: no process of the container ever sees the host's devices.
-            if device_rules:
-                devices.apply(cgroup, device_rules)
-        except OSError as err:
-            if err.errno in (errno.EINVAL, errno.ERANGE):
-                raise InvalidArgument(f"the host refused the cgroup limits: {err}") from None
-            raise FailedPrecondition(f"cannot set up the cgroup: {err}") from None
-        directory.mkdir(mode=0o700, parents=True)
-        statefiles.write_atomic(str(directory / statefiles.CGROUP), json.dumps(cgroup.to_record()))
-        os.mkfifo(directory / statefiles.START_FIFO, 0o600)
-        os.mkfifo(directory / statefiles.NOTIFY_FIFO, 0o600)
-        log_path = self.log_path(plan.id)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.touch(mode=0o640)
-        # Bind-mounted from here, as docker does: the image's own files stay as they are.
-        network_files = netfiles.write_network_files(directory, plan.hostname, ip_address)
-        return dataclasses.replace(plan, mounts=(*plan.mounts, *network_files))
-
-    def _spawn_shim(
-        self, plan, plan_json: str, directory: Path, cgroup: Cgroup, window: tuple[int, int] | None
-    ) -> None:
-        options = {
-            "state": str(directory),
-            "log": str(self.log_path(plan.id)),
-            "stdio": plan.stdio_mode,
-            "terminal": plan.terminal,
-            "stdin": plan.stdin,
-            "oom": cgroup.oom_file(),
-            "shim_procs": self._layout.shims().procs_files(),
-            "window": (window[0], window[1]) if window and plan.terminal else None,
-            # JSON's types only (dicts, lists, str, int, bool, None), so the init's marshal.loads sees what json would.
-            "plan": marshal.dumps(json.loads(plan_json)),
-        }
-        status = self._launcher.spawn(options)
-        if status != 0:
-            raise FailedPrecondition(f"the shim did not start (status {status}): see {directory / statefiles.SHIM_LOG}")
-
-    def _await_created(self, container_id: str, directory: Path) -> ProcessState:
-        with Notifier(directory) as notifier:
-            return self._await_created_notified(container_id, directory, notifier)
-
-    def _await_created_notified(self, container_id: str, directory: Path, notifier: Notifier) -> ProcessState:
-        deadline = time.monotonic() + CREATE_TIMEOUT
-        while True:
-            error = statefiles.read_text(str(directory / statefiles.ERROR))
-            if error:
-                raise error_for(error)
-            state = self._state(container_id)
-            if state.status == ProcessStatus.CREATED and state.pid:
-                return dataclasses.replace(state, security=self._profile(directory))
-            if state.status != ProcessStatus.CREATED:
-                raise FailedPrecondition(
-                    f"container {container_id} exited while being created: see {directory / statefiles.SHIM_LOG}"
-                )
-            if time.monotonic() > deadline:
-                raise FailedPrecondition(f"container {container_id} was not ready after {CREATE_TIMEOUT:.0f}s")
-            notifier.wait(deadline)
-
-    def start(self, container_id: str) -> ProcessState:
-        directory = self._dir(container_id)
-        with self._lock(container_id):
-            state = self._state(container_id)
-            if state.status == ProcessStatus.RUNNING:
-                raise FailedPrecondition(f"container {container_id} is already started (running): only a created container starts")
-            if state.status != ProcessStatus.CREATED or not state.pid:
-                raise FailedPrecondition(f"container {container_id} is {state.status.value}: only a created container starts")
-            with Notifier(directory) as notifier:
-                return self._start_notified(container_id, directory, state, notifier)
-
-    def _start_notified(
-        self, container_id: str, directory: Path, state: ProcessState, notifier: Notifier
-    ) -> ProcessState:
-        try:
-            fd = os.open(directory / statefiles.START_FIFO, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as err:
-            # ENXIO: nobody holds the fifo for reading, i.e. the parked init is gone.
-            raise FailedPrecondition(f"container {container_id} cannot start: its init is gone ({err.strerror})") from None
-        try:
-            os.write(fd, b"s")
-        finally:
-            os.close(fd)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            error = statefiles.read_text(str(directory / statefiles.ERROR))
-            if error:
-                raise error_for(error)
-            current = self._state(container_id)
-            if current.status != ProcessStatus.CREATED:
-                # It did exec: report the process that started, even if it has already exited since;
-                # WaitContainer tells how it ended.
-                return dataclasses.replace(
-                    current,
-                    status=ProcessStatus.RUNNING,
-                    pid=state.pid,
-                    pid_start_time=state.pid_start_time,
-                    exit_code=0,
-                    oom_killed=False,
-                    exited_at_ns=None,
-                )
-            if time.monotonic() > deadline:
-                raise FailedPrecondition(f"container {container_id} did not start within {START_TIMEOUT:.0f}s")
-            notifier.wait(deadline)
 
     # -- signals, wait, delete ----------------------------------------------------------------
 

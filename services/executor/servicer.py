@@ -13,7 +13,8 @@ from protos.executor.v1 import executor_pb2_grpc
 from services.common.config import Config
 from services.common.errors import InvalidArgument
 from services.executor import convert
-from services.executor.cgroups import DEFAULT_CGROUP_ROOT, CgroupLayout, detect_cgroup_mode
+from services.executor.cgroup_layout import CgroupLayout
+from services.executor.cgroups import DEFAULT_CGROUP_ROOT, detect_cgroup_mode
 from services.executor.core import ExecutorCore
 
 CGROUP_PARENT_ENV = "MYDOCKER_CGROUP_PARENT"

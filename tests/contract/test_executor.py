@@ -28,7 +28,8 @@ from protos.types.v1 import types_pb2
 from services.common.config import Config, unix_target
 from services.executor import statefiles
 from services.executor.__main__ import build
-from services.executor.cgroups import CgroupLayout, cgroup_from_record
+from services.executor.cgroup_layout import CgroupLayout
+from services.executor.cgroups import cgroup_from_record
 from tests.busybox import busybox_rootfs
 
 CODE = grpc.StatusCode

@@ -16,7 +16,7 @@ from protos.executor.v1 import executor_pb2, executor_pb2_grpc
 from protos.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.common.config import VERSION
 from services.executor.__main__ import build as build_executor
-from services.executor.cgroups import CgroupLayout
+from services.executor.cgroup_layout import CgroupLayout
 from services.storage.__main__ import build as build_storage
 
 

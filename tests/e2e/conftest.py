@@ -13,7 +13,7 @@ import pytest
 
 from services.common.config import Config
 from services.common.ctl import REPO, service_env
-from services.executor.cgroups import CgroupLayout
+from services.executor.cgroup_layout import CgroupLayout
 from tests.conftest import ServiceTracker
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from services.common.ctl import REPO
-from services.executor.cgroups import CgroupLayout, parse_proc_cgroup
+from services.executor.cgroup_layout import CgroupLayout
+from services.executor.cgroups import parse_proc_cgroup
 from tests.e2e.conftest import one_line_error
 
 pytestmark = pytest.mark.root

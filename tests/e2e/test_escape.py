@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from services.executor.cgroups import CgroupLayout
+from services.executor.cgroup_layout import CgroupLayout
 from tests import probe as probe_image
 from tests.conftest import ServiceTracker, temp_config_dir
 from tests.e2e.conftest import Host, one_line_error, running_host

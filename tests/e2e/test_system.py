@@ -21,7 +21,7 @@ from protos.storage.v1 import storage_pb2 as sto
 from protos.storage.v1 import storage_pb2_grpc
 from services.common import procinfo
 from services.common.config import Config, unix_target
-from services.executor.cgroups import CgroupLayout
+from services.executor.cgroup_layout import CgroupLayout
 
 pytestmark = pytest.mark.root
 

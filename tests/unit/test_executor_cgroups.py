@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.executor.cgroup_layout import CgroupLayout
 from services.executor.cgroups import (
-    CgroupLayout,
     CgroupV1,
     CgroupV2,
     Limits,
@@ -309,7 +309,7 @@ def test_v2_busy_parent_is_a_clear_error(v2_root, monkeypatch):
     def busy(path, value):
         raise OSError(errno.EBUSY, "Device or resource busy")
 
-    monkeypatch.setattr(cgroups, "_write", busy)
+    monkeypatch.setattr(cgroups, "write_value", busy)
     with pytest.raises(FailedPrecondition, match="MYDOCKER_CGROUP_PARENT"):
         CgroupV2(v2_root, "/held/mydocker/1").enable_controllers()
 
