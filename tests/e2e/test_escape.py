@@ -651,6 +651,31 @@ def test_read_only_rootfs_with_tmpfs(host):
     }
 
 
+# -- limits ----------------------------------------------------------------------------------------
+
+
+def limits_in(host: Host, *options: str) -> list[str]:
+    """Soft and hard open-file limits and the OOM score adjustment, in a container and in an exec of it."""
+    report = "ulimit -n; ulimit -Hn; cat /proc/self/oom_score_adj"
+    container = host.mydocker("run", "-d", *options, IMAGE, "sleep", "1000").stdout.strip()
+    try:
+        ran = host.mydocker("exec", container, "sh", "-c", f"{report}; cat /proc/1/oom_score_adj").stdout.split()
+    finally:
+        host.mydocker("rm", "-f", container)
+    return ran
+
+
+def test_ulimits_and_oom_score_reach_the_container_and_its_execs(host):
+    from services.executor.profile import DEFAULT_NOFILE, HostFacts
+
+    facts = HostFacts.read()
+    nofile = DEFAULT_NOFILE if facts.can_raise_limits or facts.nofile_hard >= DEFAULT_NOFILE else facts.nofile_hard
+    # Default: Docker's 1048576 where the services may grant it, else their own hard limit; OOM score 0.
+    assert limits_in(host) == [str(nofile), str(nofile), "0", "0"]
+    # Given: both the exec (the first three) and PID 1 (the last) carry the container's values.
+    assert limits_in(host, "--ulimit", "nofile=100:200", "--oom-score-adj", "500") == ["100", "200", "500", "500"]
+
+
 # -- devices ---------------------------------------------------------------------------------------
 
 
