@@ -17,8 +17,8 @@ COMMAND_CONTEXT = {"allow_interspersed_args": False}
 
 
 def run(
-    image: str = typer.Argument(..., help="Image name: a tar under <root>/image/."),
-    command: Optional[list[str]] = typer.Argument(None, help="Command and arguments to run as PID 1."),
+    image: str = typer.Argument(..., help="Image: name[:tag], name@digest or id (a tag is <root>/image/<name>.tar)."),
+    command: Optional[list[str]] = typer.Argument(None, help="Command and arguments (default: the image's Cmd)."),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Keep stdin attached."),
     tty: bool = typer.Option(False, "--tty", "-t", help="Give the command a terminal."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and print the id."),
@@ -50,6 +50,7 @@ def run(
     device: Optional[list[str]] = typer.Option(None, "--device", help="Host device HOST[:CONTAINER[:rwm]]; repeatable."),
     ulimit: Optional[list[str]] = typer.Option(None, "--ulimit", help="Resource limit NAME=SOFT[:HARD] (nofile=1024:2048); repeatable."),
     oom_score_adj: int = typer.Option(0, "--oom-score-adj", help="OOM score adjustment of the container, -1000..1000."),
+    entrypoint: Optional[str] = typer.Option(None, "--entrypoint", help="Replace the image's Entrypoint (\"\" clears it; its Cmd is dropped)."),
 ) -> None:
     """Create and start a container from IMAGE: `run -d -name c1 busybox top`, `run -it busybox sh`."""
     from cli import lifecycle, parse
@@ -59,8 +60,6 @@ def run(
 
     if detach and (interactive or tty):
         raise CliError("-d cannot be combined with -i or -t: run in the foreground with -it, or detached with -d")
-    if not command:
-        raise CliError(f"missing command: give the command to run after the image, e.g. mydocker run -it {image} sh")
     if cpu and cpus:
         raise CliError("give either --cpu (percent of one CPU) or --cpus (number of CPUs), not both")
     if network == "none":
@@ -72,7 +71,8 @@ def run(
         volumes = [parse.parse_volume(text) for text in volume or []]
         request = lifecycle.RunRequest(
             image=image,
-            command=list(command),
+            command=list(command) if command else None,
+            entrypoint=entrypoint,
             name=name,
             env=[parse.parse_env(text, dict(os.environ)) for text in env or []],
             volumes=[types_pb2.Volume(host_path=v.host_path, container_path=v.container_path, read_only=v.read_only) for v in volumes],
@@ -268,16 +268,21 @@ def rm(
 
 def commit(
     container: str = typer.Argument(..., help="Container id, name or unique id prefix."),
-    image: str = typer.Argument(..., help="Name of the image to write."),
-    replace: bool = typer.Option(False, "--replace", help="Overwrite an existing image of that name."),
+    image: str = typer.Argument(..., help="Name of the image to write (the seed's image/<name>.tar)."),
+    replace: bool = typer.Option(False, "--replace", help="Move the name if another image has it."),
+    change: Optional[list[str]] = typer.Option(None, "--change", "-c", help="Dockerfile instruction for the config: 'CMD [\"sh\"]', 'ENV A=1', WORKDIR, USER, ...; repeatable."),
+    message: str = typer.Option("", "--message", "-m", help="Commit message (the history comment)."),
+    author: str = typer.Option("", "--author", "-a", help="Author of the image."),
 ) -> None:
-    """Write a container's filesystem as a new image (volumes, /proc, /sys and /dev contents left out)."""
+    """A new image: the container's image plus one layer of its changes (volumes, /proc, /sys, /dev left out)."""
     from cli import lifecycle
     from protos.storage.v1 import storage_pb2
 
     services = Services()
     record = lifecycle.resolve(services, container)
-    request = storage_pb2.CommitContainerRequest(container_id=record.id, image=image, replace=replace)
+    request = storage_pb2.CommitContainerRequest(
+        container_id=record.id, image=image, replace=replace, changes=change or [], comment=message, author=author
+    )
     written = services.call("storage", "CommitContainer", request, timeout=600).image
     typer.echo(written.name)
 

@@ -53,7 +53,8 @@ class RunRequest:
     """Everything `mydocker run` was asked for, already parsed."""
 
     image: str
-    command: list[str]
+    # None: the image's default (Cmd, after its Entrypoint).
+    command: list[str] | None
     name: str = ""
     env: list[str] = field(default_factory=list)
     volumes: list[types_pb2.Volume] = field(default_factory=list)
@@ -69,6 +70,48 @@ class RunRequest:
     # (rows, cols) of the caller's terminal, for a -t container's first instant.
     window: tuple[int, int] | None = None
     security: types_pb2.SecurityOptions = field(default_factory=types_pb2.SecurityOptions)
+    # --entrypoint: None keeps the image's, "" clears it.
+    entrypoint: str | None = None
+
+
+def apply_image_config(services: Services, request: RunRequest) -> tuple[str, str, str]:
+    """Merge the image's config into the request (command, env, working dir, user), as docker run does.
+
+    Returns (image id, stop signal, the image's user or "").
+    """
+    from services.common import image_config
+    from services.common.errors import InvalidArgument
+
+    image = services.call("storage", "GetImage", sto.GetImageRequest(name=request.image, brief=True)).image
+    config = image_config_from_proto(image.config)
+    try:
+        resolved = image_config.resolve_run(
+            config, request.command, request.entrypoint, request.env, request.working_dir, request.security.user
+        )
+    except InvalidArgument as err:
+        raise CliError(f'image "{request.image}": {err}') from None
+    request.command = list(resolved.argv)
+    request.env = list(resolved.env)
+    request.working_dir = resolved.working_dir
+    if resolved.user and not request.security.user:
+        request.security.user = resolved.user
+    return image.id, config.stop_signal, resolved.user
+
+
+def image_config_from_proto(message: sto.ImageConfig):
+    from services.common.image_config import ImageConfig
+
+    return ImageConfig(
+        entrypoint=tuple(message.entrypoint.values) if message.HasField("entrypoint") else None,
+        cmd=tuple(message.cmd.values) if message.HasField("cmd") else None,
+        env=tuple(message.env),
+        working_dir=message.working_dir,
+        user=message.user,
+        exposed_ports=tuple(message.exposed_ports),
+        stop_signal=message.stop_signal,
+        labels=tuple(sorted(message.labels.items())),
+        volumes=tuple(message.volumes),
+    )
 
 
 def this_process() -> st.Owner:
@@ -145,7 +188,10 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
     `attach(id)` is called after the process exists but before it starts, so no output is lost;
     it returns the function that pumps the stream until the exit code arrives.
     """
+    image_id, stop_signal, _ = apply_image_config(services, request)
     spec = st.CreateContainerRequest(
+        image_id=image_id,
+        stop_signal=stop_signal,
         name=request.name,
         image=request.image,
         command=request.command,
@@ -170,7 +216,9 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
         if container.network:
             allocate = st.AllocateAddressRequest(network=container.network, container_id=container.id)
             address = step("allocating an address", lambda: services.call("state", "AllocateAddress", allocate))
-        prepare = sto.PrepareRootfsRequest(container_id=container.id, image=container.image, volumes=container.volumes)
+        prepare = sto.PrepareRootfsRequest(
+            container_id=container.id, image=container.image, volumes=container.volumes, image_id=container.image_id
+        )
         rootfs = step(
             "preparing the rootfs", lambda: services.call("storage", "PrepareRootfs", prepare, timeout=600).rootfs
         )
@@ -266,7 +314,7 @@ def stop(services: Services, reference: str, timeout: float) -> st.Container:
     container = resolve_synced(services, reference)
     if container.status != st.CONTAINER_STATUS_RUNNING:
         return container
-    process = _terminate(services, container.id, timeout)
+    process = _terminate(services, container.id, timeout, stop_signal_number(container.stop_signal))
     container = record_exit(services, container, process, stopped=True)
     if container.auto_remove:
         remove_stopped(services, container)
@@ -281,8 +329,21 @@ def _kill(services: Services, container_id: str, signum: int) -> None:
         pass
 
 
-def _terminate(services: Services, container_id: str, timeout: float) -> ex.ContainerProcess:
-    _kill(services, container_id, signals.SIGTERM)
+def stop_signal_number(name: str) -> int:
+    """The image's StopSignal as a number; SIGTERM when none (or one this host does not know)."""
+    from services.common.errors import InvalidArgument
+    from services.common.image_config import signal_number
+
+    if not name:
+        return signals.SIGTERM
+    try:
+        return signal_number(name)
+    except InvalidArgument:
+        return signals.SIGTERM
+
+
+def _terminate(services: Services, container_id: str, timeout: float, first: int = signals.SIGTERM) -> ex.ContainerProcess:
+    _kill(services, container_id, first)
     try:
         return _wait(services, container_id, timeout)
     except TimeoutError:

@@ -131,6 +131,8 @@ def spec_from_proto(request: state_pb2.CreateContainerRequest) -> ContainerSpec:
         stdin_open=request.stdin_open,
         auto_remove=request.auto_remove,
         security=security_from_proto(request.security),
+        image_id=request.image_id,
+        stop_signal=request.stop_signal,
     )
 
 
@@ -164,6 +166,8 @@ def container_to_proto(container: Container) -> state_pb2.Container:
         error=container.error,
         owner=owner_to_proto(container.owner),
         security=security_to_proto(container.security),
+        image_id=container.image_id,
+        stop_signal=container.stop_signal,
     )
 
 

@@ -148,6 +148,8 @@ class StateCore:
                 stdin_open=spec.stdin_open,
                 auto_remove=spec.auto_remove,
                 security=spec.security,
+                image_id=spec.image_id,
+                stop_signal=spec.stop_signal,
                 status=ContainerStatus.CREATED,
                 created_at=self._clock(),
                 owner=owner,

@@ -95,6 +95,8 @@ class ContainerSpec:
     stdin_open: bool = False
     auto_remove: bool = False
     security: SecurityOptions = SecurityOptions()
+    image_id: str = ""
+    stop_signal: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,9 @@ class Container:
     # Set only while CREATED (the creator) or REMOVING (the remover): work in progress while it lives.
     owner: Owner | None = None
     security: SecurityOptions = SecurityOptions()
+    # The image id `image` named at creation ("" for older records) and the image's StopSignal.
+    image_id: str = ""
+    stop_signal: str = ""
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,11 @@ class ServiceInfo:
 
 CONTAINER_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 NETWORK_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
-IMAGE_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}")
+# An image reference as the user gave it (name[:tag], name@sha256:..., an id or id prefix); storage
+# resolves it, this only keeps out what no reference can hold.
+IMAGE_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.:/@+-]{0,319}")
+IMAGE_ID_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+SIGNAL_NAME_PATTERN = re.compile(r"[A-Z0-9+-]{1,16}")
 # Same alphabet as container names so that the default hostname (the name) is always valid.
 HOSTNAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 HOSTNAME_MAX_LENGTH = 63
@@ -231,11 +240,21 @@ def validate_network_name(name: str) -> None:
 
 
 def validate_image_name(image: str) -> None:
-    if not IMAGE_NAME_PATTERN.fullmatch(image) or ".." in image:
+    if not IMAGE_NAME_PATTERN.fullmatch(image) or ".." in image or "//" in image:
         raise InvalidArgument(
-            f'invalid image name "{image}": use 1-128 characters [a-zA-Z0-9_.:-], '
-            'starting with a letter or digit, without ".."'
+            f'invalid image reference "{image}": use 1-320 characters [a-zA-Z0-9_.:/@+-], '
+            'starting with a letter or digit, without ".." or "//"'
         )
+
+
+def validate_image_id(image_id: str) -> None:
+    if not IMAGE_ID_PATTERN.fullmatch(image_id):
+        raise InvalidArgument(f'invalid image id "{image_id}": expected sha256:<64 hex digits>')
+
+
+def validate_stop_signal(name: str) -> None:
+    if not SIGNAL_NAME_PATTERN.fullmatch(name):
+        raise InvalidArgument(f'invalid stop signal "{name}": use a signal name like SIGTERM or a number')
 
 
 def validate_command(command: Sequence[str]) -> None:
@@ -326,6 +345,8 @@ def validate_working_dir(working_dir: str) -> None:
 _SPEC_CHECKS: tuple[tuple[str, Callable[[object], None], bool], ...] = (
     ("name", validate_container_name, True),
     ("image", validate_image_name, False),
+    ("image_id", validate_image_id, True),
+    ("stop_signal", validate_stop_signal, True),
     ("command", validate_command, False),
     ("env", validate_env, False),
     ("volumes", validate_volumes, False),

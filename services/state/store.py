@@ -88,6 +88,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: security options (issue #10), as JSON of the fields that differ from the defaults; older rows: defaults.
     ("ALTER TABLE containers ADD COLUMN security TEXT NOT NULL DEFAULT '{}'",),
+    # 4: the image id and the image's stop signal (issue #11); older rows: "" for both.
+    (
+        "ALTER TABLE containers ADD COLUMN image_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE containers ADD COLUMN stop_signal TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -97,6 +102,7 @@ _CONTAINER_COLUMNS = (
     "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "status",
     "created_at", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid",
     "exit_code", "oom_killed", "error", "owner_pid", "owner_pid_start_time", "security",
+    "image_id", "stop_signal",
 )
 # The only columns that change after creation; everything else is immutable by contract.
 _CONTAINER_MUTABLE_COLUMNS = (
@@ -136,6 +142,8 @@ def _container_to_row(container: Container) -> dict[str, object]:
         "owner_pid": container.owner.pid if container.owner else 0,
         "owner_pid_start_time": container.owner.pid_start_time if container.owner else 0,
         "security": json.dumps(security_to_dict(container.security)),
+        "image_id": container.image_id,
+        "stop_signal": container.stop_signal,
     }
 
 
@@ -169,6 +177,8 @@ def _row_to_container(row: sqlite3.Row) -> Container:
         error=row["error"],
         owner=Owner(row["owner_pid"], row["owner_pid_start_time"]) if row["owner_pid"] else None,
         security=security_from_dict(json.loads(row["security"])),
+        image_id=row["image_id"],
+        stop_signal=row["stop_signal"],
     )
 
 

@@ -131,7 +131,8 @@ class TreeWriter:
         info.uname = info.gname = ""
         info.mode = stat.S_IMODE(st.st_mode)
         info.mtime = st.st_mtime_ns // 1_000_000_000
-        proc_path = f"/proc/self/fd/{fd}" + (f"/{name}" if name is not None else "")
+        # A directory's own fd: lgetxattr of "/proc/self/fd/N" would read the magic link, not the directory.
+        xattr_source: int | str = fd if name is None else f"/proc/self/fd/{fd}/{name}"
         mode = st.st_mode
         data: _ExactReader | None = None
         file_fd = -1
@@ -166,19 +167,24 @@ class TreeWriter:
             log.info("skipping socket %s", info.name)
             return
         try:
-            if info.type != tarfile.LNKTYPE:
-                for key, value in self._xattrs(proc_path):
-                    info.pax_headers[f"{tarsafe.XATTR_PREFIX}{key}"] = value.decode("utf-8", "surrogateescape")
-            self._tar.addfile(info, data)
-            self.members += 1
+            self._write(info, data, [] if info.type == tarfile.LNKTYPE else self._xattrs(xattr_source))
         finally:
             if file_fd >= 0:
                 os.close(file_fd)
 
+    def _write(self, info: tarfile.TarInfo, data: _ExactReader | None, xattrs: list[tuple[str, bytes]]) -> None:
+        """Write one member with its xattrs; a subclass may change, add or drop members here."""
+        for key, value in xattrs:
+            info.pax_headers[f"{tarsafe.XATTR_PREFIX}{key}"] = value.decode("utf-8", "surrogateescape")
+        self._tar.addfile(info, data)
+        self.members += 1
+
     @staticmethod
-    def _xattrs(proc_path: str) -> list[tuple[str, bytes]]:
+    def _xattrs(source: int | str) -> list[tuple[str, bytes]]:
+        """The xattrs of an open directory (an fd) or of a path that is never followed."""
+        follow = isinstance(source, int)  # an fd cannot be combined with follow_symlinks=False
         try:
-            names = sorted(os.listxattr(proc_path, follow_symlinks=False))
+            names = sorted(os.listxattr(source, follow_symlinks=follow))
         except OSError as err:
             if err.errno in (errno.ENOTSUP, errno.ENOENT):
                 return []
@@ -186,7 +192,7 @@ class TreeWriter:
         values = []
         for key in names:
             try:
-                values.append((key, os.getxattr(proc_path, key, follow_symlinks=False)))
+                values.append((key, os.getxattr(source, key, follow_symlinks=follow)))
             except OSError as err:
                 if err.errno not in (errno.ENODATA, errno.ENOENT):
                     raise

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from protos.storage.v1 import storage_pb2
 from protos.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
+from services.common.image_config import HistoryEntry, ImageConfig, parse_created
 from services.storage.model import Image, LayerUsage, Mount, Rootfs, RootfsUsage, Usage, Volume, VolumeUsage
 
 
@@ -18,13 +19,55 @@ def timestamp(seconds: float) -> Timestamp:
     return stamp
 
 
+def _string_list(values: tuple[str, ...] | None) -> storage_pb2.StringList | None:
+    return None if values is None else storage_pb2.StringList(values=values)
+
+
+def image_config_to_proto(config: ImageConfig) -> storage_pb2.ImageConfig:
+    return storage_pb2.ImageConfig(
+        entrypoint=_string_list(config.entrypoint),
+        cmd=_string_list(config.cmd),
+        env=config.env,
+        working_dir=config.working_dir,
+        user=config.user,
+        exposed_ports=config.exposed_ports,
+        stop_signal=config.stop_signal,
+        labels=dict(config.labels),
+        volumes=config.volumes,
+    )
+
+
+def history_to_proto(entry: HistoryEntry) -> storage_pb2.HistoryEntry:
+    return storage_pb2.HistoryEntry(
+        created_at=timestamp(parse_created(entry.created)),
+        created_by=entry.created_by,
+        comment=entry.comment,
+        empty_layer=entry.empty_layer,
+        author=entry.author,
+    )
+
+
 def image_to_proto(image: Image) -> storage_pb2.Image:
     return storage_pb2.Image(
         name=image.name,
         size_bytes=image.size_bytes,
         created_at=timestamp(image.created_at),
-        digest=image.digest,
+        digest=image.id,
         container_ids=image.container_ids,
+        id=image.id,
+        repo_tags=image.repo_tags,
+        repo_digests=image.repo_digests,
+        config=image_config_to_proto(image.spec.config),
+        layers=[
+            storage_pb2.ImageLayer(
+                digest=layer.digest, diff_id=layer.diff_id, size_bytes=layer.size, media_type=layer.media_type
+            )
+            for layer in image.layers
+        ],
+        architecture=image.spec.architecture,
+        os=image.spec.os,
+        history=[history_to_proto(entry) for entry in image.spec.history],
+        author=image.spec.author,
     )
 
 
@@ -48,6 +91,7 @@ def rootfs_to_proto(rootfs: Rootfs) -> storage_pb2.Rootfs:
         mounts=[mount_to_proto(mount) for mount in rootfs.mounts],
         mounted=rootfs.mounted,
         volumes=[volume_to_proto(volume) for volume in rootfs.volumes],
+        image_id=rootfs.image_id,
     )
 
 
@@ -76,20 +120,20 @@ def usage_to_proto(usage: Usage) -> storage_pb2.GetUsageResponse:
     )
 
 
-def split_import(requests: Iterable[storage_pb2.ImportImageRequest]) -> tuple[storage_pb2.ImportImageHeader, Iterator[bytes]]:
-    """The header (first message) and a lazy iterator over the chunks that follow it."""
+def split_import(requests: Iterable, rpc: str = "ImportImage") -> tuple[storage_pb2.ImportImageHeader, Iterator[bytes]]:
+    """The header (first message) and a lazy iterator over the chunks that follow it (ImportImage, LoadImage)."""
     iterator = iter(requests)
     first = next(iterator, None)
     if first is None or first.WhichOneof("part") != "header":
-        raise InvalidArgument("ImportImage: the first message must be the header")
+        raise InvalidArgument(f"{rpc}: the first message must be the header")
     header = first.header
 
     def chunks() -> Iterator[bytes]:
         for message in iterator:
             if message.WhichOneof("part") != "chunk":
-                raise InvalidArgument("ImportImage: only chunks may follow the header")
+                raise InvalidArgument(f"{rpc}: only chunks may follow the header")
             if header.source_path:
-                raise InvalidArgument("ImportImage: the header names a source path, so no chunks may follow")
+                raise InvalidArgument(f"{rpc}: the header names a source path, so no chunks may follow")
             yield message.chunk
 
     return header, chunks()

@@ -20,11 +20,12 @@ from services.common.config import VERSION, Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.storage import commit as commit_mod
 from services.storage import mountinfo, reconcile
+from services.storage.core_images import ImagesMixin
 from services.storage.fsutil import disk_usage
-from services.storage.images import ImageStore, require_name
+from services.storage.imagedb import ImageRecord
+from services.storage.images import ImageStore
 from services.storage.layers import LayerStore
 from services.storage.model import (
-    Image,
     LayerUsage,
     PruneResult,
     Rootfs,
@@ -36,21 +37,22 @@ from services.storage.model import (
     VolumeUsage,
 )
 from services.storage.paths import StoragePaths, validate_container_id
-from services.storage.rootfs import RootfsStore, new_record, overlay_mount, planned_mounts
+from services.storage.rootfs import RootfsStore, new_record
 from services.storage.volumes import normalize_volumes
 
 log = logging.getLogger(__name__)
 
 
-class StorageCore:
+class StorageCore(ImagesMixin):
     def __init__(self, config: Config):
         self.config = config
         self.paths = StoragePaths.at(config.root)
         self.stats = Stats()
-        self.images = ImageStore(self.paths, self.stats)
-        self.layers = LayerStore(self.paths, self.stats)
-        self.rootfs = RootfsStore(self.paths)
         self._catalog = threading.RLock()
+        self.images = ImageStore(self.paths, self.stats, self._catalog)
+        self.layers = LayerStore(self.paths, self.stats)
+        self.images.unpack = self._unpack_all
+        self.rootfs = RootfsStore(self.paths)
         self._id_locks: dict[str, threading.Lock] = {}
         self._id_locks_guard = threading.Lock()
 
@@ -60,9 +62,23 @@ class StorageCore:
         """Create the directories and remove what a crash left behind (reconcile.py); call once before serving."""
         for directory in (self.paths.images, self.paths.layer_store, self.paths.overlay):
             directory.mkdir(parents=True, exist_ok=True)
+        self.images.start()
         snapshot = reconcile.scan(self.paths, self._has_complete_record)
         removed = reconcile.apply(reconcile.plan(snapshot), self.rootfs.unmount_tree)
-        log.info("reconciled %s: %d leftover(s) removed", self.paths.root, len(removed))
+        orphans = self.collect_blobs()
+        log.info("reconciled %s: %d leftover(s) and %d unused blob(s) removed", self.paths.root, len(removed), len(orphans))
+
+    def collect_blobs(self) -> list[str]:
+        """Delete blobs no image record names: what a load, pull or commit killed midway left.
+
+        Only safe while nothing writes blobs: at service start, before serving.
+        """
+        with self._catalog:
+            used = self.images.blobs_in_use(self.images.db.records())
+            doomed = [digest for digest in self.images.content.list() if digest not in used]
+            for digest in doomed:
+                self.images.content.delete(digest)
+        return doomed
 
     def _has_complete_record(self, container_id: str) -> bool:
         return self.rootfs.read(container_id) is not None
@@ -79,70 +95,16 @@ class StorageCore:
             "version": VERSION,
             "root": str(self.config.root),
             "driver": "overlay2",
-            "images": len(self.images.names()),
+            "images": len(set(self.images.tags_by_id()) | set(self.images.db.ids())),
             "rootfs_count": len(self.rootfs.ids()),
             "pid": os.getpid(),
         }
-
-    # -- images ------------------------------------------------------------------------------
-
-    def _users(self) -> dict[str, list[str]]:
-        """Image name -> ids of the rootfs prepared from it."""
-        users: dict[str, list[str]] = {}
-        for record in self.rootfs.records():
-            users.setdefault(record.image, []).append(record.container_id)
-        return users
-
-    def _with_users(self, image: Image, users: dict[str, list[str]]) -> Image:
-        return Image(image.name, image.size_bytes, image.created_at, image.digest, tuple(users.get(image.name, ())))
-
-    def list_images(self) -> list[Image]:
-        users = self._users()
-        return [self._with_users(image, users) for image in self.images.list()]
-
-    def get_image(self, name: str) -> Image:
-        require_name(name)
-        return self._with_users(self.images.get(name), self._users())
-
-    def remove_image(self, name: str) -> Image:
-        require_name(name)
-        with self._catalog:
-            image = self.images.get(name)
-            users = self._users().get(name, [])
-            if users:
-                raise FailedPrecondition(
-                    f'image "{name}" is used by container(s) {", ".join(users)}: remove them first'
-                )
-            return self.images.remove(name)
-
-    def import_image(
-        self, name: str, replace: bool, chunks: Iterable[bytes] | None, source_path: str = "", expected_size: int = 0
-    ) -> Image:
-        """Store a tar as image `name`: written hidden, checked, then published atomically."""
-        require_name(name)
-        self.images.check_absent(name, replace)
-        with self.images.staged(name) as staged:
-            if source_path:
-                self.images.copy_from(staged.writer, source_path)
-            else:
-                self.images.receive(staged.writer, chunks or ())
-            if staged.size == 0:
-                raise InvalidArgument(f'image "{name}": the tar is empty')
-            if expected_size and staged.size != expected_size:
-                raise InvalidArgument(
-                    f'image "{name}": received {staged.size} bytes but {expected_size} were announced (interrupted upload?)'
-                )
-            self.images.validate_tar(staged, name)
-            with self._catalog:
-                image = self.images.publish(staged, name, replace)
-        log.info("imported image %s (%d bytes, %s)", name, image.size_bytes, image.digest)
-        return self._with_users(image, self._users())
 
     # -- rootfs ------------------------------------------------------------------------------
 
     def _to_rootfs(self, record: RootfsRecord, mounted: bool, mounts=None) -> Rootfs:
         paths = self.rootfs.paths(record.container_id)
-        planned = mounts if mounts is not None else planned_mounts(paths, record, self.rootfs.supported)
+        planned = mounts if mounts is not None else self.rootfs.planned(record)
         return Rootfs(
             container_id=record.container_id,
             image=record.image,
@@ -150,10 +112,11 @@ class StorageCore:
             mounts=tuple(planned),
             mounted=mounted,
             volumes=record.volumes,
+            image_id=record.image_id,
         )
 
-    def prepare_rootfs(self, container_id: str, image: str, volumes: Iterable[Volume]) -> Rootfs:
-        """Create and mount overlay2/<id> from `image`, with `volumes` bind-mounted inside.
+    def prepare_rootfs(self, container_id: str, image: str, volumes: Iterable[Volume], image_id: str = "") -> Rootfs:
+        """Create and mount overlay2/<id> from `image` (exactly `image_id` when given), with `volumes` inside.
 
         For an id whose complete rootfs exists already, the request is a retry when it names the same
         image and the same volumes: the existing rootfs is returned (mounted again if a reboot unmounted
@@ -163,21 +126,22 @@ class StorageCore:
         RemoveRootfs clears it.
         """
         validate_container_id(container_id)
-        require_name(image)
+        if not image:
+            raise InvalidArgument("the image reference is required")
         volumes = normalize_volumes(volumes)
         with self._container_lock(container_id):
             record = self.rootfs.read(container_id)
             if record is not None:
-                return self._reprepare(record, image, volumes)
+                return self._reprepare(record, image, image_id, volumes)
             if self.rootfs.exists(container_id):
                 raise FailedPrecondition(
                     f"container {container_id}: {self.rootfs.paths(container_id).dir} exists without a record "
                     "(an interrupted removal?): remove the rootfs first"
                 )
-            return self._prepare_new(container_id, image, volumes)
+            return self._prepare_new(container_id, image, image_id, volumes)
 
-    def _reprepare(self, record: RootfsRecord, image: str, volumes: tuple[Volume, ...]) -> Rootfs:
-        if record.image != image:
+    def _reprepare(self, record: RootfsRecord, image: str, image_id: str, volumes: tuple[Volume, ...]) -> Rootfs:
+        if record.image != image or (image_id and record.image_id and record.image_id != image_id):
             raise AlreadyExists(
                 f'container {record.container_id}: a rootfs prepared from image "{record.image}", not "{image}", '
                 "exists already: remove it first"
@@ -188,51 +152,48 @@ class StorageCore:
             )
         return self._ensure_mounted(record)
 
-    def _prepare_new(self, container_id: str, image: str, volumes: tuple[Volume, ...]) -> Rootfs:
-        for _ in range(3):
-            opened = self.images.open(image)  # NotFound; hashes once if the digest is not cached
-            try:
-                with self._catalog:
-                    if not self.images.is_current(opened):
-                        continue  # removed or replaced since we opened it: look again
-                    # The record exists from here on: RemoveImage refuses, PruneLayers keeps the layer.
-                    record = new_record(container_id, image, opened.digest, volumes)
-                    self.rootfs.create(record)
-                try:
-                    self.layers.ensure(opened.digest, opened.file, f'image "{image}"')
-                    performed = self.rootfs.mount(record)
-                except BaseException:
-                    self.rootfs.remove(container_id)
-                    raise
-            finally:
-                opened.close()
-            log.info("prepared rootfs %s from %s (%s)", container_id, image, opened.digest)
-            return self._to_rootfs(record, True, performed)
-        raise FailedPrecondition(f'image "{image}" keeps changing while container {container_id} is prepared: retry')
-
-    def _ensure_layer(self, record: RootfsRecord) -> None:
-        """Re-extract a layer that vanished (deleted by hand) if the image still has that content."""
-        if self.layers.get(record.digest) is not None:
-            return
-        try:
-            opened = self.images.open(record.image)
-        except NotFound:
-            raise FailedPrecondition(
-                f"container {record.container_id}: its layer {record.digest} and image "
-                f'"{record.image}" are both gone'
-            ) from None
-        try:
-            if opened.digest != record.digest:
+    def _prepare_new(self, container_id: str, image: str, image_id: str, volumes: tuple[Volume, ...]) -> Rootfs:
+        with self._catalog:
+            chosen = self.images.resolve(image)  # NotFound; loads a hand-made tag file once
+            if image_id and chosen.id != image_id:
                 raise FailedPrecondition(
-                    f'container {record.container_id}: its layer {record.digest} is gone and image "{record.image}" '
-                    "now has other content"
+                    f'image "{image}" changed (now {chosen.id[:19]}, not {image_id[:19]}) while container '
+                    f"{container_id} was created: retry"
                 )
-            self.layers.ensure(opened.digest, opened.file, f'image "{record.image}"')
-        finally:
-            opened.close()
+            # The record exists from here on: RemoveImage refuses, PruneLayers keeps the layers.
+            record = new_record(container_id, image, chosen.id, chosen.diff_ids, volumes)
+            self.rootfs.create(record)
+        try:
+            self._ensure_layers(record, chosen)
+            performed = self.rootfs.mount(record)
+        except BaseException:
+            self.rootfs.remove(container_id)
+            raise
+        log.info("prepared rootfs %s from %s (%s)", container_id, image, chosen.id)
+        return self._to_rootfs(record, True, performed)
+
+    def _ensure_layers(self, record: RootfsRecord, image: ImageRecord | None = None) -> None:
+        """Unpack the layers of a rootfs that are not there (first use, or deleted by hand) from the image's blobs."""
+        missing = [diff_id for diff_id in record.layers if self.layers.get(diff_id) is None]
+        if not missing:
+            return
+        if image is None:
+            image = self.images.db.get(record.image_id) if record.image_id else None
+            if image is None:
+                image = next((item for item in self.images.db.records() if item.diff_ids == record.layers), None)
+        if image is None or image.diff_ids != record.layers:
+            raise FailedPrecondition(
+                f"container {record.container_id}: its layer(s) {', '.join(missing)} are gone and no image "
+                f'has them any more (image "{record.image}")'
+            )
+        for layer in image.layers:
+            if layer.diff_id in missing:
+                self.layers.ensure(
+                    layer.diff_id, lambda digest=layer.digest: self.images.content.open(digest), f'image "{record.image}"'
+                )
 
     def _ensure_mounted(self, record: RootfsRecord) -> Rootfs:
-        self._ensure_layer(record)
+        self._ensure_layers(record)
         self.rootfs.repair(record)
         performed = self.rootfs.mount(record)
         return self._to_rootfs(record, True, performed)
@@ -280,25 +241,12 @@ class StorageCore:
         if self.rootfs.is_mounted(container_id):
             view = commit_mod.detached_view(self.paths.tmp, str(paths.merged), None)
         else:
-            self._ensure_layer(record)
+            self._ensure_layers(record)
             self.rootfs.repair(record)
-            options = overlay_mount(paths, self.rootfs.supported).options
+            options = self.rootfs.overlay(record).options
             view = commit_mod.detached_view(self.paths.tmp, None, ",".join(options))
         with view as fd:
             yield fd
-
-    def commit(self, container_id: str, image: str, replace: bool) -> Image:
-        validate_container_id(container_id)
-        require_name(image)
-        self.images.check_absent(image, replace)
-        started = time.monotonic()
-        with self._container_lock(container_id):
-            with self._view(container_id) as root_fd, self.images.staged(image) as staged:
-                members = commit_mod.write_tree(root_fd, staged.writer)
-                with self._catalog:
-                    published = self.images.publish(staged, image, replace)
-        log.info("committed %s as %s: %d members in %.2fs", container_id, image, members, time.monotonic() - started)
-        return self._with_users(published, self._users())
 
     def export(self, container_id: str) -> Iterator[bytes]:
         """Chunks of the same tar as commit; the view is taken under the container lock, then streamed."""
@@ -323,24 +271,8 @@ class StorageCore:
     def list_volumes(self) -> list[VolumeUsage]:
         return self._volume_usage(self.rootfs.records())
 
-    def _hash_unhashed_images(self) -> set[str]:
-        """Digests of every image, hashing (once: then cached) those never hashed or changed since.
-
-        A hand-dropped or touched tar has no cached digest; without this, its layer would look
-        unused to PruneLayers and unshared to GetUsage.
-        """
-        digests = set()
-        for image in self.images.list():
-            if image.digest:
-                digests.add(image.digest)
-                continue
-            try:
-                opened = self.images.open(image.name)
-            except NotFound:
-                continue  # removed since it was listed
-            opened.close()
-            digests.add(opened.digest)
-        return digests
+    def _image_layers(self) -> set[str]:
+        return {diff_id for image in self.images.db.records() for diff_id in image.diff_ids}
 
     def usage(self) -> Usage:
         """Images, each layer once (with its images and rootfs users), each rootfs' upper, volumes.
@@ -348,18 +280,17 @@ class StorageCore:
         Every directory in overlay2 is counted, record-less ones too (with rootfs_count of the
         layers they sit on), so the total is what the disk holds.
         """
-        self._hash_unhashed_images()
         records = self.rootfs.records()
         images = self.list_images()
-        lowers = self._lower_digest_by_id()
+        by_rootfs = self._layers_by_id()
         layers = []
         for layer in self.layers.list():
             layers.append(
                 LayerUsage(
                     digest=layer.digest,
                     size_bytes=layer.size_bytes,
-                    images=tuple(image.name for image in images if image.digest == layer.digest),
-                    rootfs_count=sum(1 for digest in lowers.values() if digest == layer.digest),
+                    images=tuple(image.id for image in images if layer.digest in image.spec.diff_ids),
+                    rootfs_count=sum(1 for stack in by_rootfs.values() if layer.digest in stack),
                 )
             )
         rootfs = [
@@ -368,29 +299,31 @@ class StorageCore:
         ]
         return Usage(tuple(images), tuple(layers), tuple(rootfs), tuple(self._volume_usage(records)))
 
-    def _lower_digest_by_id(self) -> dict[str, str]:
-        """Container id -> digest of its layer: the record's, else what its lower link points to."""
+    def _layers_by_id(self) -> dict[str, tuple[str, ...]]:
+        """Container id -> diff ids of its layers: the record's, else what its lower link points to."""
         result = {}
         for container_id in self.rootfs.ids():
             record = self.rootfs.read(container_id)
-            digest = record.digest if record is not None else self.rootfs.lower_digest(container_id)
+            if record is not None:
+                result[container_id] = record.layers
+                continue
+            digest = self.rootfs.lower_digest(container_id)
             if digest is not None:
-                result[container_id] = digest
+                result[container_id] = (digest,)
         return result
 
     def prune_layers(self) -> PruneResult:
-        """Delete layers that no image has as content and no directory in overlay2 has as its lower.
+        """Delete unpacked layers that no image has and no directory in overlay2 stacks.
 
-        Images are hashed first where needed. The decision for each layer is taken under its lock and
-        the catalog lock, so a PrepareRootfs (whose record is created under the catalog lock before it
-        uses the layer) either sees the layer kept or finds it gone and extracts it again.
+        The decision for each layer is taken under its lock and the catalog lock, so a PrepareRootfs
+        (whose record is created under the catalog lock before it uses the layer) either sees the
+        layer kept or finds it gone and unpacks it again.
         """
-        hashed = self._hash_unhashed_images()
         deleted, freed = [], 0
         for layer in self.layers.list():
             with self.layers.lock(layer.digest), self._catalog:
-                used = hashed | {image.digest for image in self.images.list() if image.digest}
-                used |= {record.digest for record in self.rootfs.records()}
+                used = self._image_layers()
+                used |= {diff_id for stack in self._layers_by_id().values() for diff_id in stack}
                 used |= self.rootfs.lower_digests()
                 if layer.digest in used:
                     continue

@@ -1,233 +1,353 @@
-"""Image tars in ROOT/image: list, open with their cached digest, import, publish atomically, remove."""
+"""Images: resolve references, write tag files, load archives, import rootfs tars, tag, untag and delete.
+
+The caller (StorageCore) passes its catalog lock: every change to records and tag files happens
+under it, while long work (hashing, copying blobs, writing a tag file) happens before, in hidden
+temp files that are published with one rename or link.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import io
+import json
 import logging
 import os
-import stat
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound
-from services.storage import tarsafe
-from services.storage.digests import DigestCache, HashingWriter, hash_fileobj
+from services.common import image_config, reference
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.reference import Reference
+from services.storage.archive_read import LayerRef, LoadedImage, read_archive
+from services.storage.archive_write import ArchiveImage, write_docker_archive
+from services.storage.content import ContentStore
 from services.storage.fsutil import fsync_dir, temp_name
+from services.storage.imagedb import ImageDB, ImageRecord
 from services.storage.model import Image, Stats
-from services.storage.paths import StoragePaths, image_name_from_file, validate_image_name
+from services.storage.paths import DIGEST_PATTERN, StoragePaths
 
 log = logging.getLogger(__name__)
 
-COPY_CHUNK = 1 << 20
+NOT_FOUND_HINT = "load, pull or import it first (mydocker images lists what there is)"
 
 
-@dataclass
-class OpenImage:
-    """An image tar opened once: the digest describes exactly this open file."""
-
-    name: str
-    file: io.BufferedReader
-    digest: str
-
-    def close(self) -> None:
-        self.file.close()
+def host_architecture() -> str:
+    return reference.host_platform().architecture
 
 
 class ImageStore:
-    """The images of one root; thread-safe except where the caller must hold the catalog lock (noted)."""
+    """The images of one root."""
 
-    def __init__(self, paths: StoragePaths, stats: Stats):
+    def __init__(self, paths: StoragePaths, stats: Stats, catalog: threading.RLock):
         self._paths = paths
         self._stats = stats
-        self._digests = DigestCache(paths.digests)
+        self._catalog = catalog
+        self.content = ContentStore(paths.blobs)
+        self.db = ImageDB(paths)
+        # Configs are immutable (their digest is the id): parsed once.
+        self._specs: dict[str, image_config.ImageSpec] = {}
+        # Unpacks (and so checks) an image's layers; set by the core, which owns the layer store.
+        self.unpack: Callable[[ImageRecord, str], None] = lambda record, what: None
 
-    def names(self) -> list[str]:
-        """Image names, sorted."""
+    def start(self) -> None:
+        for directory in (self._paths.images, self._paths.image_records, self._paths.blobs):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.content.clean_tmp()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def spec(self, image_id: str) -> image_config.ImageSpec:
+        spec = self._specs.get(image_id)
+        if spec is None:
+            spec = image_config.parse_config(self.content.read_bytes(image_id))
+            self._specs[image_id] = spec
+        return spec
+
+    def config_document(self, image_id: str) -> dict:
+        return json.loads(self.content.read_bytes(image_id))
+
+    def resolve(self, text: str) -> ImageRecord:
+        """The image `text` names: a tag, name@digest, a full id, or a unique id prefix (in that order)."""
+        if not text:
+            raise InvalidArgument("the image reference is required")
+        if DIGEST_PATTERN.fullmatch(text):
+            record = self.db.get(text)
+            if record is not None:
+                return record
+        parse_error: InvalidArgument | None = None
         try:
-            files = os.listdir(self._paths.images)
-        except FileNotFoundError:
-            return []
-        names = []
-        for file_name in files:
-            name = image_name_from_file(file_name)
-            if name is not None and stat.S_ISREG(self._mode(self._paths.images / file_name)):
-                names.append(name)
-        return sorted(names)
+            ref: Reference | None = reference.parse(text)
+        except InvalidArgument as err:
+            ref, parse_error = None, err
+        if ref is not None:
+            record = self._by_digest(ref) if ref.digest else self.resolve_tag(ref)
+            if record is not None:
+                return record
+        prefix = reference.id_prefix(text)
+        if prefix:
+            matches = self.db.ids_with_prefix(prefix)
+            if len(matches) == 1:
+                record = self.db.get(matches[0])
+                if record is not None:
+                    return record
+            if len(matches) > 1:
+                raise InvalidArgument(f'image id prefix "{text}" is ambiguous: it matches {len(matches)} images; give more digits')
+        if ref is None and prefix is None and parse_error is not None:
+            raise parse_error
+        raise NotFound(f'image "{text}" not found: {NOT_FOUND_HINT}')
 
-    @staticmethod
-    def _mode(path: Path) -> int:
-        try:
-            return os.stat(path).st_mode
-        except FileNotFoundError:
-            return 0
+    def _by_digest(self, ref: Reference) -> ImageRecord | None:
+        wanted = f"{ref.name}@{ref.digest}"
+        for record in self.db.records():
+            if wanted in record.repo_digests:
+                return record
+        return None
 
-    def get(self, name: str) -> Image:
-        """The image with its cached digest ("" if never hashed); NotFound if there is none."""
-        path = self._paths.image_tar(name)
+    def resolve_tag(self, ref: Reference) -> ImageRecord | None:
+        """The image of a tag file; a file without a valid cache entry (hand-made, replaced) is loaded now."""
+        st = self.db.tag_stat(ref)
+        if st is None:
+            return None
+        image_id = self.db.cached_id(ref, st)
+        if image_id is not None:
+            record = self.db.get(image_id)
+            if record is not None:
+                return record
+        return self._adopt(ref)
+
+    def _adopt(self, ref: Reference) -> ImageRecord | None:
+        path = self.db.tag_path(ref)
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise NotFound(f'image "{name}" not found: no {path}') from None
-        if not stat.S_ISREG(st.st_mode):
-            raise NotFound(f'image "{name}" not found: {path} is not a regular file')
+            return None
+        loaded = read_archive(path, self.content, what=f"image file {path}", flat_config=self._flat_config(st.st_mtime))
+        self._stats.hashes += 1
+        chosen = _choose(loaded, ref)
+        what = f'image "{ref.familiar()}" ({path})'
+        before = set(self.db.ids())
+        with self._catalog:
+            for image in loaded:
+                self._store_record(image)
+            record = self.db.get(chosen.config_digest)
+            assert record is not None
+        try:
+            self.unpack(record, what)
+        except BaseException:
+            with self._catalog:
+                for image in loaded:
+                    stale = self.db.get(image.config_digest)
+                    if image.config_digest not in before and stale is not None:
+                        self.delete_record(stale)
+            raise
+        with self._catalog:
+            if self.db.tag_stat(ref) is not None and _same_file(os.stat(path), st):
+                self.db.remember(ref, path, record.id)
+        log.info("loaded tag file %s: %s", path, record.id)
+        return record
+
+    @staticmethod
+    def _flat_config(created: float, changes: Iterable[str] = ()) -> Callable[[str], bytes]:
+        parsed = [image_config.parse_change(line) for line in changes]
+
+        def build(diff_id: str) -> bytes:
+            document = image_config.flat_rootfs_config(
+                diff_id, image_config.format_created(created), host_architecture()
+            )
+            if parsed:
+                document = image_config.apply_changes(document, parsed)
+            return image_config.config_bytes(document)
+
+        return build
+
+    def _store_record(self, image: LoadedImage, repo_digest: str = "") -> ImageRecord:
+        """Create (or complete) the record of a loaded image; the caller holds the catalog lock."""
+        existing = self.db.get(image.config_digest)
+        digests = tuple(existing.repo_digests) if existing else ()
+        if repo_digest and repo_digest not in digests:
+            digests += (repo_digest,)
+        record = ImageRecord(
+            id=image.config_digest,
+            layers=image.layers,
+            repo_digests=digests,
+            stored_at=existing.stored_at if existing else time.time(),
+        )
+        if record != existing:
+            self.db.put(record)
+        return record
+
+    def tags_by_id(self) -> dict[str, list[str]]:
+        """Image id -> its tags (familiar form), loading tag files not seen before."""
+        result: dict[str, list[str]] = {}
+        for tag in self.db.tags():
+            try:
+                record = self.resolve_tag(tag.reference)
+            except InvalidArgument as err:
+                log.warning("tag file %s is not an image: %s", tag.path, err)
+                continue
+            if record is not None:
+                result.setdefault(record.id, []).append(tag.reference.familiar())
+        return result
+
+    def describe(self, record: ImageRecord, tags: list[str], users: Iterable[str], name: str = "") -> Image:
+        spec = self.spec(record.id)
         return Image(
-            name=name,
-            size_bytes=st.st_size,
-            created_at=st.st_mtime_ns / 1e9,
-            digest=self._digests.lookup(name, st) or "",
+            id=record.id,
+            name=_short_name(name or (tags[0] if tags else "")),
+            repo_tags=tuple(tags),
+            repo_digests=record.repo_digests,
+            size_bytes=record.size_bytes,
+            created_at=image_config.parse_created(spec.created),
+            spec=spec,
+            layers=record.layers,
+            container_ids=tuple(users),
         )
 
-    def list(self) -> list[Image]:
-        images = []
-        for name in self.names():
-            with contextlib.suppress(NotFound):
-                images.append(self.get(name))
-        return images
+    # -- writing tags ------------------------------------------------------------------------
 
-    def open(self, name: str) -> OpenImage:
-        """Open the tar and give its digest: cached if the file is unchanged, else hashed now (once)."""
-        path = self._paths.image_tar(name)
+    def write_tag(self, ref: Reference, record: ImageRecord, replace: bool) -> str:
+        """Publish `ref` as a tag file of `record`; returns the id the tag held before ("" if none)."""
+        path = self.db.tag_path(ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name(path)
         try:
-            handle = open(path, "rb")
-        except FileNotFoundError:
-            raise NotFound(f'image "{name}" not found: no {path}') from None
-        except IsADirectoryError:
-            raise NotFound(f'image "{name}" not found: {path} is not a regular file') from None
-        try:
-            st = os.fstat(handle.fileno())
-            digest = self._digests.lookup(name, st)
-            if digest is None:
-                digest = hash_fileobj(handle)
-                self._stats.hashes += 1
-                self._digests.store(name, st, digest)
-                log.info("hashed image %s: %s", name, digest)
-            return OpenImage(name, handle, digest)
-        except BaseException:
-            handle.close()
-            raise
-
-    def is_current(self, opened: OpenImage) -> bool:
-        """True while ROOT/image/<name>.tar is still the file that was opened (not removed or replaced)."""
-        try:
-            st = os.stat(self._paths.image_tar(opened.name))
-        except FileNotFoundError:
-            return False
-        mine = os.fstat(opened.file.fileno())
-        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-    # -- writing -----------------------------------------------------------------------------
-
-    def check_absent(self, name: str, replace: bool) -> Path:
-        """The image's path; AlreadyExists when it is taken and `replace` is not set."""
-        final = self._paths.image_tar(name)
-        if not replace and final.exists():
-            raise AlreadyExists(f'image "{name}" already exists: choose another name or replace it')
-        return final
-
-    @contextlib.contextmanager
-    def staged(self, name: str) -> Iterator["Staged"]:
-        """A hidden temp file in ROOT/image to write a tar into; removed on exit unless published."""
-        final = self._paths.image_tar(name)
-        self._paths.images.mkdir(parents=True, exist_ok=True)
-        staged = Staged(temp_name(final))
-        try:
-            yield staged
+            with open(tmp, "xb") as out:
+                write_docker_archive(out, [ArchiveImage(record.id, record.layers, (ref.familiar(),))], self.content)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            with self._catalog:
+                previous = ""
+                st = self.db.tag_stat(ref)
+                if st is not None:
+                    previous = self.db.cached_id(ref, st) or "?"
+                    if not replace and previous != record.id:
+                        raise AlreadyExists(f'image "{ref.familiar()}" already exists: choose another name or replace it')
+                os.replace(tmp, path)
+                fsync_dir(path.parent)
+                self.db.remember(ref, path, record.id)
         finally:
-            staged.discard()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return "" if previous == record.id else previous
 
-    def publish(self, staged: "Staged", name: str, replace: bool) -> Image:
-        """Make a finished temp tar visible as `name`: rename when replacing, else link (no clobber).
+    def check_tag_free(self, ref: Reference, replace: bool) -> None:
+        if not replace and self.db.tag_stat(ref) is not None:
+            raise AlreadyExists(f'image "{ref.familiar()}" already exists: choose another name or replace it')
 
-        The caller holds the catalog lock, so a concurrent RemoveImage or ListImages sees either
-        the old image or the new one, never a partial file.
+    def tag(self, source: str, target: str) -> ImageRecord:
+        record = self.resolve(source)
+        ref = _tag_reference(target)
+        self.write_tag(ref, record, replace=True)
+        return record
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(
+        self, archive: Path, name: str = "", before_publish: Callable[[ImageRecord], None] = lambda record: None
+    ) -> tuple[list[tuple[ImageRecord, list[str]]], list[str]]:
+        """Store every image of an archive and move its tags to them; returns (images with tags, untagged).
+
+        `before_publish(record)` runs for every image before any tag is written (the caller unpacks
+        and so checks the layers): a failure there leaves no tag behind.
         """
-        final = self._paths.image_tar(name)
-        tmp, digest = staged.path, staged.finish()
-        os.chmod(tmp, 0o644)
-        if replace:
-            os.replace(tmp, final)
-        else:
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                raise AlreadyExists(f'image "{name}" already exists: choose another name or replace it') from None
-            tmp.unlink()
-        fsync_dir(final.parent)
-        self._digests.store(name, os.stat(final), digest)
-        return self.get(name)
+        named = _tag_reference(name) if name else None
+        # Refused from inside read_archive, so that it removes the layer blob it has just stored.
+        flat_config = self._flat_config(time.time()) if named is not None else _refuse_unnamed_rootfs
+        loaded = read_archive(archive, self.content, what="the archive", flat_config=flat_config)
+        stored = []
+        for image in loaded:
+            with self._catalog:
+                record = self._store_record(image)
+            tags = [named] if named is not None else [_tag_reference(text) for text in image.repo_tags]
+            stored.append((record, tags))
+        for record, _ in stored:
+            before_publish(record)
+        results, untagged = [], []
+        for record, tags in stored:
+            for ref in tags:
+                previous = self.write_tag(ref, record, replace=True)
+                if previous:
+                    untagged.append(ref.familiar())
+            results.append((record, [ref.familiar() for ref in tags]))
+        return results, untagged
 
-    def remove(self, name: str) -> Image:
-        """Delete the tar and its digest sidecar (the caller checked no rootfs uses it)."""
-        image = self.get(name)
-        self._paths.image_tar(name).unlink()
-        fsync_dir(self._paths.images)
-        self._digests.forget(name)
-        return image
+    def import_rootfs(
+        self,
+        archive: Path,
+        name: str,
+        replace: bool,
+        changes: Iterable[str] = (),
+        before_publish: Callable[[ImageRecord], None] = lambda record: None,
+    ) -> ImageRecord:
+        """A plain rootfs tar as a one-layer image tagged `name`."""
+        ref = _tag_reference(name)
+        self.check_tag_free(ref, replace)
+        loaded = read_archive(archive, self.content, what=f'image "{name}"', flat_config=self._flat_config(time.time(), changes))
+        if len(loaded) != 1 or loaded[0].source_format != "rootfs":
+            raise InvalidArgument(
+                f'image "{name}": the file is a {loaded[0].source_format if loaded else "empty archive"}, '
+                "not a rootfs tar: use mydocker load -i FILE"
+            )
+        with self._catalog:
+            record = self._store_record(loaded[0])
+        before_publish(record)
+        self.write_tag(ref, record, replace)
+        return record
 
-    @staticmethod
-    def receive(writer: HashingWriter, chunks: Iterable[bytes]) -> None:
-        for chunk in chunks:
-            writer.write(chunk)
+    def store_new(self, config: bytes, layers: tuple[LayerRef, ...]) -> ImageRecord:
+        """Record an image built here (commit) from a config and layers already in the content store."""
+        config_digest = self.content.put_bytes(config)
+        with self._catalog:
+            return self._store_record(LoadedImage(config_digest, layers, (), "commit"))
 
-    @staticmethod
-    def copy_from(writer: HashingWriter, source_path: str) -> None:
-        """Copy a server-side tar named by an import header."""
-        if not os.path.isabs(source_path):
-            raise InvalidArgument(f'source path "{source_path}" is not absolute: give the full path')
-        try:
-            # O_NONBLOCK: a fifo must not hang the service before it is refused below; no effect on a file.
-            fd = os.open(source_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"source {source_path} does not exist") from None
-        # A device or a fifo could be endless or act on being read: an image comes from a regular file only.
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise InvalidArgument(f"source {source_path} is not a regular file: give a tar file")
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as handle:
-            while chunk := handle.read(COPY_CHUNK):
-                writer.write(chunk)
+    # -- removing ----------------------------------------------------------------------------
 
-    @staticmethod
-    def validate_tar(staged: "Staged", name: str) -> None:
-        """Refuse a hostile or unreadable tar before it becomes visible (UnsafeArchive names the member)."""
-        staged.finish()
-        with open(staged.path, "rb") as handle:
-            tarsafe.validate(handle, f'image "{name}"')
+    def blobs_in_use(self, keep: Iterable[ImageRecord]) -> set[str]:
+        used: set[str] = set()
+        for record in keep:
+            used |= record.blobs()
+        return used
+
+    def delete_record(self, record: ImageRecord) -> set[str]:
+        """Delete an image record and its blobs no other image needs; returns the diff ids it had."""
+        self.db.delete(record.id)
+        self._specs.pop(record.id, None)
+        used = self.blobs_in_use(self.db.records())
+        for digest in record.blobs() - used:
+            self.content.delete(digest)
+        return set(record.diff_ids)
 
 
-def require_name(name: str) -> None:
-    if not name:
-        raise InvalidArgument("the image name is required")
-    validate_image_name(name)
+def _refuse_unnamed_rootfs(diff_id: str) -> bytes:
+    raise InvalidArgument("the archive is a plain rootfs tar, which names no image: give a name (mydocker load -i FILE NAME)")
 
 
-class Staged:
-    """A tar being written: hashed while written, fsynced once by finish()."""
+def _choose(loaded: list[LoadedImage], ref: Reference) -> LoadedImage:
+    """Of the images in a tag's file, the one that carries the tag (else the first)."""
+    if not loaded:
+        raise InvalidArgument(f'image "{ref.familiar()}": the file holds no image')
+    for image in loaded:
+        for text in image.repo_tags:
+            with contextlib.suppress(InvalidArgument):
+                if reference.parse(text) == ref:
+                    return image
+    return loaded[0]
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._handle = open(path, "xb")
-        self.writer = HashingWriter(self._handle)
-        self._digest = ""
 
-    @property
-    def size(self) -> int:
-        return self.writer.size
+def _short_name(familiar: str) -> str:
+    """The name as the seed writes it (and as its file is called): ":latest" left out."""
+    return familiar[: -len(":latest")] if familiar.endswith(":latest") else familiar
 
-    def finish(self) -> str:
-        """Flush, fsync and close (once); returns the digest of what was written."""
-        if not self._handle.closed:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._digest = self.writer.digest()
-        return self._digest
 
-    def discard(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_dev, b.st_size, b.st_mtime_ns)
+
+
+def _tag_reference(text: str) -> Reference:
+    """A reference that can name a tag file: a name with a tag (":latest" added), never a digest."""
+    ref = reference.parse(text)
+    if ref.digest:
+        raise InvalidArgument(f'"{text}" is a digest reference: a tag needs a name[:tag], not @sha256:...')
+    return ref

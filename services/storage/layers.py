@@ -1,20 +1,24 @@
-"""Read-only layers: each image content (by digest) extracted once into ROOT/layers/sha256/<hex>/fs.
+"""Read-only layers: each layer unpacked once, keyed by its diff id, into ROOT/layers/sha256/<hex>/fs.
 
 A layer appears only complete: extraction goes into ROOT/layers/tmp/<hex>-<random>/fs, the
 data is synced, layer.json is written, and the whole directory is renamed into place. A per-digest
-flock makes concurrent first uses of one image extract it once, across threads and processes.
+flock makes concurrent first uses of one layer unpack it once, across threads and processes. OCI
+whiteouts become overlay whiteouts while unpacking, so a stack of layers mounts as the image.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import secrets
+import tempfile
 import time
+from collections.abc import Callable
+from typing import BinaryIO
 
 from services.common import linux
-from services.storage import tarsafe
+from services.common.errors import InvalidArgument
+from services.storage import compression, tarsafe
 from services.storage.fsutil import disk_usage, flocked, fsync_dir, read_json, remove_tree, write_json_atomic
 from services.storage.model import Layer, Stats
 from services.storage.paths import DIGEST_PATTERN, StoragePaths
@@ -54,18 +58,36 @@ class LayerStore:
         """The per-digest lock held while a layer is created or deleted."""
         return flocked(self._paths.layer_lock(digest))
 
-    def ensure(self, digest: str, tar: io.BufferedReader, what: str) -> Layer:
-        """The layer of `digest`, extracting `tar` (whose content has that digest) if it is not there yet."""
-        layer = self.get(digest)
+    def ensure(self, diff_id: str, open_blob: Callable[[], BinaryIO], what: str) -> Layer:
+        """The layer of `diff_id`, unpacking the blob `open_blob()` returns if it is not there yet.
+
+        A compressed blob is decompressed into a temp tar first, its digest checked against
+        `diff_id`; a plain tar blob's digest is its diff id (the content store checked it).
+        """
+        layer = self.get(diff_id)
         if layer is not None:
             return layer
-        with self.lock(digest):
-            layer = self.get(digest)
+        with self.lock(diff_id):
+            layer = self.get(diff_id)
             if layer is not None:
                 return layer
-            return self._extract(digest, tar, what)
+            with open_blob() as blob:
+                head = blob.read(6)
+                blob.seek(0)
+                if compression.detect(head) == compression.NONE:
+                    return self._extract(diff_id, blob, what)
+                return self._extract_compressed(diff_id, blob, what)
 
-    def _extract(self, digest: str, tar: io.BufferedReader, what: str) -> Layer:
+    def _extract_compressed(self, diff_id: str, blob: BinaryIO, what: str) -> Layer:
+        self._paths.layer_tmp.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self._paths.layer_tmp) as tar:
+            got, _ = compression.decompress_to(blob, tar, what)
+            if got != diff_id:
+                raise InvalidArgument(f"{what}: the layer's content has diff id {got}, not {diff_id} as its image says")
+            tar.seek(0)
+            return self._extract(diff_id, tar, what)
+
+    def _extract(self, digest: str, tar: BinaryIO, what: str) -> Layer:
         final = self._paths.layer_dir(digest)
         self._paths.layer_tmp.mkdir(parents=True, exist_ok=True)
         self._paths.layer_store.mkdir(parents=True, exist_ok=True)
@@ -74,7 +96,7 @@ class LayerStore:
         try:
             tmp.mkdir(0o700)
             (tmp / "fs").mkdir(0o755)
-            tarsafe.extract(tar, str(tmp / "fs"), what)
+            tarsafe.extract(tar, str(tmp / "fs"), what, whiteouts=True)
             size = disk_usage(tmp / "fs")
             created = time.time()
             write_json_atomic(tmp / LAYER_META, {"digest": digest, "size_bytes": size, "created_at": created}, durable=False)

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.common.image_config import ImageSpec
 from services.common.types import Volume
+from services.storage.archive_read import LayerRef
 
 
 @dataclass(frozen=True)
 class Image:
-    """ROOT/image/<name>.tar; digest is "" until the tar was first hashed."""
+    """An image as reported: its record, its config (parsed), its tags and the containers using it."""
 
+    id: str
     name: str
+    repo_tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
     size_bytes: int
-    # Unix time of the tar's mtime.
+    # Unix time of the config's `created`.
     created_at: float
-    digest: str = ""
+    spec: ImageSpec
+    layers: tuple[LayerRef, ...]
     container_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Layer:
-    """An extracted image, shared read-only by every rootfs of that content."""
+    """An unpacked layer (keyed by diff id), shared read-only by every rootfs whose image has it."""
 
     digest: str
     # Bytes on disk, computed once at extraction.
@@ -41,13 +47,23 @@ class Mount:
 
 @dataclass(frozen=True)
 class RootfsRecord:
-    """What ROOT/overlay2/<id>/.rootfs.json keeps, so the service needs no other source after a restart."""
+    """What ROOT/overlay2/<id>/.rootfs.json keeps, so the service needs no other source after a restart.
+
+    `layers` are the diff ids of the image's layers, bottom first; a record of version 1 (one flat
+    image tar) has its tar digest, which is the diff id of its only layer, and no image id.
+    """
 
     container_id: str
     image: str
-    digest: str
+    layers: tuple[str, ...]
     volumes: tuple[Volume, ...] = ()
     created_at: float = 0.0
+    image_id: str = ""
+
+    @property
+    def digest(self) -> str:
+        """The top layer's diff id."""
+        return self.layers[-1]
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,7 @@ class Rootfs:
     mounts: tuple[Mount, ...]
     mounted: bool
     volumes: tuple[Volume, ...]
+    image_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,15 @@ class Usage:
     layers: tuple[LayerUsage, ...]
     rootfs: tuple[RootfsUsage, ...]
     volumes: tuple[VolumeUsage, ...]
+
+
+@dataclass(frozen=True)
+class RemoveResult:
+    """What RemoveImage did: the image as it was, the tags removed, the image ids deleted."""
+
+    image: Image
+    untagged: tuple[str, ...]
+    deleted: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -9,23 +9,10 @@ from pathlib import Path
 
 from services.common.errors import InvalidArgument
 
-# Same alphabet as the state service's image names (services/state/model.py), so any image a
-# container record accepts is a valid file name here: no "/", no leading ".", no "..".
-IMAGE_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}")
 CONTAINER_ID_PATTERN = re.compile(r"[0-9]{10}")
 DIGEST_PATTERN = re.compile(r"sha256:([0-9a-f]{64})")
-IMAGE_SUFFIX = ".tar"
 # Characters that would break the comma/colon separated overlay mount data.
 FORBIDDEN_ROOT_CHARACTERS = (",", ":", "\n", "\0", "=")
-
-
-def validate_image_name(name: str) -> None:
-    """Raise InvalidArgument unless `name` is safe as ROOT/image/<name>.tar (no separator, no "..")."""
-    if not IMAGE_NAME_PATTERN.fullmatch(name) or ".." in name:
-        raise InvalidArgument(
-            f'invalid image name "{name}": use 1-128 characters [a-zA-Z0-9_.:-], '
-            'starting with a letter or digit, without ".." or "/"'
-        )
 
 
 def validate_container_id(container_id: str) -> None:
@@ -95,8 +82,23 @@ class StoragePaths:
 
     @property
     def digests(self) -> Path:
-        """Digest cache: one JSON sidecar per image name."""
+        """Image records and caches."""
         return self.root / "imagedb"
+
+    @property
+    def image_records(self) -> Path:
+        """One JSON record per image id."""
+        return self.digests / "sha256"
+
+    @property
+    def tag_cache(self) -> Path:
+        """Which image each tag file holds, keyed by the file's identity."""
+        return self.digests / "names"
+
+    @property
+    def blobs(self) -> Path:
+        """The content store."""
+        return self.root / "blobs"
 
     @property
     def layers(self) -> Path:
@@ -124,14 +126,6 @@ class StoragePaths:
         """Scratch mount points (commit), emptied at service start."""
         return self.root / "tmp" / "storage"
 
-    def image_tar(self, name: str) -> Path:
-        validate_image_name(name)
-        return self.images / f"{name}{IMAGE_SUFFIX}"
-
-    def digest_sidecar(self, name: str) -> Path:
-        validate_image_name(name)
-        return self.digests / f"{name}.json"
-
     def layer_dir(self, digest: str) -> Path:
         return self.layer_store / digest_hex(digest)
 
@@ -148,13 +142,3 @@ class StoragePaths:
     def lower_link_target(self, digest: str) -> str:
         """Relative target of overlay2/<id>/lower, so the root can move without breaking links."""
         return os.path.join("..", "..", "layers", "sha256", digest_hex(digest), "fs")
-
-
-def image_name_from_file(file_name: str) -> str | None:
-    """The image name of a file in ROOT/image, or None for temp files and anything not an image."""
-    if not file_name.endswith(IMAGE_SUFFIX):
-        return None
-    name = file_name[: -len(IMAGE_SUFFIX)]
-    if not IMAGE_NAME_PATTERN.fullmatch(name) or ".." in name:
-        return None
-    return name

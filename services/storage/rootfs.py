@@ -1,6 +1,9 @@
 """Per-container rootfs at ROOT/overlay2/<id>/{lower,upper,work,merged}: records, mount plans, mount, unmount.
 
-`lower` is a relative symlink to the shared layer, so `ls lower` shows the image without a copy.
+`lower` shows the image without a copy: for a one-layer image it is a relative symlink to the
+shared layer (the seed's layout); for a stack of layers it is a directory holding a read-only
+overlay of the layers, while the container's own overlay stacks the layers directly
+(lowerdir=top:...:bottom, as containerd's overlay snapshotter does).
 The overlay is mounted with redirect_dir=off, metacopy=off and index=off, so `upper` stays a plain
 diff. Volumes are bind mounts below `merged`. The record lives in the hidden `.rootfs.json`, so
 `ls overlay2/<id>` shows exactly the seed's four entries.
@@ -30,13 +33,17 @@ log = logging.getLogger(__name__)
 OVERLAY_PARAMETERS = Path("/sys/module/overlay/parameters")
 # Turned off so the upper dir is a plain diff (no redirect or metacopy xattrs) and no index dir is used.
 OVERLAY_OFF_FEATURES = ("redirect_dir", "metacopy", "index")
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+# Overlay mount data must fit one page with the rest of the options.
+MAX_MOUNT_DATA = 4000
 
 
 def overlay_options(lower: str, upper: str, work: str, supported: frozenset[str] | None = None) -> list[str]:
     """Overlay mount options; features the kernel does not know (per `supported`) are left out. Pure."""
-    for label, path in (("lowerdir", lower), ("upperdir", upper), ("workdir", work)):
-        if any(character in path for character in (",", ":", "\0")):
+    # lowerdir may be a stack ("top:...:bottom"); each of its paths was checked by lowerdir().
+    checks = [("lowerdir", path) for path in lower.split(":")] + [("upperdir", upper), ("workdir", work)]
+    for label, path in checks:
+        if not path or any(character in path for character in (",", ":", "\0")):
             raise ValueError(f"{label} {path!r} contains a character overlay options cannot carry")
     options = [f"lowerdir={lower}", f"upperdir={upper}", f"workdir={work}"]
     options += [f"{name}=off" for name in OVERLAY_OFF_FEATURES if supported is None or name in supported]
@@ -51,10 +58,39 @@ def kernel_overlay_features(parameters: Path = OVERLAY_PARAMETERS) -> frozenset[
         return None
 
 
-def overlay_mount(paths: RootfsPaths, supported: frozenset[str] | None) -> Mount:
-    """The overlay at `merged`; lowerdir is the `lower` symlink, as in the seed's mount command."""
-    options = overlay_options(str(paths.lower), str(paths.upper), str(paths.work), supported)
+def lowerdir(paths: RootfsPaths, layer_dirs: list[str]) -> str:
+    """The lowerdir option value: the `lower` symlink for one layer (the seed's mount), else the stack, top first."""
+    if len(layer_dirs) <= 1:
+        return str(paths.lower)
+    for layer in layer_dirs:
+        if any(character in layer for character in (",", ":", "\0")):
+            raise ValueError(f"layer {layer!r} contains a character overlay options cannot carry")
+    return ":".join(reversed(layer_dirs))
+
+
+def check_mount_data(options: list[str], layers: int) -> None:
+    data = ",".join(options)
+    if len(data) > MAX_MOUNT_DATA:
+        raise FailedPrecondition(
+            f"the image has {layers} layers, more than one overlay mount can stack with paths this long "
+            f"({len(data)} bytes of mount options): flatten it (mydocker export, then import)"
+        )
+
+
+def overlay_mount(paths: RootfsPaths, supported: frozenset[str] | None, layer_dirs: list[str] | None = None) -> Mount:
+    """The overlay at `merged`: the image's layers under the container's upper."""
+    options = overlay_options(lowerdir(paths, layer_dirs or []), str(paths.upper), str(paths.work), supported)
+    check_mount_data(options, len(layer_dirs or []))
     return Mount(type="overlay", source="overlay", target=str(paths.merged), options=tuple(options))
+
+
+def lower_view_mount(paths: RootfsPaths, layer_dirs: list[str]) -> Mount | None:
+    """For a stack of layers, the read-only overlay at `lower` that shows the image; None for one layer."""
+    if len(layer_dirs) <= 1:
+        return None
+    options = [f"lowerdir={lowerdir(paths, layer_dirs)}"]
+    check_mount_data(options, len(layer_dirs))
+    return Mount(type="overlay", source="overlay", target=str(paths.lower), options=tuple(options + ["ro"]))
 
 
 def volume_mount(paths: RootfsPaths, volume: Volume, relative: str | None = None) -> Mount:
@@ -78,13 +114,19 @@ def make_readonly(target: str) -> None:
         linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
 
 
-def planned_mounts(paths: RootfsPaths, record: RootfsRecord, supported: frozenset[str] | None) -> list[Mount]:
-    """The mounts of a rootfs in order (overlay, then volumes parents first), targets not resolved."""
-    return [overlay_mount(paths, supported)] + [volume_mount(paths, volume) for volume in mount_order(record.volumes)]
+def planned_mounts(
+    paths: RootfsPaths, record: RootfsRecord, supported: frozenset[str] | None, layer_dirs: list[str]
+) -> list[Mount]:
+    """The mounts of a rootfs in order (the lower view, the overlay, then volumes parents first)."""
+    view = lower_view_mount(paths, layer_dirs)
+    mounts = [view] if view is not None else []
+    mounts.append(overlay_mount(paths, supported, layer_dirs))
+    return mounts + [volume_mount(paths, volume) for volume in mount_order(record.volumes)]
 
 
 def record_to_json(record: RootfsRecord) -> dict:
     data = asdict(record)
+    data["layers"] = list(record.layers)
     data["version"] = RECORD_VERSION
     return data
 
@@ -93,15 +135,21 @@ def record_from_json(data: object) -> RootfsRecord | None:
     if not isinstance(data, dict):
         return None
     try:
-        return RootfsRecord(
+        # Version 1 kept the digest of the flat image tar: the diff id of its only layer.
+        layers = tuple(str(item) for item in data["layers"]) if "layers" in data else (str(data["digest"]),)
+        record = RootfsRecord(
             container_id=str(data["container_id"]),
             image=str(data["image"]),
-            digest=str(data["digest"]),
+            layers=layers,
             volumes=tuple(Volume(**volume) for volume in data.get("volumes", ())),
             created_at=float(data.get("created_at", 0.0)),
+            image_id=str(data.get("image_id", "")),
         )
     except (KeyError, TypeError, ValueError):
         return None
+    if not record.layers or not all(DIGEST_PATTERN.fullmatch(layer) for layer in record.layers):
+        return None
+    return record
 
 
 class RootfsStore:
@@ -113,6 +161,16 @@ class RootfsStore:
 
     def paths(self, container_id: str) -> RootfsPaths:
         return self._paths.rootfs(container_id)
+
+    def layer_dirs(self, record: RootfsRecord) -> list[str]:
+        """The layers' directories, bottom first."""
+        return [str(self._paths.layer_fs(diff_id)) for diff_id in record.layers]
+
+    def planned(self, record: RootfsRecord) -> list[Mount]:
+        return planned_mounts(self.paths(record.container_id), record, self.supported, self.layer_dirs(record))
+
+    def overlay(self, record: RootfsRecord) -> Mount:
+        return overlay_mount(self.paths(record.container_id), self.supported, self.layer_dirs(record))
 
     def read(self, container_id: str) -> RootfsRecord | None:
         """The record of a complete rootfs; None when it is missing, unreadable or names another id."""
@@ -161,7 +219,10 @@ class RootfsStore:
             tmp_dir.mkdir(0o700)
             for name in ("upper", "work", "merged"):
                 (tmp_dir / name).mkdir(0o755)
-            os.symlink(self._paths.lower_link_target(record.digest), tmp_dir / "lower")
+            if len(record.layers) == 1:
+                os.symlink(self._paths.lower_link_target(record.digest), tmp_dir / "lower")
+            else:
+                (tmp_dir / "lower").mkdir(0o755)
             write_json_atomic(tmp_dir / final.meta.name, record_to_json(record))
             os.rename(tmp_dir, final.dir)
         except BaseException:
@@ -175,6 +236,9 @@ class RootfsStore:
         paths = self.paths(record.container_id)
         for directory in (paths.upper, paths.work, paths.merged):
             directory.mkdir(mode=0o755, exist_ok=True)
+        if len(record.layers) > 1:
+            paths.lower.mkdir(mode=0o755, exist_ok=True)
+            return
         target = self._paths.lower_link_target(record.digest)
         if not os.path.islink(paths.lower) or os.readlink(paths.lower) != target:
             with contextlib.suppress(FileNotFoundError):
@@ -191,11 +255,19 @@ class RootfsStore:
     def mount(self, record: RootfsRecord) -> list[Mount]:
         """Mount what is not mounted yet (overlay, then volumes); return every mount with real targets."""
         paths = self.paths(record.container_id)
-        overlay = overlay_mount(paths, self.supported)
+        layer_dirs = self.layer_dirs(record)
+        overlay = overlay_mount(paths, self.supported, layer_dirs)
+        performed = []
+        view = lower_view_mount(paths, layer_dirs)
+        if view is not None:
+            entry = mountinfo.find(mountinfo.read(), view.target)
+            if entry is None or entry.fstype != "overlay":
+                linux.mount("overlay", view.target, "overlay", linux.MS_RDONLY, view.options[0])
+            performed.append(view)
         if not self.is_mounted(record.container_id):
             linux.mount("overlay", overlay.target, "overlay", 0, ",".join(overlay.options))
             log.info("mounted overlay of %s at %s", record.container_id, overlay.target)
-        performed = [overlay]
+        performed.append(overlay)
         for volume in mount_order(record.volumes):
             performed.append(self._mount_volume(paths, volume))
         return performed
@@ -298,5 +370,14 @@ def lower_link_digest(target: str) -> str | None:
     return digest if DIGEST_PATTERN.fullmatch(digest) else None
 
 
-def new_record(container_id: str, image: str, digest: str, volumes: tuple[Volume, ...]) -> RootfsRecord:
-    return RootfsRecord(container_id=container_id, image=image, digest=digest, volumes=volumes, created_at=time.time())
+def new_record(
+    container_id: str, image: str, image_id: str, layers: tuple[str, ...], volumes: tuple[Volume, ...]
+) -> RootfsRecord:
+    return RootfsRecord(
+        container_id=container_id,
+        image=image,
+        layers=layers,
+        volumes=volumes,
+        created_at=time.time(),
+        image_id=image_id,
+    )

@@ -21,22 +21,45 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             for _ in chunks:
                 pass
         image = self._core.import_image(
-            header.name, header.replace, chunks, header.source_path, header.expected_size
+            header.name, header.replace, chunks, header.source_path, header.expected_size, list(header.changes)
         )
         return storage_pb2.ImportImageResponse(image=convert.image_to_proto(image))
+
+    def LoadImage(self, request_iterator, context):
+        header, chunks = convert.split_import(request_iterator, "LoadImage")
+        if header.source_path:
+            for _ in chunks:
+                pass
+        images, untagged = self._core.load_image(header.name, chunks, header.source_path, header.expected_size)
+        return storage_pb2.LoadImageResponse(images=[convert.image_to_proto(i) for i in images], untagged=untagged)
+
+    def SaveImage(self, request, context):
+        for chunk in self._core.save_images(list(request.references)):
+            yield storage_pb2.SaveImageResponse(chunk=chunk)
+
+    def TagImage(self, request, context):
+        image = self._core.tag_image(request.source, request.target)
+        return storage_pb2.TagImageResponse(image=convert.image_to_proto(image))
 
     def ListImages(self, request, context):
         return storage_pb2.ListImagesResponse(images=[convert.image_to_proto(i) for i in self._core.list_images()])
 
     def GetImage(self, request, context):
-        return storage_pb2.GetImageResponse(image=convert.image_to_proto(self._core.get_image(request.name)))
+        image = self._core.get_image(request.name, brief=request.brief)
+        return storage_pb2.GetImageResponse(image=convert.image_to_proto(image))
 
     def RemoveImage(self, request, context):
-        return storage_pb2.RemoveImageResponse(image=convert.image_to_proto(self._core.remove_image(request.name)))
+        result = self._core.remove_image(request.name, request.force)
+        return storage_pb2.RemoveImageResponse(
+            image=convert.image_to_proto(result.image), untagged=result.untagged, deleted=result.deleted
+        )
 
     def PrepareRootfs(self, request, context):
         rootfs = self._core.prepare_rootfs(
-            request.container_id, request.image, [convert.volume_from_proto(v) for v in request.volumes]
+            request.container_id,
+            request.image,
+            [convert.volume_from_proto(v) for v in request.volumes],
+            request.image_id,
         )
         return storage_pb2.PrepareRootfsResponse(rootfs=convert.rootfs_to_proto(rootfs))
 
@@ -50,7 +73,14 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         return storage_pb2.RemoveRootfsResponse(removed=self._core.remove_rootfs(request.container_id))
 
     def CommitContainer(self, request, context):
-        image = self._core.commit(request.container_id, request.image, request.replace)
+        image = self._core.commit(
+            request.container_id,
+            request.image,
+            request.replace,
+            list(request.changes),
+            request.comment,
+            request.author,
+        )
         return storage_pb2.CommitContainerResponse(image=convert.image_to_proto(image))
 
     def ExportContainer(self, request, context):

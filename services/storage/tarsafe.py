@@ -5,6 +5,7 @@ symlink, hardlinks to outside or not-yet-seen members, type changes of a path). 
 works only through directory file descriptors opened with O_NOFOLLOW, so even a member the check
 missed cannot be written through a symlink. Ownership (numeric), modes with setuid/setgid/sticky,
 mtimes, xattrs (pax SCHILY.xattr.*), device nodes and fifos are kept, as Docker does as root.
+An image layer is extracted with `whiteouts=True`: its OCI whiteouts become overlay ones (whiteout.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from services.common.errors import InvalidArgument
+from services.storage import whiteout
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +182,21 @@ class ExtractStats:
     dir_times: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
 
 
-def extract(fileobj: io.BufferedIOBase, dest: str, what: str) -> ExtractStats:
-    """Validate, then extract every member below the existing, empty directory `dest`."""
+def extract(fileobj: io.BufferedIOBase, dest: str, what: str, *, whiteouts: bool = False) -> ExtractStats:
+    """Validate, then extract every member below the existing, empty directory `dest` (`whiteouts`: a layer)."""
     archive = open_archive(fileobj, what)
     members = load_members(archive, what)
     problems = check_members(members)
+    plan = None
+    if whiteouts and not problems:
+        plan = whiteout.plan([(split_name(member.name)[0] or (), member) for member in members], what)
+        problems = [Problem(name, reason) for name, reason in plan.problems]
     if problems:
         raise UnsafeArchive(f"{what} is refused: {describe(problems)}")
     raw_fd = _fileno(fileobj) if archive.fileobj is fileobj else None
     root_fd = os.open(dest, _DIR_FLAGS)
     try:
-        extractor = _Extractor(archive, root_fd, raw_fd, what)
+        extractor = _Extractor(archive, root_fd, raw_fd, what, plan)
         for member in members:
             extractor.add(member)
         extractor.finish()
@@ -232,8 +238,11 @@ def xattrs_of(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
 class _Extractor:
     """Creates members through O_NOFOLLOW directory fds, caching the last parent directory."""
 
-    def __init__(self, archive: tarfile.TarFile, root_fd: int, raw_fd: int | None, what: str):
+    def __init__(
+        self, archive: tarfile.TarFile, root_fd: int, raw_fd: int | None, what: str, plan: whiteout.Plan | None = None
+    ):
         self.archive = archive
+        self.plan = plan
         self.root_fd = root_fd
         self.raw_fd = raw_fd
         self.what = what
@@ -285,7 +294,9 @@ class _Extractor:
             self._cached = None
 
     def finish(self) -> None:
-        """Directory mtimes last: creating their entries changed them."""
+        """Whiteouts once the layer's own entries exist, then directory mtimes: creating entries changed them."""
+        if self.plan is not None:
+            whiteout.apply(self.plan, lambda parts: self._walk(parts, create=True), self._parent)
         self._drop_cache()
         for parts, mtime in reversed(self.stats.dir_times):
             fd = self._walk(parts, create=False)
@@ -300,6 +311,8 @@ class _Extractor:
         parts, _ = split_name(member.name)
         assert parts is not None  # check_members ran
         self.stats.members += 1
+        if self.plan is not None and whiteout.classify(parts).kind != whiteout.PLAIN:
+            return  # made in finish(), or aufs metadata
         if member.type == tarfile.DIRTYPE:
             self._add_dir(member, parts)
             return

@@ -148,11 +148,13 @@ def test_system_prune_removes_stopped_containers_and_unused_layers(host) -> None
     host.mydocker("run", "--rm", "copy", "true")
     exited = host.mydocker("run", "-d", "busybox", "true").stdout.strip()
     time.sleep(0.5)
-    host.mydocker("rmi", "copy")
     layers = config_of(host).root / "layers" / "sha256"
     assert len([p for p in layers.iterdir() if p.is_dir()]) == 2
+    # rmi deletes the image's layer at once: no container uses it and no other image has it.
+    host.mydocker("rmi", "copy")
+    assert len([p for p in layers.iterdir() if p.is_dir()]) == 1
     pruned = host.mydocker("system", "prune", "-f").stdout
-    assert f"deleted container {exited}" in pruned and "deleted layer sha256:" in pruned
+    assert f"deleted container {exited}" in pruned
     assert "Total reclaimed space:" in pruned
     assert len([p for p in layers.iterdir() if p.is_dir()]) == 1
     assert host.mydocker("run", "--rm", "busybox", "echo", "still").stdout == "still\n"

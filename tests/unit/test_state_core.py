@@ -93,6 +93,8 @@ def test_create_container_stores_every_field(core):
         tty=True,
         stdin_open=True,
         auto_remove=True,
+        image_id="sha256:" + "ab" * 32,
+        stop_signal="SIGQUIT",
     )
     created = core.create_container(full)
     stored = core.get_container("web")
@@ -101,6 +103,7 @@ def test_create_container_stores_every_field(core):
     assert stored.volumes == (Volume("/srv", "/data", read_only=True),)
     assert stored.ports[1] == PortMapping(53, 53, "udp")
     assert stored.resources.pids_limit == 20
+    assert (stored.image_id, stored.stop_signal) == ("sha256:" + "ab" * 32, "SIGQUIT")
     assert (stored.hostname, stored.working_dir, stored.tty, stored.stdin_open, stored.auto_remove) == (
         "webhost", "/srv", True, True, True)
 
@@ -111,8 +114,10 @@ def test_hostname_defaults_to_name_cut_to_hostname_length(core):
 
 
 def test_invalid_spec_is_refused_and_nothing_stored(core):
-    with pytest.raises(InvalidArgument, match="invalid image name"):
-        core.create_container(spec(image="library/busybox"))
+    with pytest.raises(InvalidArgument, match="invalid image reference"):
+        core.create_container(spec(image="library//busybox"))
+    with pytest.raises(InvalidArgument, match="invalid image id"):
+        core.create_container(spec(image="busybox", image_id="sha256:xyz"))
     assert core.list_containers() == []
 
 

@@ -114,7 +114,10 @@ def test_a_version_1_database_is_migrated_and_its_records_have_no_owner(db_path)
             raw.execute(statement)
         raw.execute("PRAGMA user_version = 1")
         # The columns of version 1: later migrations added the owner and the security options.
-        row = {k: v for k, v in _container_to_row(template).items() if not k.startswith("owner_") and k != "security"}
+        row = {
+                k: v for k, v in _container_to_row(template).items()
+                if not k.startswith("owner_") and k not in ("security", "image_id", "stop_signal")
+            }
         raw.execute(f"INSERT INTO containers ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})", row)
     finally:
         raw.close()

@@ -139,14 +139,14 @@ def paths():
 
 def test_scan_plan_apply_on_a_fake_tree(paths):
     store = RootfsStore(paths)
-    store.create(RootfsRecord(ID1, "base", f"sha256:{HEX}"))
+    store.create(RootfsRecord(ID1, "base", (f"sha256:{HEX}",)))
     (paths.rootfs(ID1).upper / "written").write_text("keep me")
-    store.create(RootfsRecord(ID2, "base", f"sha256:{HEX}"))
+    store.create(RootfsRecord(ID2, "base", (f"sha256:{HEX}",)))
     paths.rootfs(ID2).meta.unlink()  # record-less, nothing written but volume mount points: removed
     (paths.rootfs(ID2).upper / "data" / "deeper").mkdir(parents=True)
     (paths.rootfs(ID2).upper / "etc").mkdir()
     (paths.rootfs(ID2).upper / "etc" / "hosts").touch()
-    store.create(RootfsRecord(ID3, "base", f"sha256:{HEX}"))
+    store.create(RootfsRecord(ID3, "base", (f"sha256:{HEX}",)))
     paths.rootfs(ID3).meta.unlink()
     (paths.rootfs(ID3).upper / "data").write_text("someone's")  # record-less with data: kept
     leftovers = [

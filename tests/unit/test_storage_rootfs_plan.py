@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from services.common.errors import FailedPrecondition
+
 from services.storage.model import RootfsRecord, Volume
 from services.storage.paths import rootfs_paths
 from services.storage.rootfs import (
@@ -32,10 +34,33 @@ def test_overlay_options_leave_out_what_the_kernel_lacks():
     assert "redirect_dir=off" in options and "index=off" in options
 
 
-@pytest.mark.parametrize("bad", ["/a,b", "/a:b", "/a\0"])
+@pytest.mark.parametrize("bad", ["/a,b", "/a\0", "/a::/b", ":/a"])
 def test_overlay_options_refuse_separators(bad):
     with pytest.raises(ValueError):
         overlay_options(bad, "/u", "/w")
+    with pytest.raises(ValueError):
+        overlay_options("/l", bad.replace("::", ":"), "/w")
+
+
+def test_a_stack_of_layers_is_stacked_top_first_with_a_read_only_view_at_lower():
+    layout = rootfs_paths(Path("/r/overlay2"), "5341624332")
+    layers = ("sha256:" + "1" * 64, "sha256:" + "2" * 64)
+    record = RootfsRecord("5341624332", "app", layers)
+    dirs = ["/r/layers/sha256/" + "1" * 64 + "/fs", "/r/layers/sha256/" + "2" * 64 + "/fs"]
+    mounts = planned_mounts(layout, record, None, dirs)
+    assert [(m.type, m.target) for m in mounts] == [
+        ("overlay", "/r/overlay2/5341624332/lower"),
+        ("overlay", "/r/overlay2/5341624332/merged"),
+    ]
+    assert mounts[0].options == (f"lowerdir={dirs[1]}:{dirs[0]}", "ro")
+    assert f"lowerdir={dirs[1]}:{dirs[0]}" in mounts[1].options
+
+
+def test_a_stack_too_deep_for_one_mount_is_refused_in_one_line():
+    layout = rootfs_paths(Path("/r/overlay2"), "5341624332")
+    dirs = [f"/r/layers/sha256/{index:064x}/fs" for index in range(60)]
+    with pytest.raises(FailedPrecondition, match="60 layers"):
+        planned_mounts(layout, RootfsRecord("5341624332", "deep", tuple(f"sha256:{i:064x}" for i in range(60))), None, dirs)
 
 
 def test_kernel_overlay_features(tmp_path):
@@ -50,10 +75,10 @@ def test_planned_mounts_overlay_first_then_volumes_parents_first():
     record = RootfsRecord(
         "5341624332",
         "busybox",
-        "sha256:" + "0" * 64,
+        ("sha256:" + "0" * 64,),
         (Volume("/h/sub", "/data/sub", True), Volume("/h/data", "/data")),
     )
-    mounts = planned_mounts(layout, record, None)
+    mounts = planned_mounts(layout, record, None, ["/r/layers/sha256/" + "0" * 64 + "/fs"])
     assert [m.type for m in mounts] == ["overlay", "bind", "bind"]
     assert mounts[0].target == "/r/overlay2/5341624332/merged"
     assert "lowerdir=/r/overlay2/5341624332/lower" in mounts[0].options
@@ -64,8 +89,14 @@ def test_planned_mounts_overlay_first_then_volumes_parents_first():
 
 
 def test_record_round_trip():
-    record = RootfsRecord("5341624332", "busybox", "sha256:" + "1" * 64, (Volume("/h", "/c", True),), 12.5)
+    record = RootfsRecord("5341624332", "busybox", ("sha256:" + "1" * 64,), (Volume("/h", "/c", True),), 12.5, "sha256:" + "2" * 64)
     assert record_from_json(record_to_json(record)) == record
+
+
+def test_a_version_1_record_is_read_as_one_layer():
+    data = {"version": 1, "container_id": "5341624332", "image": "busybox", "digest": "sha256:" + "1" * 64, "volumes": []}
+    record = record_from_json(data)
+    assert record is not None and record.layers == ("sha256:" + "1" * 64,) and record.image_id == ""
 
 
 @pytest.mark.parametrize("data", [None, [], {}, {"container_id": "1"}, {"container_id": "1", "image": "b", "digest": "d", "volumes": [{"x": 1}]}])

@@ -27,7 +27,7 @@ CONTAINER_STATUS_EXITED: ContainerStatus
 CONTAINER_STATUS_REMOVING: ContainerStatus
 
 class Container(_message.Message):
-    __slots__ = ("id", "name", "image", "command", "env", "volumes", "resources", "network", "ports", "ip", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "status", "created_at", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "error", "owner", "security")
+    __slots__ = ("id", "name", "image", "command", "env", "volumes", "resources", "network", "ports", "ip", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "status", "created_at", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "error", "owner", "security", "image_id", "stop_signal")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,8 @@ class Container(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     SECURITY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    STOP_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     image: str
@@ -91,7 +93,9 @@ class Container(_message.Message):
     error: str
     owner: Owner
     security: _types_pb2.SecurityOptions
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., network: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., ip: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., working_dir: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin_open: _Optional[bool] = ..., auto_remove: _Optional[bool] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ..., security: _Optional[_Union[_types_pb2.SecurityOptions, _Mapping]] = ...) -> None: ...
+    image_id: str
+    stop_signal: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., network: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., ip: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., working_dir: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin_open: _Optional[bool] = ..., auto_remove: _Optional[bool] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ..., security: _Optional[_Union[_types_pb2.SecurityOptions, _Mapping]] = ..., image_id: _Optional[str] = ..., stop_signal: _Optional[str] = ...) -> None: ...
 
 class Owner(_message.Message):
     __slots__ = ("pid", "pid_start_time")
@@ -122,7 +126,7 @@ class GetInfoResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., database_path: _Optional[str] = ..., schema_version: _Optional[int] = ..., containers: _Optional[int] = ..., networks: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class CreateContainerRequest(_message.Message):
-    __slots__ = ("name", "image", "command", "env", "volumes", "resources", "network", "ports", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "owner", "security")
+    __slots__ = ("name", "image", "command", "env", "volumes", "resources", "network", "ports", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "owner", "security", "image_id", "stop_signal")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +150,8 @@ class CreateContainerRequest(_message.Message):
     AUTO_REMOVE_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     SECURITY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    STOP_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     command: _containers.RepeatedScalarFieldContainer[str]
@@ -162,7 +168,9 @@ class CreateContainerRequest(_message.Message):
     auto_remove: bool
     owner: Owner
     security: _types_pb2.SecurityOptions
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., network: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., working_dir: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin_open: _Optional[bool] = ..., auto_remove: _Optional[bool] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ..., security: _Optional[_Union[_types_pb2.SecurityOptions, _Mapping]] = ...) -> None: ...
+    image_id: str
+    stop_signal: str
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., network: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., hostname: _Optional[str] = ..., working_dir: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin_open: _Optional[bool] = ..., auto_remove: _Optional[bool] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ..., security: _Optional[_Union[_types_pb2.SecurityOptions, _Mapping]] = ..., image_id: _Optional[str] = ..., stop_signal: _Optional[str] = ...) -> None: ...
 
 class CreateContainerResponse(_message.Message):
     __slots__ = ("container",)

@@ -31,30 +31,111 @@ class GetInfoResponse(_message.Message):
     def __init__(self, version: _Optional[str] = ..., root: _Optional[str] = ..., driver: _Optional[str] = ..., images: _Optional[int] = ..., rootfs_count: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("name", "size_bytes", "created_at", "digest", "container_ids")
+    __slots__ = ("name", "size_bytes", "created_at", "digest", "container_ids", "id", "repo_tags", "repo_digests", "config", "layers", "architecture", "os", "history", "author")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_IDS_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REPO_TAGS_FIELD_NUMBER: _ClassVar[int]
+    REPO_DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     size_bytes: int
     created_at: _timestamp_pb2.Timestamp
     digest: str
     container_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., digest: _Optional[str] = ..., container_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    id: str
+    repo_tags: _containers.RepeatedScalarFieldContainer[str]
+    repo_digests: _containers.RepeatedScalarFieldContainer[str]
+    config: ImageConfig
+    layers: _containers.RepeatedCompositeFieldContainer[ImageLayer]
+    architecture: str
+    os: str
+    history: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
+    author: str
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., digest: _Optional[str] = ..., container_ids: _Optional[_Iterable[str]] = ..., id: _Optional[str] = ..., repo_tags: _Optional[_Iterable[str]] = ..., repo_digests: _Optional[_Iterable[str]] = ..., config: _Optional[_Union[ImageConfig, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[ImageLayer, _Mapping]]] = ..., architecture: _Optional[str] = ..., os: _Optional[str] = ..., history: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., author: _Optional[str] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ImageConfig(_message.Message):
+    __slots__ = ("entrypoint", "cmd", "env", "working_dir", "user", "exposed_ports", "stop_signal", "labels", "volumes")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
+    CMD_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    WORKING_DIR_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    EXPOSED_PORTS_FIELD_NUMBER: _ClassVar[int]
+    STOP_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    entrypoint: StringList
+    cmd: StringList
+    env: _containers.RepeatedScalarFieldContainer[str]
+    working_dir: str
+    user: str
+    exposed_ports: _containers.RepeatedScalarFieldContainer[str]
+    stop_signal: str
+    labels: _containers.ScalarMap[str, str]
+    volumes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entrypoint: _Optional[_Union[StringList, _Mapping]] = ..., cmd: _Optional[_Union[StringList, _Mapping]] = ..., env: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., user: _Optional[str] = ..., exposed_ports: _Optional[_Iterable[str]] = ..., stop_signal: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ImageLayer(_message.Message):
+    __slots__ = ("digest", "diff_id", "size_bytes", "media_type")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DIFF_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    diff_id: str
+    size_bytes: int
+    media_type: str
+    def __init__(self, digest: _Optional[str] = ..., diff_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., media_type: _Optional[str] = ...) -> None: ...
+
+class HistoryEntry(_message.Message):
+    __slots__ = ("created_at", "created_by", "comment", "empty_layer", "author")
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_LAYER_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    created_at: _timestamp_pb2.Timestamp
+    created_by: str
+    comment: str
+    empty_layer: bool
+    author: str
+    def __init__(self, created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., comment: _Optional[str] = ..., empty_layer: _Optional[bool] = ..., author: _Optional[str] = ...) -> None: ...
 
 class ImportImageHeader(_message.Message):
-    __slots__ = ("name", "replace", "source_path", "expected_size")
+    __slots__ = ("name", "replace", "source_path", "expected_size", "changes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_PATH_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
     name: str
     replace: bool
     source_path: str
     expected_size: int
-    def __init__(self, name: _Optional[str] = ..., replace: _Optional[bool] = ..., source_path: _Optional[str] = ..., expected_size: _Optional[int] = ...) -> None: ...
+    changes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., replace: _Optional[bool] = ..., source_path: _Optional[str] = ..., expected_size: _Optional[int] = ..., changes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ImportImageRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -65,6 +146,48 @@ class ImportImageRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[ImportImageHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class ImportImageResponse(_message.Message):
+    __slots__ = ("image",)
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+
+class LoadImageRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ImportImageHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[ImportImageHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class LoadImageResponse(_message.Message):
+    __slots__ = ("images", "untagged")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    UNTAGGED_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    untagged: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., untagged: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SaveImageRequest(_message.Message):
+    __slots__ = ("references",)
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    references: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, references: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SaveImageResponse(_message.Message):
+    __slots__ = ("chunk",)
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    def __init__(self, chunk: _Optional[bytes] = ...) -> None: ...
+
+class TagImageRequest(_message.Message):
+    __slots__ = ("source", "target")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class TagImageResponse(_message.Message):
     __slots__ = ("image",)
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     image: Image
@@ -81,10 +204,12 @@ class ListImagesResponse(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
 
 class GetImageRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "brief")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    BRIEF_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    brief: bool
+    def __init__(self, name: _Optional[str] = ..., brief: _Optional[bool] = ...) -> None: ...
 
 class GetImageResponse(_message.Message):
     __slots__ = ("image",)
@@ -93,42 +218,52 @@ class GetImageResponse(_message.Message):
     def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class RemoveImageRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RemoveImageResponse(_message.Message):
-    __slots__ = ("image",)
+    __slots__ = ("image", "untagged", "deleted")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    UNTAGGED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
     image: Image
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+    untagged: _containers.RepeatedScalarFieldContainer[str]
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., untagged: _Optional[_Iterable[str]] = ..., deleted: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Rootfs(_message.Message):
-    __slots__ = ("container_id", "image", "path", "mounts", "mounted", "volumes")
+    __slots__ = ("container_id", "image", "path", "mounts", "mounted", "volumes", "image_id")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     MOUNTS_FIELD_NUMBER: _ClassVar[int]
     MOUNTED_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     image: str
     path: str
     mounts: _containers.RepeatedCompositeFieldContainer[_types_pb2.Mount]
     mounted: bool
     volumes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Volume]
-    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., mounts: _Optional[_Iterable[_Union[_types_pb2.Mount, _Mapping]]] = ..., mounted: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ...) -> None: ...
+    image_id: str
+    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., path: _Optional[str] = ..., mounts: _Optional[_Iterable[_Union[_types_pb2.Mount, _Mapping]]] = ..., mounted: _Optional[bool] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., image_id: _Optional[str] = ...) -> None: ...
 
 class PrepareRootfsRequest(_message.Message):
-    __slots__ = ("container_id", "image", "volumes")
+    __slots__ = ("container_id", "image", "volumes", "image_id")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     image: str
     volumes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Volume]
-    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ...) -> None: ...
+    image_id: str
+    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., volumes: _Optional[_Iterable[_Union[_types_pb2.Volume, _Mapping]]] = ..., image_id: _Optional[str] = ...) -> None: ...
 
 class PrepareRootfsResponse(_message.Message):
     __slots__ = ("rootfs",)
@@ -171,14 +306,20 @@ class RemoveRootfsResponse(_message.Message):
     def __init__(self, removed: _Optional[bool] = ...) -> None: ...
 
 class CommitContainerRequest(_message.Message):
-    __slots__ = ("container_id", "image", "replace")
+    __slots__ = ("container_id", "image", "replace", "changes", "comment", "author")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     image: str
     replace: bool
-    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+    changes: _containers.RepeatedScalarFieldContainer[str]
+    comment: str
+    author: str
+    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., replace: _Optional[bool] = ..., changes: _Optional[_Iterable[str]] = ..., comment: _Optional[str] = ..., author: _Optional[str] = ...) -> None: ...
 
 class CommitContainerResponse(_message.Message):
     __slots__ = ("image",)

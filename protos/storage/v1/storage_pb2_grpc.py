@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class StorageServiceStub:
-    """StorageService manages MYDOCKER_ROOT/image/<name>.tar images, the layers
-    extracted from them (once per content digest) and
+    """StorageService manages images (their blobs in a content store, one record per
+    image id, and one docker-archive MYDOCKER_ROOT/image/<name>.tar per tag), the
+    layers unpacked from them (once per diff id) and
     MYDOCKER_ROOT/overlay2/<id>/{lower,upper,work,merged} container roots.
     """
 
@@ -46,6 +47,21 @@ class StorageServiceStub:
                 '/mydocker.storage.v1.StorageService/ImportImage',
                 request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.ImportImageRequest.SerializeToString,
                 response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.ImportImageResponse.FromString,
+                _registered_method=True)
+        self.LoadImage = channel.stream_unary(
+                '/mydocker.storage.v1.StorageService/LoadImage',
+                request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.LoadImageRequest.SerializeToString,
+                response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.LoadImageResponse.FromString,
+                _registered_method=True)
+        self.SaveImage = channel.unary_stream(
+                '/mydocker.storage.v1.StorageService/SaveImage',
+                request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.SaveImageRequest.SerializeToString,
+                response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.SaveImageResponse.FromString,
+                _registered_method=True)
+        self.TagImage = channel.unary_unary(
+                '/mydocker.storage.v1.StorageService/TagImage',
+                request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.TagImageRequest.SerializeToString,
+                response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.TagImageResponse.FromString,
                 _registered_method=True)
         self.ListImages = channel.unary_unary(
                 '/mydocker.storage.v1.StorageService/ListImages',
@@ -110,8 +126,9 @@ class StorageServiceStub:
 
 
 class StorageServiceServicer:
-    """StorageService manages MYDOCKER_ROOT/image/<name>.tar images, the layers
-    extracted from them (once per content digest) and
+    """StorageService manages images (their blobs in a content store, one record per
+    image id, and one docker-archive MYDOCKER_ROOT/image/<name>.tar per tag), the
+    layers unpacked from them (once per diff id) and
     MYDOCKER_ROOT/overlay2/<id>/{lower,upper,work,merged} container roots.
     """
 
@@ -123,33 +140,67 @@ class StorageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportImage(self, request_iterator, context):
-        """ImportImage stores an image tar under a name. The first message is a
-        header; when the header names a server-side file no chunks follow,
-        otherwise chunks carry the tar. The tar is checked before it becomes
-        visible: a hostile tar is INVALID_ARGUMENT and leaves nothing behind.
-        ALREADY_EXISTS for a taken name unless `replace` is set.
+        """ImportImage stores a plain root filesystem tar as a one-layer image
+        tagged `name`. The first message is a header; when the header names a
+        server-side file no chunks follow, otherwise chunks carry the tar. The tar
+        is checked before it becomes visible: a hostile tar is INVALID_ARGUMENT
+        and leaves nothing behind. ALREADY_EXISTS for a taken name unless
+        `replace` is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadImage(self, request_iterator, context):
+        """LoadImage stores every image of an archive: a docker-archive (`docker
+        save`), an OCI image layout in a tar, or a plain root filesystem tar
+        (then `name` is required), each optionally gzip or zstd compressed. Tags in
+        the archive move to the loaded images. Same header/chunks stream as
+        ImportImage. INVALID_ARGUMENT for a hostile, truncated or inconsistent
+        archive, which leaves nothing behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveImage(self, request, context):
+        """SaveImage streams one docker-archive (also an OCI image layout) holding
+        the named images. NOT_FOUND for an unknown reference.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TagImage(self, request, context):
+        """TagImage gives the image `source` resolves to the tag `target`, moving
+        the tag if another image had it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListImages(self, request, context):
-        """ListImages returns every image, sorted by name.
+        """ListImages returns every image, tagged or not, sorted by id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetImage(self, request, context):
-        """GetImage returns one image. NOT_FOUND if there is none.
+        """GetImage resolves a reference (name[:tag], name@digest, an id or an id
+        prefix) to its image. NOT_FOUND if nothing matches, INVALID_ARGUMENT for
+        an ambiguous id prefix.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveImage(self, request, context):
-        """RemoveImage deletes an image tar. FAILED_PRECONDITION while a container
-        rootfs uses it. Its layer stays until PruneLayers.
+        """RemoveImage untags a name, or removes an image by id. The image, its
+        blobs and its unpacked layers are deleted when its last tag goes and no
+        container rootfs uses it. FAILED_PRECONDITION while a container uses the
+        image (unless `force`: then only tags are removed) or when an id names
+        an image with several tags (unless `force`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,16 +241,20 @@ class StorageServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CommitContainer(self, request, context):
-        """CommitContainer writes the container's filesystem (lower plus upper,
-        whiteouts applied, volumes and /proc, /sys, /dev contents left out) as
-        image `image`, atomically. ALREADY_EXISTS unless `replace` is set.
+        """CommitContainer makes a new image from a container: its image's layers
+        plus one new layer holding the container's changes (its `upper`, as an
+        OCI layer; volumes and /proc, /sys, /dev contents left out), tagged
+        `image`, atomically. The work grows with the size of the change, not of
+        the image. ALREADY_EXISTS for a taken name unless `replace` is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExportContainer(self, request, context):
-        """ExportContainer streams the same tar as CommitContainer without storing it.
+        """ExportContainer streams the container's whole filesystem (lower plus
+        upper, whiteouts applied, volumes and /proc, /sys, /dev contents left out)
+        as one flat tar, without storing it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,6 +294,21 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.ImportImage,
                     request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.ImportImageRequest.FromString,
                     response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.ImportImageResponse.SerializeToString,
+            ),
+            'LoadImage': grpc.stream_unary_rpc_method_handler(
+                    servicer.LoadImage,
+                    request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.LoadImageRequest.FromString,
+                    response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.LoadImageResponse.SerializeToString,
+            ),
+            'SaveImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.SaveImage,
+                    request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.SaveImageRequest.FromString,
+                    response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.SaveImageResponse.SerializeToString,
+            ),
+            'TagImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagImage,
+                    request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.TagImageRequest.FromString,
+                    response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.TagImageResponse.SerializeToString,
             ),
             'ListImages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListImages,
@@ -309,8 +379,9 @@ def add_StorageServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class StorageService:
-    """StorageService manages MYDOCKER_ROOT/image/<name>.tar images, the layers
-    extracted from them (once per content digest) and
+    """StorageService manages images (their blobs in a content store, one record per
+    image id, and one docker-archive MYDOCKER_ROOT/image/<name>.tar per tag), the
+    layers unpacked from them (once per diff id) and
     MYDOCKER_ROOT/overlay2/<id>/{lower,upper,work,merged} container roots.
     """
 
@@ -358,6 +429,87 @@ class StorageService:
             '/mydocker.storage.v1.StorageService/ImportImage',
             protos_dot_storage_dot_v1_dot_storage__pb2.ImportImageRequest.SerializeToString,
             protos_dot_storage_dot_v1_dot_storage__pb2.ImportImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadImage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mydocker.storage.v1.StorageService/LoadImage',
+            protos_dot_storage_dot_v1_dot_storage__pb2.LoadImageRequest.SerializeToString,
+            protos_dot_storage_dot_v1_dot_storage__pb2.LoadImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mydocker.storage.v1.StorageService/SaveImage',
+            protos_dot_storage_dot_v1_dot_storage__pb2.SaveImageRequest.SerializeToString,
+            protos_dot_storage_dot_v1_dot_storage__pb2.SaveImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TagImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mydocker.storage.v1.StorageService/TagImage',
+            protos_dot_storage_dot_v1_dot_storage__pb2.TagImageRequest.SerializeToString,
+            protos_dot_storage_dot_v1_dot_storage__pb2.TagImageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,333 @@
+"""StorageCore's image verbs: list, get, import, load, save, tag, remove, and commit in O(size of the change)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from services.common import image_config
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.storage import compression, diff
+from services.storage.archive_read import LayerRef
+from services.storage.archive_write import ArchiveImage, write_docker_archive
+from services.storage.imagedb import ImageRecord
+from services.storage.images import ImageStore, _tag_reference
+from services.storage.model import Image, RemoveResult, RootfsRecord
+from services.storage.paths import validate_container_id
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK = 1 << 20
+SAVE_CHUNK = 256 * 1024
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class ImagesMixin:
+    """Image verbs of StorageCore; needs self.images, self.layers, self.rootfs, self.paths, self._catalog."""
+
+    images: ImageStore
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _users(self) -> dict[str, list[str]]:
+        """Image id -> ids of the rootfs prepared from it (older records matched by their layers)."""
+        users: dict[str, list[str]] = {}
+        by_layers = None
+        for record in self.rootfs.records():
+            image_id = record.image_id
+            if not image_id:
+                if by_layers is None:
+                    by_layers = {image.diff_ids: image.id for image in self.images.db.records()}
+                image_id = by_layers.get(record.layers, "")
+            if image_id:
+                users.setdefault(image_id, []).append(record.container_id)
+        return users
+
+    def list_images(self) -> list[Image]:
+        tags = self.images.tags_by_id()
+        users = self._users()
+        return [
+            self.images.describe(record, tags.get(record.id, []), users.get(record.id, ()))
+            for record in self.images.db.records()
+        ]
+
+    def get_image(self, text: str, brief: bool = False) -> Image:
+        record = self.images.resolve(text)
+        if brief:
+            return self.images.describe(record, [], ())
+        tags = self.images.tags_by_id().get(record.id, [])
+        return self.images.describe(record, tags, self._users().get(record.id, ()), name=_familiar(text, tags))
+
+    # -- uploads -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _upload(
+        self, chunks: Iterable[bytes] | None, source_path: str, expected_size: int, what: str
+    ) -> Iterator[Path]:
+        """The uploaded archive as a temp file (or the server-side file itself), removed afterwards."""
+        if source_path:
+            yield _server_file(source_path)
+            return
+        self.paths.tmp.mkdir(parents=True, exist_ok=True)
+        path = self.paths.tmp / f"upload-{secrets.token_hex(6)}.tar"
+        try:
+            size = 0
+            with open(path, "xb") as out:
+                for chunk in chunks or ():
+                    out.write(chunk)
+                    size += len(chunk)
+            if size == 0:
+                raise InvalidArgument(f"{what}: the archive is empty")
+            if expected_size and size != expected_size:
+                raise InvalidArgument(
+                    f"{what}: received {size} bytes but {expected_size} were announced (interrupted upload?)"
+                )
+            yield path
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _unpack_all(self, record: ImageRecord, what: str) -> None:
+        """Unpack every layer now (checking each against the safety rules), as Docker does on load."""
+        for layer in record.layers:
+            self.layers.ensure(layer.diff_id, lambda digest=layer.digest: self.images.content.open(digest), what)
+
+    def _undo_new(self, before: set[str]) -> None:
+        """Delete the image records a failed load or import created (with their unused blobs)."""
+        with self._catalog:
+            for image_id in set(self.images.db.ids()) - before:
+                record = self.images.db.get(image_id)
+                if record is not None and not self.images.tags_by_id().get(image_id):
+                    self.images.delete_record(record)
+
+    def import_image(
+        self,
+        name: str,
+        replace: bool,
+        chunks: Iterable[bytes] | None,
+        source_path: str = "",
+        expected_size: int = 0,
+        changes: Iterable[str] = (),
+    ) -> Image:
+        """A plain rootfs tar as a one-layer image tagged `name`: checked and unpacked before it is visible."""
+        if not name:
+            raise InvalidArgument("the image name is required")
+        ref = _tag_reference(name)
+        self.images.check_tag_free(ref, replace)
+        changes = list(changes)
+        for line in changes:
+            image_config.parse_change(line)
+        what = f'image "{name}"'
+        before = set(self.images.db.ids())
+        with self._upload(chunks, source_path, expected_size, what) as path:
+            try:
+                record = self.images.import_rootfs(path, name, replace, changes, before_publish=lambda r: self._unpack_all(r, what))
+            except BaseException:
+                self._undo_new(before)
+                raise
+        log.info("imported image %s as %s", name, record.id)
+        return self.get_image(ref.familiar())
+
+    def load_image(
+        self, name: str, chunks: Iterable[bytes] | None, source_path: str = "", expected_size: int = 0
+    ) -> tuple[list[Image], list[str]]:
+        """Every image of a docker-archive, OCI archive or rootfs tar (then tagged `name`)."""
+        before = set(self.images.db.ids())
+        with self._upload(chunks, source_path, expected_size, "the archive") as path:
+            try:
+                loaded, untagged = self.images.load(path, name, before_publish=lambda r: self._unpack_all(r, "the archive"))
+            except BaseException:
+                self._undo_new(before)
+                raise
+        users = self._users()
+        images = [self.images.describe(record, tags, users.get(record.id, ())) for record, tags in loaded]
+        log.info("loaded %d image(s): %s", len(images), ", ".join(image.id for image in images))
+        return images, untagged
+
+    def tag_image(self, source: str, target: str) -> Image:
+        record = self.images.tag(source, target)
+        return self.get_image(_tag_reference(target).familiar()) if record else self.get_image(source)
+
+    def save_images(self, references: list[str]) -> Iterator[bytes]:
+        """Chunks of one docker-archive of the named images (each blob once)."""
+        if not references:
+            raise InvalidArgument("name at least one image to save")
+        chosen: dict[str, list[str]] = {}
+        records: dict[str, ImageRecord] = {}
+        for text in references:
+            record = self.images.resolve(text)
+            records[record.id] = record
+            tags = chosen.setdefault(record.id, [])
+            with contextlib.suppress(InvalidArgument):
+                ref = _tag_reference(text)
+                if self.images.db.tag_stat(ref) is not None and ref.familiar() not in tags:
+                    tags.append(ref.familiar())
+        self.paths.tmp.mkdir(parents=True, exist_ok=True)
+        path = self.paths.tmp / f"save-{secrets.token_hex(6)}.tar"
+        out = open(path, "w+b")
+        try:
+            path.unlink()  # the open file is all we need; nothing to clean up if we die
+            images = [ArchiveImage(image_id, records[image_id].layers, tuple(tags)) for image_id, tags in chosen.items()]
+            write_docker_archive(out, images, self.images.content)
+            out.seek(0)
+        except BaseException:
+            out.close()
+            raise
+        return _chunks(out)
+
+    # -- removing ----------------------------------------------------------------------------
+
+    def remove_image(self, text: str, force: bool = False) -> RemoveResult:
+        """Untag a tag, or remove an image by id; the image goes when its last tag does and no container uses it."""
+        with self._catalog:
+            record = self.images.resolve(text)
+            tags = self.images.tags_by_id().get(record.id, [])
+            users = self._users().get(record.id, [])
+            image = self.images.describe(record, tags, users, name=_familiar(text, tags))
+            tag = _as_existing_tag(self.images, text)
+            if tag is not None:
+                doomed = [tag]
+                if len(tags) == 1 and users and not force:
+                    raise FailedPrecondition(
+                        f'image "{tag.familiar()}" is used by container(s) {", ".join(users)}: remove them first '
+                        "(or -f to untag it; the image stays for them)"
+                    )
+            else:
+                if len(tags) > 1 and not force:
+                    raise FailedPrecondition(
+                        f"image {record.id[7:19]} has {len(tags)} tags ({', '.join(tags)}): remove them by name, or use -f"
+                    )
+                if users and not force:
+                    raise FailedPrecondition(
+                        f"image {record.id[7:19]} is used by container(s) {', '.join(users)}: remove them first"
+                    )
+                doomed = [_tag_reference(tag_text) for tag_text in tags]
+            untagged = []
+            for ref in doomed:
+                if self.images.db.remove_tag(ref):
+                    untagged.append(ref.familiar())
+            deleted = []
+            if len(tags) <= len(untagged) and not users:
+                self._delete_image(record)
+                deleted.append(record.id)
+        return RemoveResult(image=image, untagged=tuple(untagged), deleted=tuple(deleted))
+
+    def _delete_image(self, record: ImageRecord) -> None:
+        """Delete an image and the blobs and unpacked layers nothing else uses (catalog lock held)."""
+        diff_ids = self.images.delete_record(record)
+        still_used = {diff_id for image in self.images.db.records() for diff_id in image.diff_ids}
+        still_used |= {layer for rootfs in self.rootfs.records() for layer in rootfs.layers}
+        still_used |= self.rootfs.lower_digests()
+        for diff_id in diff_ids - still_used:
+            with self.layers.lock(diff_id):
+                self.layers.delete(diff_id)
+        log.info("deleted image %s", record.id)
+
+    # -- commit ------------------------------------------------------------------------------
+
+    def _parent_image(self, record: RootfsRecord) -> ImageRecord:
+        if record.image_id:
+            parent = self.images.db.get(record.image_id)
+            if parent is not None:
+                return parent
+        for image in self.images.db.records():
+            if image.diff_ids == record.layers:
+                return image
+        with contextlib.suppress(NotFound, InvalidArgument):
+            image = self.images.resolve(record.image)
+            if image.diff_ids == record.layers:
+                return image
+        raise FailedPrecondition(
+            f'container {record.container_id}: its image "{record.image}" is gone, so its layers cannot be '
+            "named in a new image: export the container instead (mydocker export)"
+        )
+
+    def commit(
+        self,
+        container_id: str,
+        image: str,
+        replace: bool,
+        changes: Iterable[str] = (),
+        comment: str = "",
+        author: str = "",
+    ) -> Image:
+        """The container's image plus one layer made from its upper dir, tagged `image`."""
+        validate_container_id(container_id)
+        if not image:
+            raise InvalidArgument("the image name is required")
+        ref = _tag_reference(image)
+        self.images.check_tag_free(ref, replace)
+        parsed = [image_config.parse_change(line) for line in changes]
+        started = time.monotonic()
+        with self._container_lock(container_id):
+            record = self._record(container_id)
+            parent = self._parent_image(record)
+            upper_fd = os.open(self.rootfs.paths(container_id).upper, _DIR_FLAGS)
+            try:
+                with self.images.content.writer() as blob:
+                    diff.write_layer(upper_fd, blob)
+                    digest = blob.commit()
+                    size = blob.size
+            finally:
+                os.close(upper_fd)
+            layer = LayerRef(digest=digest, diff_id=digest, size=size, media_type=compression.DOCKER_LAYER)
+            self.layers.ensure(digest, lambda: self.images.content.open(digest), f'image "{image}"')
+            document = image_config.child_config(
+                self.images.config_document(parent.id),
+                digest,
+                image_config.format_created(time.time()),
+                f"mydocker commit {container_id}",
+                comment=comment,
+                author=author,
+                changes=parsed,
+            )
+            new = self.images.store_new(image_config.config_bytes(document), parent.layers + (layer,))
+            self.images.write_tag(ref, new, replace)
+        log.info("committed %s as %s (%s): a %d-byte layer in %.3fs", container_id, image, new.id, size, time.monotonic() - started)
+        return self.get_image(ref.familiar())
+
+
+def _familiar(text: str, tags: list[str]) -> str:
+    """The name to report for a request: the tag it named (familiar form), else the image's first tag."""
+    with contextlib.suppress(InvalidArgument):
+        familiar = _tag_reference(text).familiar()
+        if familiar in tags:
+            return familiar
+    return tags[0] if tags else ""
+
+
+def _as_existing_tag(images: ImageStore, text: str):
+    """The reference `text` names when it is an existing tag, else None (then it is an id or a digest)."""
+    with contextlib.suppress(InvalidArgument):
+        ref = _tag_reference(text)
+        if images.db.tag_stat(ref) is not None:
+            return ref
+    return None
+
+
+def _server_file(source_path: str) -> Path:
+    """A server-side archive named by an upload header: absolute, and a regular file (a fifo must not hang us)."""
+    if not os.path.isabs(source_path):
+        raise InvalidArgument(f'source path "{source_path}" is not absolute: give the full path')
+    try:
+        fd = os.open(source_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"source {source_path} does not exist") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgument(f"source {source_path} is not a regular file: give a tar file")
+    finally:
+        os.close(fd)
+    return Path(source_path)
+
+
+def _chunks(handle) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(SAVE_CHUNK):
+            yield chunk
