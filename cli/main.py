@@ -10,7 +10,7 @@ import click
 import typer
 import typer.main
 
-from cli import containers, images, networks, system
+from cli import containers, images, networks, registry, system
 from cli.argv import normalize_argv
 from cli.services import CliError
 
@@ -25,6 +25,7 @@ system.register(app)
 containers.register(app)
 images.register(app)
 networks.register(app)
+registry.register(app)
 
 
 @functools.cache

@@ -49,9 +49,18 @@ def check_health(config: Config, service: str, timeout: float = HEALTH_TIMEOUT) 
     return Health(service, str(socket), health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
+DOMAIN_ERROR_KEY = "mydocker-error"
+
+
+def is_domain_error(err: grpc.RpcError) -> bool:
+    """True when the service itself chose the status (a registry it could not reach), not the transport."""
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    return any(key == DOMAIN_ERROR_KEY for key, _ in trailing or ())
+
+
 def describe_rpc_error(service: str, config: Config, err: grpc.RpcError) -> str:
     """One line for a failed call; an unreachable service names its socket and how to start it."""
-    if err.code() == grpc.StatusCode.UNAVAILABLE:
+    if err.code() == grpc.StatusCode.UNAVAILABLE and not is_domain_error(err):
         socket = config.socket_path(service)
         why = "nobody answers on it" if socket.exists() else "no socket"
         return str(ServiceUnreachable(service, str(socket), why))

@@ -21,6 +21,18 @@ class FailedPrecondition(MydockerError):
     """The request cannot be done in the system's current state (FAILED_PRECONDITION)."""
 
 
+class Unauthenticated(MydockerError):
+    """A remote party (a registry) wants credentials, or refused the ones given (UNAUTHENTICATED)."""
+
+
+class PermissionDenied(MydockerError):
+    """A remote party knows who we are and refuses the operation (PERMISSION_DENIED)."""
+
+
+class Unavailable(MydockerError):
+    """A remote party did not answer: connection refused, unknown name, timeout, TLS failure (UNAVAILABLE)."""
+
+
 class InvalidTransition(FailedPrecondition):
     """A record cannot move from its status to the requested one."""
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import grpc
 
 from services.common import errors
+from services.common.client import DOMAIN_ERROR_KEY
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,9 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.MydockerError], grpc.StatusCode], ...] 
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 
@@ -29,6 +33,8 @@ def status_for(error: errors.MydockerError) -> grpc.StatusCode:
 def _abort_for(method: str, exc: BaseException, context: grpc.ServicerContext) -> None:
     """Abort the call with the status that `exc` stands for; context.abort raises."""
     if isinstance(exc, errors.MydockerError):
+        # Marked, so a client tells "the registry is unreachable" from "this service is unreachable".
+        context.set_trailing_metadata(((DOMAIN_ERROR_KEY, type(exc).__name__),))
         context.abort(status_for(exc), str(exc))
     if isinstance(exc, NotImplementedError):
         # The generated base servicer raises this for RPCs a later issue implements.

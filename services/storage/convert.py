@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -137,3 +139,45 @@ def split_import(requests: Iterable, rpc: str = "ImportImage") -> tuple[storage_
             yield message.chunk
 
     return header, chunks()
+
+
+def progress_to_proto(progress) -> storage_pb2.LayerProgress:
+    return storage_pb2.LayerProgress(
+        digest=progress.digest, status=progress.status, current_bytes=progress.current, total_bytes=progress.total
+    )
+
+
+_DONE = object()
+
+
+def stream_progress(run, context) -> Iterator[tuple[str, object]]:
+    """Run `run(report)` in a thread; yield ("progress", p) for each report, then ("result", value).
+
+    The work's own exception is raised here, in the servicer's thread, so the one error map applies.
+    A client that goes away stops the stream; the work finishes on its own (a pull is not torn down
+    halfway: what it fetched stays for the next one).
+    """
+    events: queue.Queue = queue.Queue()
+    outcome: list = []
+
+    def work() -> None:
+        try:
+            outcome.append(("result", run(lambda progress: events.put(("progress", progress)))))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the servicer's thread below
+            outcome.append(("error", exc))
+        finally:
+            events.put(_DONE)
+
+    thread = threading.Thread(target=work, name="transfer", daemon=True)
+    thread.start()
+    while True:
+        event = events.get()
+        if event is _DONE:
+            break
+        if context.is_active():
+            yield event
+    thread.join()
+    kind, value = outcome[0]
+    if kind == "error":
+        raise value
+    yield kind, value

@@ -49,6 +49,8 @@ class StorageCore(ImagesMixin):
         self.paths = StoragePaths.at(config.root)
         self.stats = Stats()
         self._catalog = threading.RLock()
+        # One load, import or pull at a time: a failed one removes the records it made, and only those.
+        self._ingest = threading.Lock()
         self.images = ImageStore(self.paths, self.stats, self._catalog)
         self.layers = LayerStore(self.paths, self.stats)
         self.images.unpack = self._unpack_all
@@ -95,7 +97,7 @@ class StorageCore(ImagesMixin):
             "version": VERSION,
             "root": str(self.config.root),
             "driver": "overlay2",
-            "images": len(set(self.images.tags_by_id()) | set(self.images.db.ids())),
+            "images": self.images.count(),
             "rootfs_count": len(self.rootfs.ids()),
             "pid": os.getpid(),
         }

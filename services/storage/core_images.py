@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from services.common import image_config
+from services.common import image_config, reference
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.storage import compression, diff
-from services.storage.archive_read import LayerRef
+from services.storage import compression, diff, distribution
+from services.storage.archive_read import LayerRef, LoadedImage
 from services.storage.archive_write import ArchiveImage, write_docker_archive
 from services.storage.imagedb import ImageRecord
 from services.storage.images import ImageStore, _tag_reference
@@ -124,8 +124,8 @@ class ImagesMixin:
         for line in changes:
             image_config.parse_change(line)
         what = f'image "{name}"'
-        before = set(self.images.db.ids())
-        with self._upload(chunks, source_path, expected_size, what) as path:
+        with self._upload(chunks, source_path, expected_size, what) as path, self._ingest:
+            before = set(self.images.db.ids())
             try:
                 record = self.images.import_rootfs(path, name, replace, changes, before_publish=lambda r: self._unpack_all(r, what))
             except BaseException:
@@ -138,8 +138,8 @@ class ImagesMixin:
         self, name: str, chunks: Iterable[bytes] | None, source_path: str = "", expected_size: int = 0
     ) -> tuple[list[Image], list[str]]:
         """Every image of a docker-archive, OCI archive or rootfs tar (then tagged `name`)."""
-        before = set(self.images.db.ids())
-        with self._upload(chunks, source_path, expected_size, "the archive") as path:
+        with self._upload(chunks, source_path, expected_size, "the archive") as path, self._ingest:
+            before = set(self.images.db.ids())
             try:
                 loaded, untagged = self.images.load(path, name, before_publish=lambda r: self._unpack_all(r, "the archive"))
             except BaseException:
@@ -149,6 +149,64 @@ class ImagesMixin:
         images = [self.images.describe(record, tags, users.get(record.id, ())) for record, tags in loaded]
         log.info("loaded %d image(s): %s", len(images), ", ".join(image.id for image in images))
         return images, untagged
+
+    # -- registries --------------------------------------------------------------------------
+
+    def pull_image(self, text: str, platform: str, report: distribution.Report) -> Image:
+        """Fetch an image from its registry, unpack its layers, then tag it (a digest reference: no tag)."""
+        ref = reference.parse(text)
+        with self._ingest:
+            before = set(self.images.db.ids())
+            try:
+                pulled = distribution.pull(self.paths.root, self.images.content, ref, platform, report)
+                with self._catalog:
+                    record = self.images.store_record(
+                        LoadedImage(pulled.config_digest, pulled.layers, (), "registry"),
+                        repo_digest=f"{ref.name}@{pulled.manifest_digest}",
+                    )
+                for layer in record.layers:
+                    if self.layers.get(layer.diff_id) is None:
+                        report(distribution.Progress(layer.digest, "unpacking", layer.size, layer.size))
+                self._unpack_all(record, f'image "{ref.familiar()}"')
+                if not ref.digest:
+                    self.images.write_tag(ref, record, replace=True)
+            except BaseException:
+                self._undo_new(before)
+                raise
+        return self.get_image(ref.familiar() if not ref.digest else record.id)
+
+    def push_image(self, text: str, report: distribution.Report) -> str:
+        ref = _tag_reference(text)
+        distribution.check_pushable(ref)
+        record = self.images.resolve_tag(ref)
+        if record is None:
+            raise NotFound(f'image "{ref.familiar()}" not found: tag an image with that name first (mydocker tag IMAGE {ref.familiar()})')
+        digest = distribution.push(self.paths.root, self.images.content, ref, record, report)
+        with self._catalog:
+            self.images.add_repo_digest(record.id, f"{ref.name}@{digest}")
+        return digest
+
+    def login(self, registry: str, username: str, password: str) -> str:
+        from services.storage import registry_auth
+
+        if not registry or not username or not password:
+            raise InvalidArgument("login needs a registry, a user name and a password")
+        host = registry_auth.checked_host(registry)
+        settings = registry_auth.registry_settings(self.paths.root, host)
+        client = distribution.RegistryClient(
+            settings.endpoint, credentials=(username, password), scheme=settings.scheme, ca_file=settings.ca_file
+        )
+        with client:
+            client.ping()
+        registry_auth.store_credentials(self.paths.root / registry_auth.AUTH_FILE, host, username, password)
+        return host
+
+    def logout(self, registry: str) -> None:
+        from services.storage import registry_auth
+
+        host = registry_auth.checked_host(registry)
+        if not registry_auth.remove_credentials(self.paths.root / registry_auth.AUTH_FILE, host):
+            raise NotFound(f"not logged in to {host}")
 
     def tag_image(self, source: str, target: str) -> Image:
         record = self.images.tag(source, target)

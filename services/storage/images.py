@@ -161,6 +161,16 @@ class ImageStore:
 
         return build
 
+    def add_repo_digest(self, image_id: str, repo_digest: str) -> None:
+        """Remember a registry manifest of the image (caller holds the catalog lock)."""
+        record = self.db.get(image_id)
+        if record is not None and repo_digest not in record.repo_digests:
+            self.db.put(ImageRecord(record.id, record.layers, record.repo_digests + (repo_digest,), record.stored_at))
+
+    def store_record(self, image: LoadedImage, repo_digest: str = "") -> ImageRecord:
+        """Create (or complete) the record of an image whose blobs are stored; the caller holds the catalog lock."""
+        return self._store_record(image, repo_digest)
+
     def _store_record(self, image: LoadedImage, repo_digest: str = "") -> ImageRecord:
         """Create (or complete) the record of a loaded image; the caller holds the catalog lock."""
         existing = self.db.get(image.config_digest)
@@ -176,6 +186,19 @@ class ImageStore:
         if record != existing:
             self.db.put(record)
         return record
+
+    def count(self) -> int:
+        """Images on disk without loading anything: distinct ids, a tag file not yet read counting as one."""
+        ids = set(self.db.ids())
+        unread = 0
+        for tag in self.db.tags():
+            st = self.db.tag_stat(tag.reference)
+            image_id = self.db.cached_id(tag.reference, st) if st is not None else None
+            if image_id is None:
+                unread += 1
+            else:
+                ids.add(image_id)
+        return len(ids) + unread
 
     def tags_by_id(self) -> dict[str, list[str]]:
         """Image id -> its tags (familiar form), loading tag files not seen before."""

@@ -6,19 +6,13 @@ import socket
 import ssl
 from collections.abc import Iterator
 
-from services.common.errors import FailedPrecondition
+from services.common import errors
 
 
-class Unauthenticated(FailedPrecondition):
-    """The registry wants credentials, or refused the ones given (UNAUTHENTICATED once the gRPC map knows it)."""
-
-
-class PermissionDenied(FailedPrecondition):
-    """The registry knows who we are and refuses the operation (403)."""
-
-
-class Unreachable(FailedPrecondition):
-    """No HTTP answer: connection refused, name unknown, timeout, connection lost, TLS failure."""
+# The client's errors are the shared domain errors, so the gRPC map gives each its own status code.
+Unauthenticated = errors.Unauthenticated
+PermissionDenied = errors.PermissionDenied
+Unreachable = errors.Unavailable
 
 
 def cause_chain(exc: BaseException) -> Iterator[BaseException]:

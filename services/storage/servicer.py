@@ -37,6 +37,33 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         for chunk in self._core.save_images(list(request.references)):
             yield storage_pb2.SaveImageResponse(chunk=chunk)
 
+    def PullImage(self, request, context):
+        def run(report):
+            return self._core.pull_image(request.reference, request.platform, report)
+
+        for kind, value in convert.stream_progress(run, context):
+            if kind == "progress":
+                yield storage_pb2.PullImageResponse(progress=convert.progress_to_proto(value))
+            else:
+                yield storage_pb2.PullImageResponse(image=convert.image_to_proto(value))
+
+    def PushImage(self, request, context):
+        def run(report):
+            return self._core.push_image(request.reference, report)
+
+        for kind, value in convert.stream_progress(run, context):
+            if kind == "progress":
+                yield storage_pb2.PushImageResponse(progress=convert.progress_to_proto(value))
+            else:
+                yield storage_pb2.PushImageResponse(manifest_digest=value)
+
+    def Login(self, request, context):
+        return storage_pb2.LoginResponse(registry=self._core.login(request.registry, request.username, request.password))
+
+    def Logout(self, request, context):
+        self._core.logout(request.registry)
+        return storage_pb2.LogoutResponse()
+
     def TagImage(self, request, context):
         image = self._core.tag_image(request.source, request.target)
         return storage_pb2.TagImageResponse(image=convert.image_to_proto(image))

@@ -46,6 +46,12 @@ def test_transport_reason_of_a_certificate_error_and_of_nothing_known() -> None:
     assert transport_reason(ValueError()) == "ValueError"
 
 
-def test_error_classes_map_as_failed_precondition_until_grpc_knows_them() -> None:
-    for error_class in (Unauthenticated, PermissionDenied, Unreachable):
-        assert issubclass(error_class, FailedPrecondition)
+def test_error_classes_have_their_own_grpc_status() -> None:
+    import grpc
+
+    from services.common.grpc_errors import status_for
+
+    assert status_for(Unauthenticated("x")) == grpc.StatusCode.UNAUTHENTICATED
+    assert status_for(PermissionDenied("x")) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_for(Unreachable("x")) == grpc.StatusCode.UNAVAILABLE
+    assert not issubclass(Unauthenticated, FailedPrecondition)

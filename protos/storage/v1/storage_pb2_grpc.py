@@ -63,6 +63,26 @@ class StorageServiceStub:
                 request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.TagImageRequest.SerializeToString,
                 response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.TagImageResponse.FromString,
                 _registered_method=True)
+        self.PullImage = channel.unary_stream(
+                '/mydocker.storage.v1.StorageService/PullImage',
+                request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.PullImageRequest.SerializeToString,
+                response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.PullImageResponse.FromString,
+                _registered_method=True)
+        self.PushImage = channel.unary_stream(
+                '/mydocker.storage.v1.StorageService/PushImage',
+                request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.PushImageRequest.SerializeToString,
+                response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.PushImageResponse.FromString,
+                _registered_method=True)
+        self.Login = channel.unary_unary(
+                '/mydocker.storage.v1.StorageService/Login',
+                request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.LoginRequest.SerializeToString,
+                response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.LoginResponse.FromString,
+                _registered_method=True)
+        self.Logout = channel.unary_unary(
+                '/mydocker.storage.v1.StorageService/Logout',
+                request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.LogoutRequest.SerializeToString,
+                response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.LogoutResponse.FromString,
+                _registered_method=True)
         self.ListImages = channel.unary_unary(
                 '/mydocker.storage.v1.StorageService/ListImages',
                 request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.ListImagesRequest.SerializeToString,
@@ -174,6 +194,44 @@ class StorageServiceServicer:
     def TagImage(self, request, context):
         """TagImage gives the image `source` resolves to the tag `target`, moving
         the tag if another image had it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullImage(self, request, context):
+        """PullImage fetches an image from its registry (OCI distribution spec:
+        OCI and Docker v2 schema 2 manifests, indexes resolved to `platform`),
+        layers in parallel, each blob fetched once (a blob already stored is not
+        fetched; a partial download resumes), verified, unpacked, then tagged.
+        The stream reports progress per layer and ends with the image.
+        UNAUTHENTICATED / PERMISSION_DENIED when the registry refuses,
+        UNAVAILABLE when it cannot be reached, NOT_FOUND for an unknown image.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushImage(self, request, context):
+        """PushImage uploads an image's blobs (skipping those the registry has,
+        mounting them from another repository of the same registry where one
+        is known) and its manifest under the reference's tag. The stream
+        reports progress per layer and ends with the manifest digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Login(self, request, context):
+        """Login checks credentials against a registry and stores them in
+        MYDOCKER_ROOT/auth.json (0600). UNAUTHENTICATED when refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logout(self, request, context):
+        """Logout forgets a registry's credentials. NOT_FOUND when none are stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -309,6 +367,26 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.TagImage,
                     request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.TagImageRequest.FromString,
                     response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.TagImageResponse.SerializeToString,
+            ),
+            'PullImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullImage,
+                    request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.PullImageRequest.FromString,
+                    response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.PullImageResponse.SerializeToString,
+            ),
+            'PushImage': grpc.unary_stream_rpc_method_handler(
+                    servicer.PushImage,
+                    request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.PushImageRequest.FromString,
+                    response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.PushImageResponse.SerializeToString,
+            ),
+            'Login': grpc.unary_unary_rpc_method_handler(
+                    servicer.Login,
+                    request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.LoginRequest.FromString,
+                    response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.LoginResponse.SerializeToString,
+            ),
+            'Logout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Logout,
+                    request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.LogoutRequest.FromString,
+                    response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.LogoutResponse.SerializeToString,
             ),
             'ListImages': grpc.unary_unary_rpc_method_handler(
                     servicer.ListImages,
@@ -510,6 +588,114 @@ class StorageService:
             '/mydocker.storage.v1.StorageService/TagImage',
             protos_dot_storage_dot_v1_dot_storage__pb2.TagImageRequest.SerializeToString,
             protos_dot_storage_dot_v1_dot_storage__pb2.TagImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mydocker.storage.v1.StorageService/PullImage',
+            protos_dot_storage_dot_v1_dot_storage__pb2.PullImageRequest.SerializeToString,
+            protos_dot_storage_dot_v1_dot_storage__pb2.PullImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mydocker.storage.v1.StorageService/PushImage',
+            protos_dot_storage_dot_v1_dot_storage__pb2.PushImageRequest.SerializeToString,
+            protos_dot_storage_dot_v1_dot_storage__pb2.PushImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Login(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mydocker.storage.v1.StorageService/Login',
+            protos_dot_storage_dot_v1_dot_storage__pb2.LoginRequest.SerializeToString,
+            protos_dot_storage_dot_v1_dot_storage__pb2.LoginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mydocker.storage.v1.StorageService/Logout',
+            protos_dot_storage_dot_v1_dot_storage__pb2.LogoutRequest.SerializeToString,
+            protos_dot_storage_dot_v1_dot_storage__pb2.LogoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,286 @@
+"""`mydocker commit` against `docker commit` of the same 1 MiB change to a ~120 MB, ~10k-file image, interleaved.
+
+Both tools get the same image: a rootfs tar built without network (busybox for the shell, plus files of
+this host's /usr/share, /usr/lib/x86_64-linux-gnu and /usr/bin until ~120 MB and ~10k files), given to
+`mydocker import` and to `docker import` of a private dockerd (tests/dockerd.py: own mount namespace,
+no iptables, no bridge, temp data root under /tmp/mdk-dkr-*). Each round, for each tool in turn
+(the order alternates round by round): start a container (`sleep`), write a 1 MiB file in it with exec,
+sync, then time `commit` alone. Reported: median and p90 of each, and what mydocker's commit writes (the
+new layer blob, the tag file, and the storage service's write_bytes from /proc/<pid>/io; dockerd's and
+its containerd's beside it). The goal (issue #11): mydocker's commit takes at most docker's time.
+
+As root. Everything it made (containers, images, services, the private dockerd, temp roots, cgroups) is
+removed at the end, bulk deletes last: nothing is timed after one (this journal-less ext4 creates files
+2-10x slower right after a big delete).
+
+    .venv/bin/python -m bench.image_commit --runs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import stat
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.common import REPO
+
+LAUNCHER = str(REPO / "mydocker")
+# Where the image's files come from, in order: many small files first, then large ones up to the size.
+SMALL_SOURCES = ("/usr/share",)
+LARGE_SOURCES = ("/usr/lib/x86_64-linux-gnu", "/usr/bin")
+SMALL_FILE_MAX = 16 * 1024
+LARGE_FILE_MAX = 8 << 20
+CHANGE_BYTES = 1 << 20
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+
+def p90(values: list[float]) -> float:
+    """Nearest-rank 90th percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * 9 // 10) - 1)]
+
+
+def row(label: str, seconds: list[float]) -> str:
+    return f"  {label:<34} median {statistics.median(seconds):7.3f} s   p90 {p90(seconds):7.3f} s   n={len(seconds)}"
+
+
+def write_bytes(pids: list[int]) -> int:
+    """Sum of write_bytes (bytes sent to the block layer on their behalf) of live processes."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+                if line.startswith("write_bytes:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- the image ------------------------------------------------------------------------------------
+
+
+def _host_files(sources: tuple[str, ...], max_size: int) -> Iterator[tuple[str, os.stat_result]]:
+    """Regular files and symlinks below `sources` (sorted walk, no symlinked dirs followed), with their lstat."""
+    for source in sources:
+        for directory, dirs, files in os.walk(source):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(directory, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size <= max_size and os.access(path, os.R_OK)):
+                    yield path, st
+
+
+def build_image_tar(busybox_tar: Path, out: Path, target_bytes: int, target_files: int) -> tuple[int, int]:
+    """busybox plus host files, as one rootfs tar owned by 0:0; returns (files, bytes of file data)."""
+    files = data = 0
+    names: set[str] = set()
+    with tarfile.open(busybox_tar) as source, tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
+        for member in source:
+            archive.addfile(member, source.extractfile(member) if member.isfile() else None)
+            names.add(member.name.rstrip("/").removeprefix("./"))
+            files += member.isfile()
+            data += member.size if member.isfile() else 0
+
+        def add(path: str) -> int:
+            arcname = path.lstrip("/")
+            parents = []
+            parent = os.path.dirname(arcname)
+            while parent and parent not in names:
+                parents.append(parent)
+                parent = os.path.dirname(parent)
+            for directory in reversed(parents):
+                info = archive.gettarinfo("/" + directory, arcname=directory)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                archive.addfile(info)
+                names.add(directory)
+            if arcname in names:
+                return 0  # a busybox applet of the same name stays
+            info = archive.gettarinfo(path, arcname=arcname)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            names.add(arcname)
+            if info.isfile():
+                with open(path, "rb") as handle:
+                    archive.addfile(info, handle)
+                return info.size
+            archive.addfile(info)
+            return 0
+
+        small_files = int(target_files * 0.9)
+        small_bytes = target_bytes // 2
+        for path, _ in _host_files(SMALL_SOURCES, SMALL_FILE_MAX):
+            if files >= small_files or data >= small_bytes:
+                break
+            data += add(path)
+            files += 1
+        for path, _ in _host_files(LARGE_SOURCES, LARGE_FILE_MAX):
+            if data >= target_bytes:
+                break
+            data += add(path)
+            files += 1
+    return files, data
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+
+def mydocker(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run([LAUNCHER, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"mydocker {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def change_command(round_number: int) -> tuple[str, ...]:
+    """What exec runs in the container: the round's 1 MiB file."""
+    return ("sh", "-c", f"head -c {CHANGE_BYTES} /dev/urandom > /bench-change-{round_number}.bin")
+
+
+def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
+    import json
+
+    from services.common.config import Config
+    from services.common.ctl import service_pid
+    from tests.dockerd import descendants, private_dockerd
+
+    root, run = base / "root", base / "run"
+    env = {**os.environ, "MYDOCKER_ROOT": str(root), "MYDOCKER_RUN": str(run), "MYDOCKER_CGROUP_PARENT": state["parent"]}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    state["env"] = env
+    subprocess.run([str(REPO / "scripts" / "up")], env=env, check=True, capture_output=True)
+    state["up"] = True
+
+    image_tar = base / "image.tar"
+    started = time.perf_counter()
+    files, data = build_image_tar(root / "image" / "busybox.tar", image_tar, args.image_mib << 20, args.image_files)
+    say(f"image: {files} files, {data / 2**20:.0f} MiB of file data, tar {image_tar.stat().st_size / 2**20:.0f} MiB "
+        f"(built in {time.perf_counter() - started:.1f} s)")
+
+    daemon = state["stack"].enter_context(private_dockerd())
+    say(f"private dockerd {daemon.version}, storage driver {daemon.storage_driver}")
+    image = "bench-large"
+    started = time.perf_counter()
+    mydocker(env, "import", str(image_tar), image)
+    say(f"mydocker import: {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    daemon.cli("import", str(image_tar), image, timeout=600)
+    say(f"docker import: {time.perf_counter() - started:.1f} s")
+    os.sync()
+
+    storage_pid = service_pid(Config(root=root, run=run), "storage")
+    times: dict[str, list[float]] = {"mydocker": [], "docker": []}
+    written: dict[str, list[int]] = {"mydocker": [], "docker": []}
+    layer_sizes, tag_sizes = [], []
+
+    def mydocker_commit(number: int) -> tuple[float, int]:
+        container = mydocker(env, "run", "-d", image, "sleep", "1000000").strip()
+        mydocker(env, "exec", container, *change_command(number))
+        os.sync()
+        before = write_bytes([storage_pid])
+        start = time.perf_counter()
+        mydocker(env, "commit", container, f"bench-commit-{number}")
+        took = time.perf_counter() - start
+        after = write_bytes([storage_pid])
+        if number >= args.warmup:
+            committed = json.loads(mydocker(env, "image", "inspect", f"bench-commit-{number}"))[0]
+            layer_sizes.append(int(committed["layers"][-1]["size_bytes"]))
+            tag_sizes.append((root / "image" / f"bench-commit-{number}.tar").stat().st_size)
+        return took, after - before
+
+    def docker_commit(number: int) -> tuple[float, int]:
+        container = daemon.cli("run", "-d", "--network", "none", image, "sleep", "1000000").stdout.strip()
+        daemon.cli("exec", container, *change_command(number))
+        os.sync()
+        pids = [daemon.process.pid, *sorted(descendants(daemon.process.pid))]
+        before = write_bytes(pids)
+        start = time.perf_counter()
+        daemon.cli("commit", container, f"bench-commit-{number}")
+        took = time.perf_counter() - start
+        return took, write_bytes(pids) - before
+
+    tools = {"mydocker": mydocker_commit, "docker": docker_commit}
+    for number in range(args.warmup + args.runs):
+        order = list(tools) if number % 2 == 0 else list(reversed(tools))
+        for tool in order:
+            took, wrote = tools[tool](number)
+            if number >= args.warmup:
+                times[tool].append(took)
+                written[tool].append(wrote)
+    say("")
+    say(f"commit of a {CHANGE_BYTES >> 20} MiB change to a {data / 2**20:.0f} MiB, {files}-file image, "
+        f"{args.runs} interleaved rounds after {args.warmup} warm-up rounds ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}):")
+    for tool in tools:
+        say(row(f"{tool} commit", times[tool]))
+    ratio = statistics.median(times["mydocker"]) / statistics.median(times["docker"])
+    say(f"  mydocker / docker (medians): {ratio:.2f}  (goal: at most 1.00)")
+    say(f"  mydocker writes: new layer blob {statistics.median(layer_sizes) / 2**20:.2f} MiB, tag file "
+        f"{statistics.median(tag_sizes) / 2**20:.1f} MiB; storage service write_bytes per commit "
+        f"median {statistics.median(written['mydocker']) / 2**20:.1f} MiB")
+    say(f"  docker writes: dockerd + containerd write_bytes per commit median {statistics.median(written['docker']) / 2**20:.1f} MiB "
+        f"(driver {daemon.storage_driver})")
+
+
+def cleanup(base: Path, state: dict) -> None:
+    """Containers and services first, then the private dockerd, then the bulk deletes."""
+    env = state.get("env")
+    if env is not None and state.get("up"):
+        ids = subprocess.run([LAUNCHER, "ps", "-a", "-q"], env=env, capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run([LAUNCHER, "rm", "-f", *ids], env=env, capture_output=True)
+        subprocess.run([str(REPO / "scripts" / "down")], env=env, capture_output=True)
+    state["stack"].close()
+    from services.executor.cgroup_layout import CgroupLayout
+
+    if not CgroupLayout.from_host(parent=state["parent"]).remove_parent():
+        say(f"warning: cgroup parent {state['parent']} is still in use and was not removed")
+    with open("/proc/self/mountinfo") as mountinfo:
+        left = [line.split()[4] for line in mountinfo if line.split()[4].startswith(str(base))]
+    for target in reversed(left):
+        subprocess.run(["umount", "-l", target], check=False)
+    if left:
+        say(f"warning: mounts were left below {base} (unmounted now): {left}")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20, help="timed rounds")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--image-mib", type=int, default=120, help="file data in the image")
+    parser.add_argument("--image-files", type=int, default=10000, help="about this many files in the image")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("needs root: mounts, namespaces, cgroups, dockerd", file=sys.stderr)
+        return 1
+    base = Path(tempfile.mkdtemp(prefix="mdk-bench-", dir="/tmp"))
+    state: dict = {"parent": f"mdk-bench-{uuid.uuid4().hex[:8]}", "stack": contextlib.ExitStack()}
+    try:
+        bench(args, base, state)
+    finally:
+        cleanup(base, state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
