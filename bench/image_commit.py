@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import stat
 import statistics
@@ -40,7 +41,7 @@ LAUNCHER = str(REPO / "mydocker")
 SMALL_SOURCES = ("/usr/share",)
 LARGE_SOURCES = ("/usr/lib/x86_64-linux-gnu", "/usr/bin")
 SMALL_FILE_MAX = 16 * 1024
-LARGE_FILE_MAX = 8 << 20
+LARGE_FILE_MAX = 4 << 20
 CHANGE_BYTES = 1 << 20
 
 
@@ -75,8 +76,8 @@ def say(text: str) -> None:
 # --- the image ------------------------------------------------------------------------------------
 
 
-def _host_files(sources: tuple[str, ...], max_size: int) -> Iterator[tuple[str, os.stat_result]]:
-    """Regular files and symlinks below `sources` (sorted walk, no symlinked dirs followed), with their lstat."""
+def _host_files(sources: tuple[str, ...], max_size: int) -> Iterator[str]:
+    """Readable regular files up to `max_size` and symlinks below `sources` (sorted walk, symlinked dirs not followed)."""
     for source in sources:
         for directory, dirs, files in os.walk(source):
             dirs.sort()
@@ -87,7 +88,7 @@ def _host_files(sources: tuple[str, ...], max_size: int) -> Iterator[tuple[str, 
                 except OSError:
                     continue
                 if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size <= max_size and os.access(path, os.R_OK)):
-                    yield path, st
+                    yield path
 
 
 def build_image_tar(busybox_tar: Path, out: Path, target_bytes: int, target_files: int) -> tuple[int, int]:
@@ -129,17 +130,74 @@ def build_image_tar(busybox_tar: Path, out: Path, target_bytes: int, target_file
 
         small_files = int(target_files * 0.9)
         small_bytes = target_bytes // 2
-        for path, _ in _host_files(SMALL_SOURCES, SMALL_FILE_MAX):
+        for path in _host_files(SMALL_SOURCES, SMALL_FILE_MAX):
             if files >= small_files or data >= small_bytes:
                 break
             data += add(path)
             files += 1
-        for path, _ in _host_files(LARGE_SOURCES, LARGE_FILE_MAX):
+        for path in _host_files(LARGE_SOURCES, LARGE_FILE_MAX):
             if data >= target_bytes:
                 break
             data += add(path)
             files += 1
     return files, data
+
+
+# --- where mydocker's commit goes --------------------------------------------------------------------
+
+
+def server_seconds(log: Path, names: list[str]) -> list[float]:
+    """The storage service's own time for each named commit: its "committed ... in N.NNNs" log lines."""
+    pattern = re.compile(r"committed \d+ as (\S+) \(.*\): a \d+-byte layer in ([0-9.]+)s")
+    found = {}
+    for line in log.read_text(errors="replace").splitlines():
+        match = pattern.search(line)
+        if match:
+            found[match.group(1)] = float(match.group(2))
+    return [found[name] for name in names if name in found]
+
+
+def timed_write(scratch: Path, write) -> tuple[float, float]:
+    """(seconds to write, seconds to fsync) of `write(handle)` into a new file in `scratch` (kept: no deletes here)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    with open(scratch / f"probe-{uuid.uuid4().hex[:8]}", "xb") as handle:
+        start = time.perf_counter()
+        write(handle)
+        handle.flush()
+        written = time.perf_counter()
+        os.fsync(handle.fileno())
+        return written - start, time.perf_counter() - written
+
+
+def commit_parts(root: Path, image_id: str, upper: Path, scratch: Path, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """The two big steps of a commit, in this process with the service's own code, each written then fsynced:
+    the layer tar of a committed container's upper dir, and the tag file (a docker-archive whose parent
+    blobs are copied with copy_file_range)."""
+    from services.storage import diff
+    from services.storage.archive_write import ArchiveImage, write_docker_archive
+    from services.storage.content import ContentStore
+    from services.storage.imagedb import ImageDB
+    from services.storage.paths import StoragePaths
+
+    paths = StoragePaths(root.resolve())
+    record = ImageDB(paths).get(image_id)
+    content = ContentStore(paths.blobs)
+    parts: dict[str, list[tuple[float, float]]] = {"layer tar of the upper dir": [], "tag file (docker-archive)": []}
+    for _ in range(repeats):
+        os.sync()
+
+        def layer(handle) -> None:
+            upper_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                diff.write_layer(upper_fd, handle)
+            finally:
+                os.close(upper_fd)
+
+        parts["layer tar of the upper dir"].append(timed_write(scratch, layer))
+        os.sync()
+        tag = lambda handle: write_docker_archive(handle, [ArchiveImage(record.id, record.layers, ("probe",))], content)  # noqa: E731
+        parts["tag file (docker-archive)"].append(timed_write(scratch, tag))
+    return parts
 
 
 # --- the benchmark --------------------------------------------------------------------------------
@@ -178,7 +236,9 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
         f"(built in {time.perf_counter() - started:.1f} s)")
 
     daemon = state["stack"].enter_context(private_dockerd())
-    say(f"private dockerd {daemon.version}, storage driver {daemon.storage_driver}")
+    driver_status = dict(json.loads(daemon.cli("info", "--format", "{{json .DriverStatus}}").stdout) or [])
+    say(f"private dockerd {daemon.version}, storage driver {daemon.storage_driver}, "
+        f"native overlay diff: {driver_status.get('Native Overlay Diff', 'n/a')}")
     image = "bench-large"
     started = time.perf_counter()
     mydocker(env, "import", str(image_tar), image)
@@ -192,6 +252,7 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
     times: dict[str, list[float]] = {"mydocker": [], "docker": []}
     written: dict[str, list[int]] = {"mydocker": [], "docker": []}
     layer_sizes, tag_sizes = [], []
+    last: dict[str, str] = {}
 
     def mydocker_commit(number: int) -> tuple[float, int]:
         container = mydocker(env, "run", "-d", image, "sleep", "1000000").strip()
@@ -204,6 +265,7 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
         after = write_bytes([storage_pid])
         if number >= args.warmup:
             committed = json.loads(mydocker(env, "image", "inspect", f"bench-commit-{number}"))[0]
+            last.update(container=container, image_id=committed["id"])
             layer_sizes.append(int(committed["layers"][-1]["size_bytes"]))
             tag_sizes.append((root / "image" / f"bench-commit-{number}.tar").stat().st_size)
         return took, after - before
@@ -239,6 +301,18 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
         f"median {statistics.median(written['mydocker']) / 2**20:.1f} MiB")
     say(f"  docker writes: dockerd + containerd write_bytes per commit median {statistics.median(written['docker']) / 2**20:.1f} MiB "
         f"(driver {daemon.storage_driver})")
+    if args.no_breakdown:
+        return
+    names = [f"bench-commit-{number}" for number in range(args.warmup, args.warmup + args.runs)]
+    served = server_seconds(root / "log" / "storage.log", names)
+    say("")
+    say(f"where mydocker's commit goes: the storage service's own time (its log) median {statistics.median(served):.3f} s, "
+        f"the rest ({statistics.median(times['mydocker']) - statistics.median(served):.3f} s) is the CLI and the RPC")
+    upper = root / "overlay2" / last["container"] / "upper"
+    for part, pairs in commit_parts(root, last["image_id"], upper, base / "commit-parts", args.part_repeats).items():
+        writes, syncs = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+        say(f"  {part:<28} write {statistics.median(writes):.3f} s   fsync {statistics.median(syncs):.3f} s   "
+            f"(median of {len(pairs)}, this process, the service's code)")
 
 
 def cleanup(base: Path, state: dict) -> None:
@@ -269,6 +343,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--image-mib", type=int, default=120, help="file data in the image")
     parser.add_argument("--image-files", type=int, default=10000, help="about this many files in the image")
+    parser.add_argument("--no-breakdown", action="store_true", help="only the whole commits")
+    parser.add_argument("--part-repeats", type=int, default=5, help="repeats of each step of the breakdown")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root: mounts, namespaces, cgroups, dockerd", file=sys.stderr)

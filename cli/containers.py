@@ -50,6 +50,7 @@ def run(
     device: Optional[list[str]] = typer.Option(None, "--device", help="Host device HOST[:CONTAINER[:rwm]]; repeatable."),
     ulimit: Optional[list[str]] = typer.Option(None, "--ulimit", help="Resource limit NAME=SOFT[:HARD] (nofile=1024:2048); repeatable."),
     oom_score_adj: int = typer.Option(0, "--oom-score-adj", help="OOM score adjustment of the container, -1000..1000."),
+    publish_all: bool = typer.Option(False, "--publish-all", "-P", help="Publish every port the image exposes on a free host port."),
     entrypoint: Optional[str] = typer.Option(None, "--entrypoint", help="Replace the image's Entrypoint (\"\" clears it; its Cmd is dropped)."),
 ) -> None:
     """Create and start a container from IMAGE: `run -d -name c1 busybox top`, `run -it busybox sh`."""
@@ -64,7 +65,7 @@ def run(
         raise CliError("give either --cpu (percent of one CPU) or --cpus (number of CPUs), not both")
     if network == "none":
         network = ""
-    if publish and not network:
+    if (publish or publish_all) and not network:
         raise CliError("publishing ports needs a network: add --network NAME (see mydocker network ls)")
     try:
         ports = [parse.parse_port(text) for text in publish or []]
@@ -73,6 +74,7 @@ def run(
             image=image,
             command=list(command) if command else None,
             entrypoint=entrypoint,
+            publish_all=publish_all,
             name=name,
             env=[parse.parse_env(text, dict(os.environ)) for text in env or []],
             volumes=[types_pb2.Volume(host_path=v.host_path, container_path=v.container_path, read_only=v.read_only) for v in volumes],

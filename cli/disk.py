@@ -9,7 +9,9 @@ from cli.output import human_size
 from cli.services import CliError, Services
 
 STOPPED_QUESTION = "This removes every stopped container (their rootfs; volumes' host data is kept)."
-LAYERS_QUESTION = "It also removes every extracted layer that no image uses."
+LAYERS_QUESTION = "It also removes every untagged image no container uses, and every extracted layer no image uses."
+IMAGES_QUESTION = "This removes every untagged image no container uses."
+ALL_IMAGES_QUESTION = "This removes every image no container uses, tagged or not."
 
 
 def df() -> None:
@@ -79,11 +81,31 @@ def system_prune(force: bool = typer.Option(False, "--force", "-f", help="Do not
     removed = _remove_stopped(services)
     for container_id in removed:
         typer.echo(f"deleted container {container_id}")
+    images = services.call("storage", "PruneImages", storage_pb2.PruneImagesRequest(), timeout=600)
+    for image_id in images.deleted:
+        typer.echo(f"deleted image {image_id}")
     pruned = services.call("storage", "PruneLayers", storage_pb2.PruneLayersRequest(), timeout=600)
     for digest in pruned.digests:
         typer.echo(f"deleted layer {digest}")
-    reclaimed = pruned.reclaimed_bytes + sum(upper_sizes.get(container_id, 0) for container_id in removed)
+    reclaimed = images.reclaimed_bytes + pruned.reclaimed_bytes
+    reclaimed += sum(upper_sizes.get(container_id, 0) for container_id in removed)
     typer.echo(f"Total reclaimed space: {human_size(reclaimed)}")
+
+
+def image_prune(
+    force: bool = typer.Option(False, "--force", "-f", help="Do not ask for confirmation."),
+    all_: bool = typer.Option(False, "--all", "-a", help="Every image no container uses, not only untagged ones."),
+) -> None:
+    """Remove untagged images no container uses (with -a: every unused image)."""
+    from protos.storage.v1 import storage_pb2
+
+    _confirm(force, ALL_IMAGES_QUESTION if all_ else IMAGES_QUESTION)
+    reply = Services().call("storage", "PruneImages", storage_pb2.PruneImagesRequest(all=all_), timeout=600)
+    for tag in reply.untagged:
+        typer.echo(f"Untagged: {tag}")
+    for image_id in reply.deleted:
+        typer.echo(f"Deleted: {image_id}")
+    typer.echo(f"Total reclaimed space: {human_size(reply.reclaimed_bytes)}")
 
 
 container_app = typer.Typer(help="Manage containers.", no_args_is_help=True)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from cli.disk import image_prune
 from cli.output import human_size
 from cli.services import CliError, Services
 
@@ -248,4 +249,5 @@ def register(app: typer.Typer) -> None:
     image_app.command("load")(load)
     image_app.command("save")(save)
     image_app.command("import")(import_)
+    image_app.command("prune")(image_prune)
     app.add_typer(image_app, name="image")

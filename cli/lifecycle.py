@@ -72,6 +72,8 @@ class RunRequest:
     security: types_pb2.SecurityOptions = field(default_factory=types_pb2.SecurityOptions)
     # --entrypoint: None keeps the image's, "" clears it.
     entrypoint: str | None = None
+    # -P: publish the image's ExposedPorts on free host ports.
+    publish_all: bool = False
 
 
 def apply_image_config(services: Services, request: RunRequest) -> tuple[str, str, str]:
@@ -90,12 +92,33 @@ def apply_image_config(services: Services, request: RunRequest) -> tuple[str, st
         )
     except InvalidArgument as err:
         raise CliError(f'image "{request.image}": {err}') from None
+    if request.publish_all:
+        request.ports.extend(exposed_port_mappings(config.exposed_ports, request.ports))
     request.command = list(resolved.argv)
     request.env = list(resolved.env)
     request.working_dir = resolved.working_dir
     if resolved.user and not request.security.user:
         request.security.user = resolved.user
     return image.id, config.stop_signal, resolved.user
+
+
+def exposed_port_mappings(exposed: tuple[str, ...], published: list[types_pb2.PortMapping]) -> list[types_pb2.PortMapping]:
+    """A mapping from a free host port for each exposed "PORT/PROTO" not published with -p already (docker -P)."""
+    from cli.parse import free_host_port
+
+    taken = {(mapping.container_port, mapping.protocol) for mapping in published}
+    mappings = []
+    for entry in exposed:
+        port_text, _, protocol = entry.partition("/")
+        if not port_text.isdigit() or protocol not in ("", "tcp", "udp"):
+            continue  # a range or a protocol we do not publish (sctp)
+        proto = types_pb2.PROTOCOL_UDP if protocol == "udp" else types_pb2.PROTOCOL_TCP
+        if (int(port_text), proto) in taken:
+            continue
+        mappings.append(
+            types_pb2.PortMapping(host_port=free_host_port(protocol or "tcp"), container_port=int(port_text), protocol=proto)
+        )
+    return mappings
 
 
 def image_config_from_proto(message: sto.ImageConfig):

@@ -108,3 +108,13 @@ def parse_port(text: str) -> PortSpec:
         if not 1 <= int(port) <= 65535:
             raise BadValue(f'invalid port mapping "{text}": ports must be from 1 to 65535')
     return PortSpec(host_ip or "", int(host_port), int(container_port), protocol)
+
+
+def free_host_port(protocol: str) -> int:
+    """A port the kernel says is free now, from its ephemeral range, as docker's -P picks one."""
+    import socket
+
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("0.0.0.0", 0))
+        return probe.getsockname()[1]

@@ -20,8 +20,16 @@ ENV_VAR = "MYDOCKER_FAULT"
 BEFORE = "before"
 AFTER = "after"
 POINTS = (BEFORE, AFTER)
-SYNTAX = "<service>.<Method>:<before|after>[:<n>], e.g. executor.CreateContainer:after"
+# A step inside an RPC's work ("at-blobs-stored"), reached where the service calls step(): a kill
+# between two writes of one RPC, not only around it.
+STEP_PREFIX = "at-"
+SYNTAX = "<service>.<Method>:<before|after|at-STEP>[:<n>], e.g. executor.CreateContainer:after"
 _METHOD = re.compile(r"[A-Z][A-Za-z0-9]*")
+_STEP = re.compile(r"at-[a-z][a-z-]*")
+# Steps armed in this process (a service process serves one service): (method, step) -> faults.
+_armed: dict[tuple[str, str], list[Fault]] = {}
+_step_counts: dict[tuple[str, str], int] = {}
+_step_lock = threading.Lock()
 
 
 class FaultSpecError(ValueError):
@@ -59,8 +67,8 @@ def parse_entry(text: str, entry: str, services: tuple[str, ...] = SERVICES) -> 
     if not _METHOD.fullmatch(method):
         raise _bad(text, entry, f"{method!r} is not an RPC method name (CamelCase, as in the .proto)")
     point, _, call_text = rest.partition(":")
-    if point not in POINTS:
-        raise _bad(text, entry, f"unknown point {point!r} (choose from {', '.join(POINTS)})")
+    if point not in POINTS and not _STEP.fullmatch(point):
+        raise _bad(text, entry, f"unknown point {point!r} (choose from {', '.join(POINTS)} or at-STEP)")
     call = 1
     if call_text:
         if not call_text.isdigit() or int(call_text) < 1:
@@ -107,6 +115,28 @@ def streaming_responses(full_name: str) -> dict[str, bool]:
     except KeyError:
         raise FaultSpecError(f"{ENV_VAR}: no descriptor for service {full_name}: cannot check its methods") from None
     return {method.name: method.server_streaming for method in service.methods}
+
+
+def step(method: str, name: str, kill: Callable[[Fault], None] | None = None) -> None:
+    """Mark that `method`'s work reached step `name`: the process dies here if MYDOCKER_FAULT armed it.
+
+    Costs one dict lookup when nothing is armed.
+    """
+    key = (method, STEP_PREFIX + name)
+    if key not in _armed:
+        return
+    with _step_lock:
+        _step_counts[key] = count = _step_counts.get(key, 0) + 1
+    for fault in _armed[key]:
+        if fault.call == count:
+            (kill or kill_self)(fault)
+
+
+def arm_steps(faults: tuple[Fault, ...]) -> None:
+    """Arm the at-STEP faults of this process's service (the others are the interceptor's)."""
+    for fault in faults:
+        if fault.point.startswith(STEP_PREFIX):
+            _armed.setdefault((fault.method, fault.point), []).append(fault)
 
 
 def kill_self(fault: Fault) -> None:
@@ -175,5 +205,6 @@ def interceptor_for(service: str, full_name: str, env: Mapping[str, str] | None 
     if not faults:
         return None
     check_methods(faults, full_name, streaming_responses(full_name))
+    arm_steps(faults)
     log.warning("%s=%s: this %s service will kill itself at %s", ENV_VAR, env[ENV_VAR], service, ", ".join(map(str, faults)))
     return FaultInterceptor(full_name, faults)

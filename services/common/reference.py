@@ -241,6 +241,12 @@ def host_platform(machine: str | None = None) -> Platform:
     return Platform("linux", architecture, variant)
 
 
+def normalized(platform: Platform) -> Platform:
+    """The one spelling of a platform, implied variants filled in (arm64 -> v8, arm -> v7)."""
+    architecture, variant = _normalize(platform.architecture, platform.variant)
+    return Platform(platform.os.lower(), architecture, variant)
+
+
 def platform_matches(wanted: Platform, candidate_os: str, candidate_arch: str, candidate_variant: str = "") -> bool:
     """Whether an index entry fits `wanted`: same OS and architecture; a variant only if `wanted` names one.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,7 +67,25 @@ class StorageCore(ImagesMixin):
         snapshot = reconcile.scan(self.paths, self._has_complete_record)
         removed = reconcile.apply(reconcile.plan(snapshot), self.rootfs.unmount_tree)
         orphans = self.collect_blobs()
-        log.info("reconciled %s: %d leftover(s) and %d unused blob(s) removed", self.paths.root, len(removed), len(orphans))
+        layers = self.collect_layers()
+        log.info(
+            "reconciled %s: %d leftover(s), %d unused blob(s) and %d unused layer(s) removed",
+            self.paths.root, len(removed), len(orphans), len(layers),
+        )
+
+    def collect_layers(self) -> list[str]:
+        """Delete unpacked layers no image record and no rootfs has: an rmi killed between its steps left them.
+
+        Only at service start, like collect_blobs.
+        """
+        used = self._image_layers()
+        used |= {diff_id for stack in self._layers_by_id().values() for diff_id in stack}
+        used |= self.rootfs.lower_digests()
+        doomed = [layer.digest for layer in self.layers.list() if layer.digest not in used]
+        for diff_id in doomed:
+            with self.layers.lock(diff_id):
+                self.layers.delete(diff_id)
+        return doomed
 
     def collect_blobs(self) -> list[str]:
         """Delete blobs no image record names: what a load, pull or commit killed midway left.

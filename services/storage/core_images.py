@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from services.common import image_config, reference
+from services.common import faults, image_config, reference
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.storage import compression, diff, distribution
 from services.storage.archive_read import LayerRef, LoadedImage
@@ -93,6 +93,16 @@ class ImagesMixin:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def _stored_then_unpack(self, method: str, what: str):
+        """The before_publish step of a load or import: records stored, layers unpacked, no tag yet."""
+
+        def run(record: ImageRecord) -> None:
+            faults.step(method, "stored")
+            self._unpack_all(record, what)
+            faults.step(method, "unpacked")
+
+        return run
+
     def _unpack_all(self, record: ImageRecord, what: str) -> None:
         """Unpack every layer now (checking each against the safety rules), as Docker does on load."""
         for layer in record.layers:
@@ -127,7 +137,9 @@ class ImagesMixin:
         with self._upload(chunks, source_path, expected_size, what) as path, self._ingest:
             before = set(self.images.db.ids())
             try:
-                record = self.images.import_rootfs(path, name, replace, changes, before_publish=lambda r: self._unpack_all(r, what))
+                record = self.images.import_rootfs(
+                    path, name, replace, changes, before_publish=self._stored_then_unpack("ImportImage", what)
+                )
             except BaseException:
                 self._undo_new(before)
                 raise
@@ -141,7 +153,9 @@ class ImagesMixin:
         with self._upload(chunks, source_path, expected_size, "the archive") as path, self._ingest:
             before = set(self.images.db.ids())
             try:
-                loaded, untagged = self.images.load(path, name, before_publish=lambda r: self._unpack_all(r, "the archive"))
+                loaded, untagged = self.images.load(
+                    path, name, before_publish=self._stored_then_unpack("LoadImage", "the archive")
+                )
             except BaseException:
                 self._undo_new(before)
                 raise
@@ -159,6 +173,7 @@ class ImagesMixin:
             before = set(self.images.db.ids())
             try:
                 pulled = distribution.pull(self.paths.root, self.images.content, ref, platform, report)
+                faults.step("PullImage", "fetched")
                 with self._catalog:
                     record = self.images.store_record(
                         LoadedImage(pulled.config_digest, pulled.layers, (), "registry"),
@@ -167,7 +182,9 @@ class ImagesMixin:
                 for layer in record.layers:
                     if self.layers.get(layer.diff_id) is None:
                         report(distribution.Progress(layer.digest, "unpacking", layer.size, layer.size))
+                faults.step("PullImage", "recorded")
                 self._unpack_all(record, f'image "{ref.familiar()}"')
+                faults.step("PullImage", "unpacked")
                 if not ref.digest:
                     self.images.write_tag(ref, record, replace=True)
             except BaseException:
@@ -270,11 +287,29 @@ class ImagesMixin:
             for ref in doomed:
                 if self.images.db.remove_tag(ref):
                     untagged.append(ref.familiar())
+            faults.step("RemoveImage", "untagged")
             deleted = []
             if len(tags) <= len(untagged) and not users:
                 self._delete_image(record)
                 deleted.append(record.id)
         return RemoveResult(image=image, untagged=tuple(untagged), deleted=tuple(deleted))
+
+    def prune_images(self, everything: bool) -> tuple[list[str], list[str], int]:
+        """Delete images no rootfs uses: untagged ones, or (everything) all of them; (untagged, deleted, bytes)."""
+        untagged, deleted, freed = [], [], 0
+        with self._catalog:
+            tags = self.images.tags_by_id()
+            users = self._users()
+            for record in self.images.db.records():
+                if users.get(record.id) or (tags.get(record.id) and not everything):
+                    continue
+                for tag_text in tags.get(record.id, []):
+                    if self.images.db.remove_tag(_tag_reference(tag_text)):
+                        untagged.append(tag_text)
+                freed += sum(self.images.content.size(digest) or 0 for digest in record.blobs())
+                self._delete_image(record)
+                deleted.append(record.id)
+        return untagged, deleted, freed
 
     def _delete_image(self, record: ImageRecord) -> None:
         """Delete an image and the blobs and unpacked layers nothing else uses (catalog lock held)."""
@@ -334,8 +369,10 @@ class ImagesMixin:
                     size = blob.size
             finally:
                 os.close(upper_fd)
+            faults.step("CommitContainer", "layer-written")
             layer = LayerRef(digest=digest, diff_id=digest, size=size, media_type=compression.DOCKER_LAYER)
             self.layers.ensure(digest, lambda: self.images.content.open(digest), f'image "{image}"')
+            faults.step("CommitContainer", "unpacked")
             document = image_config.child_config(
                 self.images.config_document(parent.id),
                 digest,
@@ -346,6 +383,7 @@ class ImagesMixin:
                 changes=parsed,
             )
             new = self.images.store_new(image_config.config_bytes(document), parent.layers + (layer,))
+            faults.step("CommitContainer", "recorded")
             self.images.write_tag(ref, new, replace)
         log.info("committed %s as %s (%s): a %d-byte layer in %.3fs", container_id, image, new.id, size, time.monotonic() - started)
         return self.get_image(ref.familiar())

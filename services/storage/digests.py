@@ -81,6 +81,12 @@ class DigestCache:
             return None
         return digest
 
+    def previous(self, name: str) -> str | None:
+        """The digest last stored for `name`, whether or not the file changed since."""
+        data = read_json(self._path(name))
+        digest = data.get("digest") if isinstance(data, dict) else None
+        return digest if isinstance(digest, str) else None
+
     def store(self, name: str, st: os.stat_result, digest: str) -> None:
         # Not fsynced: losing it only costs one more hash.
         write_json_atomic(self._path(name), {"key": asdict(file_key(st)), "digest": digest}, durable=False)

@@ -27,12 +27,17 @@ def temp_name(final: Path, tag: str = "tmp") -> Path:
     return final.with_name(f".{final.name}.{tag}-{secrets.token_hex(4)}")
 
 
-def write_json_atomic(path: Path, data: object, durable: bool = True) -> None:
-    """Write JSON to a temp file in the same dir, fsync it, rename over `path`."""
+def write_json_atomic(path: Path, data: object, durable: bool = True, mode: int = 0o644) -> None:
+    """Write JSON to a temp file in the same dir, fsync it, rename over `path`.
+
+    The temp file is created with `mode` (0600 for secrets): no moment where others could read it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), mode)  # the umask may only narrow it; say it in full
             json.dump(data, handle, sort_keys=True)
             handle.write("\n")
             if durable:

@@ -191,6 +191,11 @@ class ImageDB:
         image_id = self._names.lookup(reference.file_stem(), st)
         return image_id if image_id is not None and DIGEST_PATTERN.fullmatch(image_id) else None
 
+    def previous_id(self, reference: Reference) -> str | None:
+        """The image id the tag's file held when last read, even if the file changed since."""
+        image_id = self._names.previous(reference.file_stem())
+        return image_id if image_id is not None and DIGEST_PATTERN.fullmatch(image_id) else None
+
     def remember(self, reference: Reference, path: Path, image_id: str) -> None:
         self._names.store(reference.file_stem(), os.stat(path), image_id)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from services.common import image_config, reference
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.reference import Reference
 from services.storage.archive_read import LayerRef, LoadedImage, read_archive
 from services.storage.archive_write import ArchiveImage, write_docker_archive
@@ -122,7 +122,7 @@ class ImageStore:
             st = os.stat(path)
         except FileNotFoundError:
             return None
-        loaded = read_archive(path, self.content, what=f"image file {path}", flat_config=self._flat_config(st.st_mtime))
+        loaded = read_archive(path, self.content, what=f"image file {path}", flat_config=self._adopted_config(ref, st.st_mtime))
         self._stats.hashes += 1
         chosen = _choose(loaded, ref)
         what = f'image "{ref.familiar()}" ({path})'
@@ -146,6 +146,23 @@ class ImageStore:
                 self.db.remember(ref, path, record.id)
         log.info("loaded tag file %s: %s", path, record.id)
         return record
+
+    def _adopted_config(self, ref: Reference, created: float) -> Callable[[str], bytes]:
+        """The config of a hand-made rootfs tar: the one it had before when its content is unchanged.
+
+        Its `created` comes from the file's mtime, so without this a touched (or copied again) tar
+        would become a new image each time, leaving the old one behind untagged.
+        """
+        fresh = self._flat_config(created)
+        previous_id = self.db.previous_id(ref)
+        previous = self.db.get(previous_id) if previous_id else None
+
+        def build(diff_id: str) -> bytes:
+            if previous is not None and previous.diff_ids == (diff_id,) and self.content.has(previous.id):
+                return self.content.read_bytes(previous.id)
+            return fresh(diff_id)
+
+        return build
 
     @staticmethod
     def _flat_config(created: float, changes: Iterable[str] = ()) -> Callable[[str], bytes]:
@@ -177,14 +194,23 @@ class ImageStore:
         digests = tuple(existing.repo_digests) if existing else ()
         if repo_digest and repo_digest not in digests:
             digests += (repo_digest,)
+        layers = image.layers
+        if existing is not None and layers != existing.layers and all(self.content.has(d) for d in existing.blobs()):
+            # The same image again with its layers compressed otherwise (an OCI archive after a docker save, a pull):
+            # the recorded blobs stay, and this copy's own go unless another image uses them; replacing the
+            # record's layers instead would leave the old blobs named by no record, never deleted.
+            layers = existing.layers
         record = ImageRecord(
             id=image.config_digest,
-            layers=image.layers,
+            layers=layers,
             repo_digests=digests,
             stored_at=existing.stored_at if existing else time.time(),
         )
         if record != existing:
             self.db.put(record)
+        if layers is not image.layers:
+            for digest in {layer.digest for layer in image.layers} - self.blobs_in_use(self.db.records()):
+                self.content.delete(digest)
         return record
 
     def count(self) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.storage.fsutil import flocked, fsync_dir, temp_name
+from services.storage.fsutil import flocked, write_json_atomic
 
 AUTH_FILE = "auth.json"
 REGISTRIES_FILE = "registries.json"
@@ -75,22 +75,7 @@ def _read_auth_file(path: Path) -> dict:
 
 def _write_private_json(path: Path, data: dict) -> None:
     """Write JSON that only root may read: a 0600 temp file, fsynced, renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # the umask may only narrow the mode; say it in full anyway
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    write_json_atomic(path, data, mode=0o600)
 
 
 def _lock_for(path: Path) -> Path:
@@ -245,8 +230,9 @@ class RegistrySettings:
 def registry_settings(root: Path, host: str) -> RegistrySettings:
     """`host`'s scheme, credentials and CA file from ROOT/auth.json, ROOT/registries.json and ROOT/certs.d."""
     key = checked_host(host)
-    scheme = scheme_for(key, load_insecure_registries(root / REGISTRIES_FILE))
-    ca_file = ca_file_for(root / CERTS_DIR, key) if scheme == "https" else None
+    ca_file = ca_file_for(root / CERTS_DIR, key)
+    # A CA given for the host says it speaks TLS, even where plain HTTP is the default (loopback, insecure).
+    scheme = "https" if ca_file else scheme_for(key, load_insecure_registries(root / REGISTRIES_FILE))
     return RegistrySettings(
         host=key,
         endpoint=endpoint_host(key),

@@ -95,22 +95,25 @@ class RegistryClient:
             # bytes go in as a one-shot iterator: httpx's Request/Response cycles would otherwise keep every
             # chunk of a chunked upload alive until the garbage collector runs.
             body = iter((content,)) if isinstance(content, bytes) else content
-            request = self._http.build_request(method, url, headers={**headers, **self._auth_header(scope)},
-                                               content=body)
+            auth = self._auth_header(scope)
+            request = self._http.build_request(method, url, headers={**headers, **auth}, content=body)
             response = self._http.send(request, stream=True, follow_redirects=follow)
             if response.status_code != 401 or attempt == 2 or not replayable:
                 return response
             challenges = parse_www_authenticate(", ".join(response.headers.get_list("www-authenticate")))
             response.close()
-            self._authorize(challenges, scope, repo)
+            self._authorize(challenges, scope, repo, sent_basic=auth.get("Authorization", "").startswith("Basic "))
         raise AssertionError("unreachable")
 
-    def _authorize(self, challenges: list[Challenge], scope: tuple[str, ...], repo: str | None) -> None:
+    def _authorize(self, challenges: list[Challenge], scope: tuple[str, ...], repo: str | None,
+                   sent_basic: bool = False) -> None:
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         if bearer is not None:
             self._tokens[scope] = self._fetch_token(bearer, scope, repo)
         elif any(c.scheme == "basic" for c in challenges):
-            if not self._credentials or self._basic:
+            # Refused only when this very request carried them: parallel requests sent before another
+            # thread switched to Basic get their 401 too, and must simply be sent again.
+            if not self._credentials or sent_basic:
                 raise Unauthenticated(self._unauthorized_text(repo))
             self._basic = True
         else:

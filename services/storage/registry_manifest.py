@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from services.common.reference import Platform, normalized, parse_platform
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -98,46 +99,6 @@ def manifest_media_type(content_type: str | None, data: bytes, name: str) -> str
 
 # --- platforms ----------------------------------------------------------------------------------------------
 
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm", "armel": "arm",
-                 "i386": "386", "i686": "386"}
-_DEFAULT_VARIANT = {"arm64": "v8", "arm": "v7"}
-
-
-@dataclass(frozen=True)
-class Platform:
-    """os/architecture[/variant], normalized as containerd does (aarch64 -> arm64, arm64's variant v8)."""
-
-    os: str
-    architecture: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-def normalize_platform(os_name: str, architecture: str, variant: str = "") -> Platform:
-    arch = _ARCH_ALIASES.get(architecture.lower(), architecture.lower())
-    wanted = variant.lower()
-    if arch == "arm64" and wanted == "8":
-        wanted = "v8"
-    return Platform(os_name.lower(), arch, wanted or _DEFAULT_VARIANT.get(arch, ""))
-
-
-def parse_platform(text: str) -> Platform:
-    """"linux/amd64", "linux/arm64/v8", "linux/arm/v6" -> Platform."""
-    parts = text.strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise InvalidArgument(f"invalid platform {text!r}: expected os/arch or os/arch/variant, like linux/amd64")
-    return normalize_platform(*parts)
-
-
-def host_platform(machine: str) -> Platform:
-    """The platform images must be for on a Linux host whose `uname -m` is `machine`."""
-    if machine in ("armv6l", "armv7l"):
-        return normalize_platform("linux", "arm", machine[3:5])
-    return normalize_platform("linux", machine)
-
-
 def _descriptor_platform(descriptor: dict) -> Platform | None:
     platform = descriptor.get("platform")
     if not isinstance(platform, dict):
@@ -146,7 +107,7 @@ def _descriptor_platform(descriptor: dict) -> Platform | None:
     if not isinstance(os_name, str) or not isinstance(arch, str):
         return None
     variant = platform.get("variant")
-    return normalize_platform(os_name, arch, variant if isinstance(variant, str) else "")
+    return Platform(os_name.lower(), arch.lower(), variant.lower() if isinstance(variant, str) else "")
 
 
 def index_descriptors(index_bytes: bytes) -> list[dict]:
@@ -166,25 +127,26 @@ def index_descriptors(index_bytes: bytes) -> list[dict]:
 
 
 def select_platform(index_bytes: bytes, platform: str | Platform, name: str = "the index") -> dict:
-    """The descriptor of `platform`'s image in an index (the first exact match, as Docker picks).
+    """The descriptor of `platform`'s image in an index: the first exact match, as Docker picks.
 
-    A request without a variant takes any variant, preferring the default one (arm64 -> v8).
+    A request without a variant takes any variant, preferring the one implied (arm64 -> v8).
     """
     wanted = parse_platform(platform) if isinstance(platform, str) else platform
-    candidates = []
-    available = []
+    target = normalized(wanted)
+    exact, loose, available = [], [], []
     for descriptor in index_descriptors(index_bytes):
         offered = _descriptor_platform(descriptor)
         if offered is None or descriptor["mediaType"] not in IMAGE_MANIFEST_TYPES:
             continue  # attestations and nested indexes are not runnable images
         available.append(str(offered))
-        if (offered.os, offered.architecture) == (wanted.os, wanted.architecture):
-            candidates.append((offered.variant != wanted.variant, descriptor))
-    exact = [d for mismatch, d in candidates if not mismatch]
+        candidate = normalized(offered)
+        if (candidate.os, candidate.architecture) != (target.os, target.architecture):
+            continue
+        (exact if candidate.variant == target.variant else loose).append(descriptor)
     if exact:
         return exact[0]
-    if candidates and not wanted.variant:
-        return candidates[0][1]
+    if loose and not wanted.variant:
+        return loose[0]
     listing = ", ".join(dict.fromkeys(available)) or "none"
     raise NotFound(f"no {wanted} image in {name}: it has {listing}; pick one with --platform")
 

@@ -121,6 +121,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def GetUsage(self, request, context):
         return convert.usage_to_proto(self._core.usage())
 
+    def PruneImages(self, request, context):
+        untagged, deleted, freed = self._core.prune_images(request.all)
+        return storage_pb2.PruneImagesResponse(untagged=untagged, deleted=deleted, reclaimed_bytes=freed)
+
     def PruneLayers(self, request, context):
         result = self._core.prune_layers()
         return storage_pb2.PruneLayersResponse(digests=result.digests, reclaimed_bytes=result.reclaimed_bytes)

@@ -393,6 +393,38 @@ def test_hand_dropped_image_is_loaded_when_first_listed(storage):
     assert storage.get("base").id == image.id and storage.core.stats.hashes == hashes
 
 
+def test_a_touched_or_copied_again_dropped_tar_keeps_its_image_id(storage):
+    data = tar_bytes({"etc/motd": "same\n"})
+    path = drop_image(storage, "base", data)
+    first = storage.get("base")
+    os.utime(path, (1_800_000_000, 1_800_000_000))
+    assert storage.get("base").id == first.id
+    path.unlink()
+    drop_image(storage, "base", data)
+    assert storage.get("base").id == first.id
+    assert [image.id for image in storage.list_images()] == [first.id], "no untagged leftover"
+    # Other content is another image, and the old one (untagged, unused) is listed as <none>.
+    drop_image(storage, "base", tar_bytes({"etc/motd": "changed\n"}))
+    assert storage.get("base").id != first.id
+
+
+def test_prune_images_deletes_untagged_unused_ones_and_with_all_every_unused_one(storage):
+    kept = storage.import_bytes("kept", tar_bytes({"etc/kept": "1"}))
+    used = storage.import_bytes("used", tar_bytes({"etc/used": "2"}))
+    storage.prepare(ID1, "used")
+    dangling = storage.import_bytes("dangling", tar_bytes({"etc/dangling": "3"}))
+    storage.remove_image("dangling")  # deleted at once: untagged and unused
+    moved = storage.import_bytes("moved", tar_bytes({"etc/old": "4"}))
+    storage.tag("kept", "moved")  # the old "moved" image is now untagged (dangling)
+    reply = storage.stub.PruneImages(pb.PruneImagesRequest(), timeout=30)
+    assert list(reply.deleted) == [moved.id] and reply.reclaimed_bytes > 0 and list(reply.untagged) == []
+    assert {image.id for image in storage.list_images()} == {kept.id, used.id}
+    reply = storage.stub.PruneImages(pb.PruneImagesRequest(all=True), timeout=30)
+    assert list(reply.deleted) == [kept.id] and sorted(reply.untagged) == ["kept:latest", "moved:latest"]
+    assert [image.id for image in storage.list_images()] == [used.id], "an image a rootfs uses stays"
+    assert dangling.id not in {image.id for image in storage.list_images()}
+
+
 def test_save_then_load_gives_back_the_same_images_and_tags(storage):
     base_tar, other_tar = tar_bytes({"etc/base": "1"}), tar_bytes({"etc/other": "2"})
     base = storage.import_bytes("base", base_tar)

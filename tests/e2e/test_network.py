@@ -311,3 +311,35 @@ def test_twenty_parallel_runs_get_distinct_addresses(host):
                 host.mydocker("rm", "-f", *ids)
         (record,) = json.loads(host.mydocker("network", "inspect", net).stdout)
         assert [a["owner"] for a in record["allocations"]] == ["gateway"]
+
+
+def test_publish_all_maps_the_image_exposed_ports_to_free_host_ports(host):
+    net = unique("pa")
+    (subnet,) = free_subnets(1, prefix=24)
+    with network(host, net, subnet):
+        base = host.mydocker("run", "-d", "busybox", "sleep", "60").stdout.strip()
+        try:
+            host.mydocker(
+                "commit", "-c", "EXPOSE 80", "-c", "EXPOSE 53/udp",
+                "-c", 'CMD ["sh", "-c", "mkdir /www && echo exposed > /www/index.html && exec httpd -f -p 80 -h /www"]',
+                base, f"exposed-{net}",
+            )
+        finally:
+            host.mydocker("rm", "-f", base)
+        web = host.mydocker("run", "-d", "-P", "--network", net, f"exposed-{net}").stdout.strip()
+        try:
+            ports = {(p["container_port"], p.get("protocol", "PROTOCOL_TCP")): p["host_port"] for p in inspect(host, web)["ports"]}
+            assert set(ports) == {(80, "PROTOCOL_TCP"), (53, "PROTOCOL_UDP")}
+            assert all(1024 < port < 65536 for port in ports.values())
+            assert wait_for("httpd", lambda: http_get(f"http://127.0.0.1:{ports[(80, 'PROTOCOL_TCP')]}/")) == "exposed\n"
+            # -P and -p together: the explicit mapping wins for its port.
+            fixed = free_port()
+            both = host.mydocker("run", "-d", "-P", "-p", f"{fixed}:80", "--network", net, f"exposed-{net}", "sleep", "60").stdout.strip()
+            mapped = {(p["container_port"], p.get("protocol", "PROTOCOL_TCP")): p["host_port"] for p in inspect(host, both)["ports"]}
+            assert mapped[(80, "PROTOCOL_TCP")] == fixed and (53, "PROTOCOL_UDP") in mapped
+            host.mydocker("rm", "-f", both)
+            # Publishing needs a network, with -P as with -p.
+            assert "needs a network" in one_line_error(host.mydocker("run", "-d", "-P", f"exposed-{net}", check=False))
+        finally:
+            host.mydocker("rm", "-f", web)
+            host.mydocker("rmi", f"exposed-{net}")

@@ -80,3 +80,24 @@ def test_parse_port_refuses_bad_specs_in_one_line(text):
     with pytest.raises(parse.BadValue) as caught:
         parse.parse_port(text)
     assert text in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_publish_all_maps_each_exposed_port_not_published_yet():
+    from cli.lifecycle import exposed_port_mappings
+    from protos.types.v1 import types_pb2
+
+    published = [types_pb2.PortMapping(host_port=8080, container_port=80, protocol=types_pb2.PROTOCOL_TCP)]
+    mappings = exposed_port_mappings(("53/udp", "80/tcp", "443", "9000-9001/tcp", "1/sctp"), published)
+    assert [(m.container_port, m.protocol) for m in mappings] == [(53, types_pb2.PROTOCOL_UDP), (443, types_pb2.PROTOCOL_TCP)]
+    assert all(1024 < m.host_port < 65536 for m in mappings)
+
+
+def test_free_host_port_is_bindable():
+    import socket
+
+    from cli.parse import free_host_port
+
+    for protocol, kind in (("tcp", socket.SOCK_STREAM), ("udp", socket.SOCK_DGRAM)):
+        port = free_host_port(protocol)
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", port))

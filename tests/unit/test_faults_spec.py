@@ -48,7 +48,7 @@ def test_a_bad_spec_is_an_error_naming_the_variable_and_the_entry(text, why):
     with pytest.raises(FaultSpecError, match=why) as raised:
         parse_faults(text)
     assert str(raised.value).startswith("MYDOCKER_FAULT=")
-    assert "expected <service>.<Method>:<before|after>" in str(raised.value)
+    assert "expected <service>.<Method>:<before|after|at-STEP>" in str(raised.value)
 
 
 def test_str_round_trips():
@@ -145,3 +145,29 @@ def test_health_and_other_services_are_never_matched():
     handler = grpc.unary_unary_rpc_method_handler(recorder.behavior)
     assert interceptor.intercept_service(lambda details: handler, Details("/grpc.health.v1.Health/Check", ())) is handler
     assert recorder.events == []
+
+
+def test_a_step_fault_kills_at_its_call_of_the_step_only():
+    from services.common import faults
+
+    (fault,) = faults.parse_faults("storage.LoadImage:at-stored:2")
+    assert (fault.method, fault.point, fault.call) == ("LoadImage", "at-stored", 2)
+    killed = []
+    faults.arm_steps((fault,))
+    try:
+        faults.step("LoadImage", "unpacked", kill=killed.append)
+        faults.step("LoadImage", "stored", kill=killed.append)
+        assert killed == []
+        faults.step("LoadImage", "stored", kill=killed.append)
+        assert killed == [fault]
+    finally:
+        faults._armed.clear()
+        faults._step_counts.clear()
+
+
+@pytest.mark.parametrize("point", ["at-", "at-Stored", "at-1", "atstored"])
+def test_bad_step_names_are_refused(point):
+    from services.common import faults
+
+    with pytest.raises(faults.FaultSpecError, match="unknown point"):
+        faults.parse_faults(f"storage.LoadImage:{point}")

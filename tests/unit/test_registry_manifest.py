@@ -7,20 +7,18 @@ import json
 import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.reference import Platform
 from services.storage.registry_manifest import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
-    Platform,
     check_digest,
     check_reference,
     check_repository,
     digest_of,
     display_name,
-    host_platform,
     manifest_media_type,
-    parse_platform,
     registry_error_text,
     select_platform,
 )
@@ -82,28 +80,6 @@ def test_manifest_media_type_refuses_schema1_and_strangers() -> None:
                             b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.artifact.manifest.v1+json"}', "x")
     with pytest.raises(FailedPrecondition, match="is not JSON"):
         manifest_media_type(OCI_MANIFEST, b"\x00garbage", "x")
-
-
-@pytest.mark.parametrize(("text", "platform"), [
-    ("linux/amd64", Platform("linux", "amd64")),
-    ("linux/x86_64", Platform("linux", "amd64")),
-    ("linux/aarch64", Platform("linux", "arm64", "v8")),
-    ("linux/arm64/8", Platform("linux", "arm64", "v8")),
-    ("Linux/ARM/v6", Platform("linux", "arm", "v6")),
-    ("linux/arm", Platform("linux", "arm", "v7")),
-])
-def test_parse_platform(text: str, platform: Platform) -> None:
-    assert parse_platform(text) == platform
-
-
-def test_parse_platform_refuses_junk_and_host_platform() -> None:
-    for bad in ("linux", "linux//v8", "a/b/c/d"):
-        with pytest.raises(InvalidArgument, match="invalid platform"):
-            parse_platform(bad)
-    assert host_platform("x86_64") == Platform("linux", "amd64")
-    assert host_platform("aarch64") == Platform("linux", "arm64", "v8")
-    assert host_platform("armv6l") == Platform("linux", "arm", "v6")
-    assert str(Platform("linux", "arm64", "v8")) == "linux/arm64/v8"
 
 
 def test_select_platform() -> None:

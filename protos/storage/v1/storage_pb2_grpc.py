@@ -138,6 +138,11 @@ class StorageServiceStub:
                 request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.PruneImages = channel.unary_unary(
+                '/mydocker.storage.v1.StorageService/PruneImages',
+                request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.PruneImagesRequest.SerializeToString,
+                response_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.PruneImagesResponse.FromString,
+                _registered_method=True)
         self.PruneLayers = channel.unary_unary(
                 '/mydocker.storage.v1.StorageService/PruneLayers',
                 request_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.PruneLayersRequest.SerializeToString,
@@ -333,6 +338,15 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PruneImages(self, request, context):
+        """PruneImages deletes untagged images no container rootfs uses (with `all`:
+        every image no rootfs uses, tags included), with their unused blobs and
+        layers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PruneLayers(self, request, context):
         """PruneLayers deletes extracted layers that no image and no rootfs uses.
         """
@@ -442,6 +456,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.GetUsageRequest.FromString,
                     response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'PruneImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneImages,
+                    request_deserializer=protos_dot_storage_dot_v1_dot_storage__pb2.PruneImagesRequest.FromString,
+                    response_serializer=protos_dot_storage_dot_v1_dot_storage__pb2.PruneImagesResponse.SerializeToString,
             ),
             'PruneLayers': grpc.unary_unary_rpc_method_handler(
                     servicer.PruneLayers,
@@ -993,6 +1012,33 @@ class StorageService:
             '/mydocker.storage.v1.StorageService/GetUsage',
             protos_dot_storage_dot_v1_dot_storage__pb2.GetUsageRequest.SerializeToString,
             protos_dot_storage_dot_v1_dot_storage__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mydocker.storage.v1.StorageService/PruneImages',
+            protos_dot_storage_dot_v1_dot_storage__pb2.PruneImagesRequest.SerializeToString,
+            protos_dot_storage_dot_v1_dot_storage__pb2.PruneImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
