@@ -24,6 +24,7 @@ from services.storage.fsutil import disk_usage
 from services.storage.imagedb import ImageRecord
 from services.storage.images import ImageStore
 from services.storage.layers import LayerStore
+from services.storage.locks import SharedExclusiveLock
 from services.storage.model import (
     LayerUsage,
     PruneResult,
@@ -48,8 +49,10 @@ class StorageCore(ImagesMixin):
         self.paths = StoragePaths.at(config.root)
         self.stats = Stats()
         self._catalog = threading.RLock()
-        # One load, import or pull at a time: a failed one removes the records it made, and only those.
-        self._ingest = threading.Lock()
+        # Loads and imports one at a time (exclusive): a failed one removes the blobs and records it
+        # made, which nothing else may have started to use meanwhile. Pulls only add blobs (a failed
+        # one keeps them for a resumed pull), so they run side by side (shared).
+        self._ingest = SharedExclusiveLock()
         self.images = ImageStore(self.paths, self.stats, self._catalog)
         self.layers = LayerStore(self.paths, self.stats)
         self.images.unpack = self._unpack_all

@@ -134,7 +134,7 @@ class ImagesMixin:
         for line in changes:
             image_config.parse_change(line)
         what = f'image "{name}"'
-        with self._upload(chunks, source_path, expected_size, what) as path, self._ingest:
+        with self._upload(chunks, source_path, expected_size, what) as path, self._ingest.exclusive():
             before = set(self.images.db.ids())
             try:
                 record = self.images.import_rootfs(
@@ -150,7 +150,7 @@ class ImagesMixin:
         self, name: str, chunks: Iterable[bytes] | None, source_path: str = "", expected_size: int = 0
     ) -> tuple[list[Image], list[str]]:
         """Every image of a docker-archive, OCI archive or rootfs tar (then tagged `name`)."""
-        with self._upload(chunks, source_path, expected_size, "the archive") as path, self._ingest:
+        with self._upload(chunks, source_path, expected_size, "the archive") as path, self._ingest.exclusive():
             before = set(self.images.db.ids())
             try:
                 loaded, untagged = self.images.load(
@@ -169,16 +169,18 @@ class ImagesMixin:
     def pull_image(self, text: str, platform: str, report: distribution.Report) -> Image:
         """Fetch an image from its registry, unpack its layers, then tag it (a digest reference: no tag)."""
         ref = reference.parse(text)
-        with self._ingest:
-            before = set(self.images.db.ids())
+        with self._ingest.shared():
+            pulled = distribution.pull(self.paths.root, self.images.content, ref, platform, report)
+            faults.step("PullImage", "fetched")
+            with self._catalog:
+                new = self.images.db.get(pulled.config_digest) is None
+                record = self.images.store_record(
+                    LoadedImage(pulled.config_digest, pulled.layers, (), "registry"),
+                    repo_digest=f"{ref.name}@{pulled.manifest_digest}",
+                )
+                # Until it is tagged, another pull's failure must not delete it under us.
+                self.images.pin(record.id)
             try:
-                pulled = distribution.pull(self.paths.root, self.images.content, ref, platform, report)
-                faults.step("PullImage", "fetched")
-                with self._catalog:
-                    record = self.images.store_record(
-                        LoadedImage(pulled.config_digest, pulled.layers, (), "registry"),
-                        repo_digest=f"{ref.name}@{pulled.manifest_digest}",
-                    )
                 for layer in record.layers:
                     if self.layers.get(layer.diff_id) is None:
                         report(distribution.Progress(layer.digest, "unpacking", layer.size, layer.size))
@@ -188,9 +190,22 @@ class ImagesMixin:
                 if not ref.digest:
                     self.images.write_tag(ref, record, replace=True)
             except BaseException:
-                self._undo_new(before)
+                with self._catalog:
+                    if self.images.unpin(record.id) == 0 and new:
+                        self._forget_unused(record.id)
                 raise
+            with self._catalog:
+                self.images.unpin(record.id)
         return self.get_image(ref.familiar() if not ref.digest else record.id)
+
+    def _forget_unused(self, image_id: str) -> None:
+        """Delete the record a failed pull made, unless something tagged or used it meanwhile (catalog lock held).
+
+        Its blobs stay: a concurrent pull may be counting on them, and the next pull of the image
+        finds them; nothing references them, so the next service start collects them otherwise.
+        """
+        if not self.images.tags_by_id().get(image_id) and not self._users().get(image_id):
+            self.images.db.delete(image_id)
 
     def push_image(self, text: str, report: distribution.Report) -> str:
         ref = _tag_reference(text)
@@ -262,6 +277,8 @@ class ImagesMixin:
         """Untag a tag, or remove an image by id; the image goes when its last tag does and no container uses it."""
         with self._catalog:
             record = self.images.resolve(text)
+            if self.images.pinned(record.id):
+                raise FailedPrecondition(f"image {record.id[7:19]} is being pulled right now: remove it once the pull ends")
             tags = self.images.tags_by_id().get(record.id, [])
             users = self._users().get(record.id, [])
             image = self.images.describe(record, tags, users, name=_familiar(text, tags))
@@ -301,7 +318,7 @@ class ImagesMixin:
             tags = self.images.tags_by_id()
             users = self._users()
             for record in self.images.db.records():
-                if users.get(record.id) or (tags.get(record.id) and not everything):
+                if users.get(record.id) or (tags.get(record.id) and not everything) or self.images.pinned(record.id):
                     continue
                 for tag_text in tags.get(record.id, []):
                     if self.images.db.remove_tag(_tag_reference(tag_text)):

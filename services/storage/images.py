@@ -47,6 +47,8 @@ class ImageStore:
         self.db = ImageDB(paths)
         # Configs are immutable (their digest is the id): parsed once.
         self._specs: dict[str, image_config.ImageSpec] = {}
+        # Images a pull is still working on (it has not tagged them yet): pruning leaves them alone.
+        self._pins: dict[str, int] = {}
         # Unpacks (and so checks) an image's layers; set by the core, which owns the layer store.
         self.unpack: Callable[[ImageRecord, str], None] = lambda record, what: None
 
@@ -177,6 +179,22 @@ class ImageStore:
             return image_config.config_bytes(document)
 
         return build
+
+    def pin(self, image_id: str) -> None:
+        """Mark an image as in use by work in progress (caller holds the catalog lock)."""
+        self._pins[image_id] = self._pins.get(image_id, 0) + 1
+
+    def unpin(self, image_id: str) -> int:
+        """Undo one pin; returns how many remain (caller holds the catalog lock)."""
+        left = self._pins.get(image_id, 0) - 1
+        if left > 0:
+            self._pins[image_id] = left
+        else:
+            self._pins.pop(image_id, None)
+        return max(left, 0)
+
+    def pinned(self, image_id: str) -> bool:
+        return self._pins.get(image_id, 0) > 0
 
     def add_repo_digest(self, image_id: str, repo_digest: str) -> None:
         """Remember a registry manifest of the image (caller holds the catalog lock)."""
