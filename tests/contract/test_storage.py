@@ -985,7 +985,7 @@ def test_busybox_image_from_the_script(storage):
 def test_every_rpc_is_implemented_and_empty_requests_are_refused_or_harmless(storage):
     """The storage half of the old UNIMPLEMENTED check: an empty request never reaches a fake success."""
     service = pb.DESCRIPTOR.services_by_name["StorageService"]
-    harmless = {"GetInfo", "ListImages", "ListRootfs", "ListVolumes", "GetUsage", "PruneLayers"}
+    harmless = {"GetInfo", "ListImages", "ListRootfs", "ListVolumes", "GetUsage", "PruneLayers", "PruneImages"}
     for method in service.methods:
         request = getattr(pb, method.input_type.name)()
         call = getattr(storage.stub, method.name)
