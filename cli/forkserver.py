@@ -324,6 +324,7 @@ def preload() -> None:
     import grpc  # noqa: F401
 
     import cli.containers  # noqa: F401
+    import cli.image_run  # noqa: F401
     import cli.images  # noqa: F401
     import cli.lifecycle  # noqa: F401
     import cli.main
@@ -338,7 +339,7 @@ def preload() -> None:
     from protos.executor.v1 import executor_pb2_grpc  # noqa: F401
     from protos.state.v1 import state_pb2_grpc  # noqa: F401
     from protos.storage.v1 import storage_pb2_grpc  # noqa: F401
-    from services.common import client  # noqa: F401
+    from services.common import client, image_config  # noqa: F401
 
 
 def listen(path: Path) -> socket.socket:

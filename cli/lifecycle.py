@@ -76,67 +76,6 @@ class RunRequest:
     publish_all: bool = False
 
 
-def apply_image_config(services: Services, request: RunRequest) -> tuple[str, str, str]:
-    """Merge the image's config into the request (command, env, working dir, user), as docker run does.
-
-    Returns (image id, stop signal, the image's user or "").
-    """
-    from services.common import image_config
-    from services.common.errors import InvalidArgument
-
-    image = services.call("storage", "GetImage", sto.GetImageRequest(name=request.image, brief=True)).image
-    config = image_config_from_proto(image.config)
-    try:
-        resolved = image_config.resolve_run(
-            config, request.command, request.entrypoint, request.env, request.working_dir, request.security.user
-        )
-    except InvalidArgument as err:
-        raise CliError(f'image "{request.image}": {err}') from None
-    if request.publish_all:
-        request.ports.extend(exposed_port_mappings(config.exposed_ports, request.ports))
-    request.command = list(resolved.argv)
-    request.env = list(resolved.env)
-    request.working_dir = resolved.working_dir
-    if resolved.user and not request.security.user:
-        request.security.user = resolved.user
-    return image.id, config.stop_signal, resolved.user
-
-
-def exposed_port_mappings(exposed: tuple[str, ...], published: list[types_pb2.PortMapping]) -> list[types_pb2.PortMapping]:
-    """A mapping from a free host port for each exposed "PORT/PROTO" not published with -p already (docker -P)."""
-    from cli.parse import free_host_port
-
-    taken = {(mapping.container_port, mapping.protocol) for mapping in published}
-    mappings = []
-    for entry in exposed:
-        port_text, _, protocol = entry.partition("/")
-        if not port_text.isdigit() or protocol not in ("", "tcp", "udp"):
-            continue  # a range or a protocol we do not publish (sctp)
-        proto = types_pb2.PROTOCOL_UDP if protocol == "udp" else types_pb2.PROTOCOL_TCP
-        if (int(port_text), proto) in taken:
-            continue
-        mappings.append(
-            types_pb2.PortMapping(host_port=free_host_port(protocol or "tcp"), container_port=int(port_text), protocol=proto)
-        )
-    return mappings
-
-
-def image_config_from_proto(message: sto.ImageConfig):
-    from services.common.image_config import ImageConfig
-
-    return ImageConfig(
-        entrypoint=tuple(message.entrypoint.values) if message.HasField("entrypoint") else None,
-        cmd=tuple(message.cmd.values) if message.HasField("cmd") else None,
-        env=tuple(message.env),
-        working_dir=message.working_dir,
-        user=message.user,
-        exposed_ports=tuple(message.exposed_ports),
-        stop_signal=message.stop_signal,
-        labels=tuple(sorted(message.labels.items())),
-        volumes=tuple(message.volumes),
-    )
-
-
 def this_process() -> st.Owner:
     """This CLI as the owner of a record it is creating or removing: while it lives, repair leaves the record alone."""
     pid = os.getpid()
@@ -211,6 +150,8 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
     `attach(id)` is called after the process exists but before it starts, so no output is lost;
     it returns the function that pumps the stream until the exit code arrives.
     """
+    from cli.image_run import apply_image_config
+
     image_id, stop_signal, _ = apply_image_config(services, request)
     spec = st.CreateContainerRequest(
         image_id=image_id,

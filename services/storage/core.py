@@ -20,6 +20,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.storage import commit as commit_mod
 from services.storage import mountinfo, reconcile
 from services.storage.core_images import ImagesMixin
+from services.storage.core_registry import RegistryMixin
 from services.storage.fsutil import disk_usage
 from services.storage.imagedb import ImageRecord
 from services.storage.images import ImageStore
@@ -43,7 +44,7 @@ from services.storage.volumes import normalize_volumes
 log = logging.getLogger(__name__)
 
 
-class StorageCore(ImagesMixin):
+class StorageCore(ImagesMixin, RegistryMixin):
     def __init__(self, config: Config):
         self.config = config
         self.paths = StoragePaths.at(config.root)

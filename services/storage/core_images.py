@@ -11,13 +11,13 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from services.common import faults, image_config, reference
+from services.common import faults, image_config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.storage import compression, diff, distribution
-from services.storage.archive_read import LayerRef, LoadedImage
+from services.storage import compression, diff
+from services.storage.archive_read import LayerRef
 from services.storage.archive_write import ArchiveImage, write_docker_archive
 from services.storage.imagedb import ImageRecord
-from services.storage.images import ImageStore, _tag_reference
+from services.storage.images import ImageStore, tag_reference
 from services.storage.model import Image, RemoveResult, RootfsRecord
 from services.storage.paths import validate_container_id
 
@@ -128,7 +128,7 @@ class ImagesMixin:
         """A plain rootfs tar as a one-layer image tagged `name`: checked and unpacked before it is visible."""
         if not name:
             raise InvalidArgument("the image name is required")
-        ref = _tag_reference(name)
+        ref = tag_reference(name)
         self.images.check_tag_free(ref, replace)
         changes = list(changes)
         for line in changes:
@@ -164,85 +164,9 @@ class ImagesMixin:
         log.info("loaded %d image(s): %s", len(images), ", ".join(image.id for image in images))
         return images, untagged
 
-    # -- registries --------------------------------------------------------------------------
-
-    def pull_image(self, text: str, platform: str, report: distribution.Report) -> Image:
-        """Fetch an image from its registry, unpack its layers, then tag it (a digest reference: no tag)."""
-        ref = reference.parse(text)
-        with self._ingest.shared():
-            pulled = distribution.pull(self.paths.root, self.images.content, ref, platform, report)
-            faults.step("PullImage", "fetched")
-            with self._catalog:
-                new = self.images.db.get(pulled.config_digest) is None
-                record = self.images.store_record(
-                    LoadedImage(pulled.config_digest, pulled.layers, (), "registry"),
-                    repo_digest=f"{ref.name}@{pulled.manifest_digest}",
-                )
-                # Until it is tagged, another pull's failure must not delete it under us.
-                self.images.pin(record.id)
-            try:
-                for layer in record.layers:
-                    if self.layers.get(layer.diff_id) is None:
-                        report(distribution.Progress(layer.digest, "unpacking", layer.size, layer.size))
-                faults.step("PullImage", "recorded")
-                self._unpack_all(record, f'image "{ref.familiar()}"')
-                faults.step("PullImage", "unpacked")
-                if not ref.digest:
-                    self.images.write_tag(ref, record, replace=True)
-            except BaseException:
-                with self._catalog:
-                    if self.images.unpin(record.id) == 0 and new:
-                        self._forget_unused(record.id)
-                raise
-            with self._catalog:
-                self.images.unpin(record.id)
-        return self.get_image(ref.familiar() if not ref.digest else record.id)
-
-    def _forget_unused(self, image_id: str) -> None:
-        """Delete the record a failed pull made, unless something tagged or used it meanwhile (catalog lock held).
-
-        Its blobs stay: a concurrent pull may be counting on them, and the next pull of the image
-        finds them; nothing references them, so the next service start collects them otherwise.
-        """
-        if not self.images.tags_by_id().get(image_id) and not self._users().get(image_id):
-            self.images.db.delete(image_id)
-
-    def push_image(self, text: str, report: distribution.Report) -> str:
-        ref = _tag_reference(text)
-        distribution.check_pushable(ref)
-        record = self.images.resolve_tag(ref)
-        if record is None:
-            raise NotFound(f'image "{ref.familiar()}" not found: tag an image with that name first (mydocker tag IMAGE {ref.familiar()})')
-        digest = distribution.push(self.paths.root, self.images.content, ref, record, report)
-        with self._catalog:
-            self.images.add_repo_digest(record.id, f"{ref.name}@{digest}")
-        return digest
-
-    def login(self, registry: str, username: str, password: str) -> str:
-        from services.storage import registry_auth
-
-        if not registry or not username or not password:
-            raise InvalidArgument("login needs a registry, a user name and a password")
-        host = registry_auth.checked_host(registry)
-        settings = registry_auth.registry_settings(self.paths.root, host)
-        client = distribution.RegistryClient(
-            settings.endpoint, credentials=(username, password), scheme=settings.scheme, ca_file=settings.ca_file
-        )
-        with client:
-            client.ping()
-        registry_auth.store_credentials(self.paths.root / registry_auth.AUTH_FILE, host, username, password)
-        return host
-
-    def logout(self, registry: str) -> None:
-        from services.storage import registry_auth
-
-        host = registry_auth.checked_host(registry)
-        if not registry_auth.remove_credentials(self.paths.root / registry_auth.AUTH_FILE, host):
-            raise NotFound(f"not logged in to {host}")
-
     def tag_image(self, source: str, target: str) -> Image:
         record = self.images.tag(source, target)
-        return self.get_image(_tag_reference(target).familiar()) if record else self.get_image(source)
+        return self.get_image(tag_reference(target).familiar()) if record else self.get_image(source)
 
     def save_images(self, references: list[str]) -> Iterator[bytes]:
         """Chunks of one docker-archive of the named images (each blob once)."""
@@ -255,7 +179,7 @@ class ImagesMixin:
             records[record.id] = record
             tags = chosen.setdefault(record.id, [])
             with contextlib.suppress(InvalidArgument):
-                ref = _tag_reference(text)
+                ref = tag_reference(text)
                 if self.images.db.tag_stat(ref) is not None and ref.familiar() not in tags:
                     tags.append(ref.familiar())
         self.paths.tmp.mkdir(parents=True, exist_ok=True)
@@ -299,7 +223,7 @@ class ImagesMixin:
                     raise FailedPrecondition(
                         f"image {record.id[7:19]} is used by container(s) {', '.join(users)}: remove them first"
                     )
-                doomed = [_tag_reference(tag_text) for tag_text in tags]
+                doomed = [tag_reference(tag_text) for tag_text in tags]
             untagged = []
             for ref in doomed:
                 if self.images.db.remove_tag(ref):
@@ -321,7 +245,7 @@ class ImagesMixin:
                 if users.get(record.id) or (tags.get(record.id) and not everything) or self.images.pinned(record.id):
                     continue
                 for tag_text in tags.get(record.id, []):
-                    if self.images.db.remove_tag(_tag_reference(tag_text)):
+                    if self.images.db.remove_tag(tag_reference(tag_text)):
                         untagged.append(tag_text)
                 freed += sum(self.images.content.size(digest) or 0 for digest in record.blobs())
                 self._delete_image(record)
@@ -371,7 +295,7 @@ class ImagesMixin:
         validate_container_id(container_id)
         if not image:
             raise InvalidArgument("the image name is required")
-        ref = _tag_reference(image)
+        ref = tag_reference(image)
         self.images.check_tag_free(ref, replace)
         parsed = [image_config.parse_change(line) for line in changes]
         started = time.monotonic()
@@ -409,7 +333,7 @@ class ImagesMixin:
 def _familiar(text: str, tags: list[str]) -> str:
     """The name to report for a request: the tag it named (familiar form), else the image's first tag."""
     with contextlib.suppress(InvalidArgument):
-        familiar = _tag_reference(text).familiar()
+        familiar = tag_reference(text).familiar()
         if familiar in tags:
             return familiar
     return tags[0] if tags else ""
@@ -418,7 +342,7 @@ def _familiar(text: str, tags: list[str]) -> str:
 def _as_existing_tag(images: ImageStore, text: str):
     """The reference `text` names when it is an existing tag, else None (then it is an id or a digest)."""
     with contextlib.suppress(InvalidArgument):
-        ref = _tag_reference(text)
+        ref = tag_reference(text)
         if images.db.tag_stat(ref) is not None:
             return ref
     return None

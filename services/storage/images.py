@@ -305,7 +305,7 @@ class ImageStore:
 
     def tag(self, source: str, target: str) -> ImageRecord:
         record = self.resolve(source)
-        ref = _tag_reference(target)
+        ref = tag_reference(target)
         self.write_tag(ref, record, replace=True)
         return record
 
@@ -319,7 +319,7 @@ class ImageStore:
         `before_publish(record)` runs for every image before any tag is written (the caller unpacks
         and so checks the layers): a failure there leaves no tag behind.
         """
-        named = _tag_reference(name) if name else None
+        named = tag_reference(name) if name else None
         # Refused from inside read_archive, so that it removes the layer blob it has just stored.
         flat_config = self._flat_config(time.time()) if named is not None else _refuse_unnamed_rootfs
         loaded = read_archive(archive, self.content, what="the archive", flat_config=flat_config)
@@ -327,7 +327,7 @@ class ImageStore:
         for image in loaded:
             with self._catalog:
                 record = self._store_record(image)
-            tags = [named] if named is not None else [_tag_reference(text) for text in image.repo_tags]
+            tags = [named] if named is not None else [tag_reference(text) for text in image.repo_tags]
             stored.append((record, tags))
         for record, _ in stored:
             before_publish(record)
@@ -349,7 +349,7 @@ class ImageStore:
         before_publish: Callable[[ImageRecord], None] = lambda record: None,
     ) -> ImageRecord:
         """A plain rootfs tar as a one-layer image tagged `name`."""
-        ref = _tag_reference(name)
+        ref = tag_reference(name)
         self.check_tag_free(ref, replace)
         loaded = read_archive(archive, self.content, what=f'image "{name}"', flat_config=self._flat_config(time.time(), changes))
         if len(loaded) != 1 or loaded[0].source_format != "rootfs":
@@ -412,7 +412,7 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_ino, a.st_dev, a.st_size, a.st_mtime_ns) == (b.st_ino, b.st_dev, b.st_size, b.st_mtime_ns)
 
 
-def _tag_reference(text: str) -> Reference:
+def tag_reference(text: str) -> Reference:
     """A reference that can name a tag file: a name with a tag (":latest" added), never a digest."""
     ref = reference.parse(text)
     if ref.digest:

@@ -76,13 +76,13 @@ DOCKER_BUILD = (
     "mkdir -p /opt/app && echo hello > /opt/app/greeting && ln -s /opt/app/greeting /opt/app/link && "
     "echo extra:x:1000: >> /etc/group"
 )
-DOCKER_CMD = '["sh","-c","echo from-docker X=$X Y=$Y HOME=$HOME PATH=$PATH pwd=$(pwd) id=$(id)"]'
+DOCKER_CMD = '["sh","-c","echo from-docker X=$X Y=$Y HOME=$HOME PATH=$PATH pwd=$(pwd) user=$(id -u):$(id -g)"]'
 # Run in mydocker on its own import of busybox, committed as NATIVE.
 NATIVE_BUILD = (
     "rm /bin/vi && rm -rf /home && rm -rf /usr/sbin && mkdir /usr/sbin && echo mine > /usr/sbin/only && "
     "mkdir -p /srv/data && echo data > /srv/data/f && ln -s /srv/data/f /srv/link"
 )
-NATIVE_CMD = '["sh","-c","echo from-mydocker N=$N HOME=$HOME pwd=$(pwd) id=$(id)"]'
+NATIVE_CMD = '["sh","-c","echo from-mydocker N=$N HOME=$HOME pwd=$(pwd) user=$(id -u):$(id -g)"]'
 
 
 # -- module fixtures ---------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_docker_save_loads_into_mydocker_and_runs_as_in_docker(
     assert (config["working_dir"], config["user"]) == (docker["Config"]["WorkingDir"], docker["Config"]["User"])
 
     docker_says = dockerd.cli("run", "--rm", "--network", "none", DOCKER_TWO).stdout
-    assert docker_says.startswith("from-docker X=1 Y=2 HOME=/home PATH=/") and "pwd=/opt/app id=uid=65534(nobody)" in docker_says
+    assert docker_says.startswith("from-docker X=1 Y=2 HOME=/home PATH=/") and "pwd=/opt/app user=65534:65534" in docker_says
     assert mydocker.mydocker("run", "--rm", DOCKER_TWO).stdout == docker_says
     assert mydocker.mydocker("run", "--rm", DOCKER_TWO, "pwd").stdout == "/opt/app\n"
     greeting = ("--entrypoint", "cat", DOCKER_TWO, "/opt/app/greeting")
@@ -327,7 +327,7 @@ def test_mydocker_save_loads_into_docker_and_runs_the_same(dockerd: Dockerd, myd
     assert "N=7" in docker["Config"]["Env"]
 
     ours_says = mydocker.mydocker("run", "--rm", NATIVE).stdout
-    assert ours_says == "from-mydocker N=7 HOME=/home pwd=/srv id=uid=65534(nobody) gid=65534(nobody) groups=65534(nobody)\n"
+    assert ours_says == "from-mydocker N=7 HOME=/home pwd=/srv user=65534:65534\n"
     assert dockerd.cli("run", "--rm", "--network", "none", NATIVE).stdout == ours_says
 
     tree = mydocker_tree(mydocker, NATIVE)
@@ -504,7 +504,7 @@ def test_commit_of_a_two_layer_image_adds_one_layer_that_docker_runs(
         container_id = json.loads(mydocker.mydocker("inspect", name).stdout)[0]["id"]
         mydocker.mydocker(
             "commit", name, COMMITTED, "-c", 'ENTRYPOINT ["sh","-c"]',
-            "-c", 'CMD ["echo committed-cmd X=$X Y=$Y pwd=$(pwd) id=$(id)"]', "-m", "interop commit",
+            "-c", 'CMD ["echo committed-cmd X=$X Y=$Y pwd=$(pwd) user=$(id -u):$(id -g)"]', "-m", "interop commit",
         )
     finally:
         mydocker.mydocker("rm", name)
@@ -518,7 +518,7 @@ def test_commit_of_a_two_layer_image_adds_one_layer_that_docker_runs(
     assert f"mydocker commit {container_id}" in history[1] and "interop commit" in history[1]
 
     ours_says = mydocker.mydocker("run", "--rm", COMMITTED).stdout
-    assert ours_says == "committed-cmd X=1 Y=2 pwd=/opt/app id=uid=65534(nobody) gid=65534(nobody) groups=65534(nobody)\n"
+    assert ours_says == "committed-cmd X=1 Y=2 pwd=/opt/app user=65534:65534\n"
     archive = work / "committed.tar"
     mydocker.mydocker("save", "-o", str(archive), COMMITTED)
     loaded = dockerd.cli("load", "-i", str(archive)).stdout

@@ -83,7 +83,7 @@ def test_parse_port_refuses_bad_specs_in_one_line(text):
 
 
 def test_publish_all_maps_each_exposed_port_not_published_yet():
-    from cli.lifecycle import exposed_port_mappings
+    from cli.image_run import exposed_port_mappings
     from protos.types.v1 import types_pb2
 
     published = [types_pb2.PortMapping(host_port=8080, container_port=80, protocol=types_pb2.PROTOCOL_TCP)]
