@@ -24,9 +24,11 @@ def df() -> None:
     in_use = sum(layer.size_bytes for layer in usage.layers if layer.rootfs_count)
     uppers = sum(rootfs.upper_size_bytes for rootfs in usage.rootfs)
     volumes = sum(volume.size_bytes for volume in usage.volumes)
-    tars = sum(image.size_bytes for image in usage.images)
+    # A layer blob shared by several images is stored once: counted once.
+    blobs = {layer.digest: layer.size_bytes for image in usage.images for layer in image.layers}
+    tars = sum(blobs.values())
     rows = [
-        ("Images", str(len(usage.images)), human_size(tars), f"{sum(1 for i in usage.images if i.container_ids)} in use"),
+        ("Images", str(len(usage.images)), human_size(tars), f"{sum(1 for i in usage.images if i.container_ids)} in use; layer blobs, each counted once"),
         ("Layers", str(len(usage.layers)), human_size(layers), f"{human_size(in_use)} under running or stopped containers"),
         ("Containers", str(len(usage.rootfs)), human_size(uppers), "writable layers (upper dirs)"),
         ("Volumes", str(len(usage.volumes)), human_size(volumes), "host directories, never deleted by mydocker"),

@@ -11,9 +11,11 @@ What a crash can leave, by where it happened (every write of the service is "bui
   points leave): an ``upper`` with data may be a container's only copy of its changes, and is kept for
   an explicit RemoveRootfs (``mydocker system check --repair``).
 - ``layers/tmp/*``: extractions and layer deletions in progress.
-- ``image/.<name>.tar.tmp-<tag>``: imports and commits in progress. A tag that is the pid of a live
-  process is left alone: scripts/build-busybox-image writes its tar the same way.
-- ``imagedb/.<name>.json.tmp-<hex>``: digest cache writes in progress.
+- ``image/.<name>.tar.tmp-<tag>``: tag files being written (import, load, pull, commit, tag), at any
+  depth: a name with "/" has subdirectories (``image/localhost:5000/team/.app:v1.tar.tmp-<tag>``). A
+  tag that is the pid of a live process is left alone: scripts/build-busybox-image writes its tar the
+  same way.
+- ``imagedb/**/.<name>.json.tmp-<hex>``: image record and tag cache writes in progress (at any depth).
 - ``tmp/storage``: scratch mount points of commit and export.
 
 A complete ``overlay2/<id>`` (record present) and everything mounted below it are never touched.
@@ -28,7 +30,7 @@ import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from services.storage import mountinfo
 from services.storage.fsutil import remove_tree
@@ -54,7 +56,7 @@ class RootfsEntry:
 
 @dataclass(frozen=True)
 class ImageTemp:
-    """A hidden temp tar in image/ and whether the pid its tag names is a live process."""
+    """A hidden temp tar below image/ (path relative to it) and whether the pid its tag names is a live process."""
 
     name: str
     writer_alive: bool = False
@@ -68,6 +70,7 @@ class Snapshot:
     overlay: tuple[RootfsEntry, ...] = ()
     layer_tmp: tuple[str, ...] = ()
     image_temps: tuple[ImageTemp, ...] = ()
+    # Hidden files below imagedb/, as paths relative to it.
     digest_files: tuple[str, ...] = ()
     scratch_exists: bool = False
     # Mount points at or below the root, in mountinfo order (parents first).
@@ -139,15 +142,15 @@ def plan(snapshot: Snapshot) -> Plan:
     for name in snapshot.layer_tmp:
         remove(paths.layer_tmp / name, "interrupted layer " + ("deletion" if "-deleting-" in name else "extraction"))
     for temp in snapshot.image_temps:
-        if not _IMAGE_TEMP.fullmatch(temp.name):
+        if not _IMAGE_TEMP.fullmatch(PurePosixPath(temp.name).name):
             continue
         if temp.writer_alive:
             kept.append(Kept(str(paths.images / temp.name), "being written by a live process"))
         else:
             remove(paths.images / temp.name, "unfinished image import or commit")
     for name in snapshot.digest_files:
-        if _JSON_TEMP.fullmatch(name):
-            remove(paths.digests / name, "unfinished digest cache write")
+        if _JSON_TEMP.fullmatch(PurePosixPath(name).name):
+            remove(paths.digests / name, "unfinished image record or tag cache write")
     if snapshot.scratch_exists:
         remove(paths.tmp, "scratch mount points of an interrupted commit or export")
     return Plan(tuple(removals), tuple(kept))
@@ -161,6 +164,23 @@ def _listdir(directory: Path) -> list[str]:
         return sorted(os.listdir(directory))
     except FileNotFoundError:
         return []
+
+
+def _hidden_files(directory: Path) -> list[str]:
+    """Hidden files at any depth below `directory`, as sorted relative paths; symlinks are not followed."""
+    found = []
+    stack = [directory]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.name.startswith("."):
+                found.append(Path(entry.path).relative_to(directory).as_posix())
+    return sorted(found)
 
 
 def _holds_data(upper: Path) -> bool:
@@ -207,8 +227,8 @@ def scan(paths: StoragePaths, has_record: Callable[[str], bool]) -> Snapshot:
         else:
             overlay.append(RootfsEntry(name))
     image_temps = []
-    for name in _listdir(paths.images):
-        match = _IMAGE_TEMP.fullmatch(name)
+    for name in _hidden_files(paths.images):
+        match = _IMAGE_TEMP.fullmatch(PurePosixPath(name).name)
         if match:
             image_temps.append(ImageTemp(name, _pid_alive(match.group(1))))
     return Snapshot(
@@ -216,7 +236,7 @@ def scan(paths: StoragePaths, has_record: Callable[[str], bool]) -> Snapshot:
         overlay=tuple(overlay),
         layer_tmp=tuple(_listdir(paths.layer_tmp)),
         image_temps=tuple(image_temps),
-        digest_files=tuple(_listdir(paths.digests)),
+        digest_files=tuple(_hidden_files(paths.digests)),
         scratch_exists=os.path.lexists(paths.tmp),
         mounts=tuple(m.mount_point for m in mountinfo.mounts_under(mountinfo.read(), str(paths.root))),
     )

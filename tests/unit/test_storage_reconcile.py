@@ -102,9 +102,25 @@ def test_image_temps_of_dead_writers_are_removed_and_of_live_ones_kept():
     assert plan.kept == (Kept("/r/image/.busybox.tar.tmp-4242", "being written by a live process"),)
 
 
+def test_image_temps_in_subdirectories_of_names_with_slashes_are_removed():
+    plan = reconcile.plan(snapshot(image_temps=(
+        ImageTemp("127.0.0.1:5000/team/.app:v1.tar.tmp-0a1b2c3d"),
+        ImageTemp("127.0.0.1:5000/.keep"),
+    )))
+    assert [r.path for r in plan.removals] == ["/r/image/127.0.0.1:5000/team/.app:v1.tar.tmp-0a1b2c3d"]
+
+
 def test_digest_cache_temps_are_removed_and_sidecars_kept():
     plan = reconcile.plan(snapshot(digest_files=("base.json", ".base.json.tmp-0a1b2c3d", ".other")))
     assert [r.path for r in plan.removals] == ["/r/imagedb/.base.json.tmp-0a1b2c3d"]
+
+
+def test_record_and_tag_cache_temps_in_subdirectories_are_removed():
+    plan = reconcile.plan(snapshot(digest_files=(
+        f"sha256/.{HEX}.json.tmp-0a1b2c3d", "names/localhost:5000/team/.app:v1.json.tmp-0a1b2c3d", "names/.other",
+    )))
+    assert [r.path for r in plan.removals] == [
+        f"/r/imagedb/sha256/.{HEX}.json.tmp-0a1b2c3d", "/r/imagedb/names/localhost:5000/team/.app:v1.json.tmp-0a1b2c3d"]
 
 
 def test_scratch_dir_is_removed_after_its_mounts():
@@ -182,6 +198,29 @@ def test_scan_plan_apply_on_a_fake_tree(paths):
     assert os.listdir(paths.layer_tmp) == [] and not paths.tmp.exists()
     # A second run finds nothing more to do.
     assert reconcile.plan(reconcile.scan(paths, lambda i: store.read(i) is not None)).removals == ()
+
+
+def test_scan_finds_temps_at_any_depth_and_keeps_the_tag_files_beside_them(paths):
+    team = paths.images / "127.0.0.1:5000" / "team"
+    team.mkdir(parents=True)
+    (team / "app:v1.tar").write_bytes(b"tar")
+    (team / ".app:v2.tar.tmp-0a0a0a0a").write_bytes(b"half")
+    records = paths.image_records
+    records.mkdir(parents=True)
+    (records / f"{HEX}.json").write_text("{}")
+    (records / f".{HEX}.json.tmp-0a0a0a0a").write_text("{")
+    names = paths.tag_cache / "127.0.0.1:5000" / "team"
+    names.mkdir(parents=True)
+    (names / ".app:v2.json.tmp-0b0b0b0b").write_text("{")
+
+    snapshot = reconcile.scan(paths, lambda container_id: False)
+    assert snapshot.image_temps == (ImageTemp("127.0.0.1:5000/team/.app:v2.tar.tmp-0a0a0a0a"),)
+    done = reconcile.apply(reconcile.plan(snapshot), lambda path: [])
+    assert sorted(done) == sorted(str(p) for p in [
+        team / ".app:v2.tar.tmp-0a0a0a0a", records / f".{HEX}.json.tmp-0a0a0a0a", names / ".app:v2.json.tmp-0b0b0b0b"])
+    assert os.listdir(team) == ["app:v1.tar"]
+    assert os.listdir(records) == [f"{HEX}.json"]
+    assert os.listdir(names) == []
 
 
 @pytest.mark.parametrize("make, has_data", [
