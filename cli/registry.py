@@ -86,7 +86,8 @@ def _stream(services: Services, method: str, request, quiet: bool):
 
     from services.common.client import describe_rpc_error
 
-    board = None if quiet else ProgressBoard(sys.stderr, os.isatty(sys.stderr.fileno()))
+    # Progress on stdout, as docker pull prints it: stderr keeps the one-line error, if any.
+    board = None if quiet else ProgressBoard(sys.stdout, os.isatty(sys.stdout.fileno()))
     last = None
     try:
         for message in getattr(services.storage, method)(request, timeout=24 * 3600):

@@ -162,12 +162,19 @@ class TokenProxy:
     users: dict[str, str]
     token_field: str = "token"
     ignore_range: bool = False  # forward GETs without their Range header, as servers without range support do
+    anonymous: bool = False  # forward every request without asking for a token: a counting pass-through
     tokens: dict[str, set[str]] = field(default_factory=dict)
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def credentials(self) -> tuple[str, str]:
         return next(iter(self.users.items()))
+
+    def blob_gets(self, digest: str) -> int:
+        """How many GETs of the blob (any repository) the proxy received: a download each."""
+        with self.lock:
+            return sum(1 for method, path in self.requests if method == "GET" and path.endswith(f"/blobs/{digest}"))
 
 
 def _needed_scopes(method: str, path: str, query: dict[str, list[str]]) -> set[str]:
@@ -236,9 +243,13 @@ def _handler(proxy: TokenProxy) -> type[http.server.BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             url = urllib.parse.urlsplit(self.path)
             query = urllib.parse.parse_qs(url.query)
+            with proxy.lock:
+                proxy.requests.append((self.command, url.path))
             if url.path == "/token":
                 return self._token(query)
             length = int(self.headers.get("Content-Length") or 0)
+            if proxy.anonymous:
+                return self._forward(length)
             needed = _needed_scopes(self.command, url.path, query)
             auth = self.headers.get("Authorization", "")
             with proxy.lock:
@@ -310,10 +321,12 @@ def _handler(proxy: TokenProxy) -> type[http.server.BaseHTTPRequestHandler]:
 
 
 @contextlib.contextmanager
-def token_proxy(backend: RunningRegistry, users: dict[str, str], token_field: str = "token") -> Iterator[TokenProxy]:
+def token_proxy(backend: RunningRegistry, users: dict[str, str], token_field: str = "token",
+                anonymous: bool = False) -> Iterator[TokenProxy]:
     """A bearer-token registry front on 127.0.0.1:<ephemeral>: /token checks basic credentials, the rest is
-    forwarded to `backend` (a plain registry) only with a token whose scopes cover the request."""
-    proxy = TokenProxy(host="", backend=backend, users=dict(users), token_field=token_field)
+    forwarded to `backend` (a plain registry) only with a token whose scopes cover the request (`anonymous`:
+    forwarded as is). Every request is noted in `requests`."""
+    proxy = TokenProxy(host="", backend=backend, users=dict(users), token_field=token_field, anonymous=anonymous)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(proxy))
     server.daemon_threads = True
     proxy.host = f"127.0.0.1:{server.server_address[1]}"
@@ -325,3 +338,10 @@ def token_proxy(backend: RunningRegistry, users: dict[str, str], token_field: st
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def counting_proxy(backend: RunningRegistry) -> Iterator[TokenProxy]:
+    """A plain pass-through to `backend` on 127.0.0.1:<ephemeral> that notes every request (see blob_gets)."""
+    with token_proxy(backend, {}, anonymous=True) as proxy:
+        yield proxy

@@ -109,12 +109,13 @@ class ImagesMixin:
             self.layers.ensure(layer.diff_id, lambda digest=layer.digest: self.images.content.open(digest), what)
 
     def _undo_new(self, before: set[str]) -> None:
-        """Delete the image records a failed load or import created (with their unused blobs)."""
+        """Delete the image records a failed load or import created, with their blobs and unpacked layers that
+        nothing else uses (the layers unpacked before the one that was refused)."""
         with self._catalog:
             for image_id in set(self.images.db.ids()) - before:
                 record = self.images.db.get(image_id)
                 if record is not None and not self.images.tags_by_id().get(image_id):
-                    self.images.delete_record(record)
+                    self._delete_image(record)
 
     def import_image(
         self,

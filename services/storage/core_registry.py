@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from services.common import faults, reference
@@ -49,7 +50,11 @@ class RegistryMixin:
                 raise
             with self._catalog:
                 self.images.unpin(record.id)
-        return self.get_image(ref.familiar() if not ref.digest else record.id)
+        image = self.get_image(ref.familiar() if not ref.digest else record.id)
+        # The digest this pull resolved comes first: `pull` prints it, and it pulls the same again.
+        pulled_digest = f"{ref.name}@{pulled.manifest_digest}"
+        others = tuple(digest for digest in image.repo_digests if digest != pulled_digest)
+        return dataclasses.replace(image, repo_digests=(pulled_digest,) + others)
 
     def _forget_unused(self, image_id: str) -> None:
         """Delete the record a failed pull made, unless something tagged or used it meanwhile (catalog lock held).

@@ -44,7 +44,8 @@ Report = Callable[[Progress], None]
 
 @dataclass(frozen=True)
 class PulledImage:
-    """What a pull fetched: the config and layers (all in the content store) and the manifest's digest."""
+    """What a pull fetched: the config and layers (all in the content store), and the digest the reference
+    resolved to (for a multi-platform image the index's, as Docker records it: name@digest pulls the same again)."""
 
     config_digest: str
     layers: tuple[LayerRef, ...]
@@ -109,6 +110,7 @@ def pull(root: Path, store: ContentStore, ref: Reference, platform: str, report:
     with client_for(root, ref) as client:
         repo = reference.repository(ref)
         manifest = client.get_manifest(repo, ref.digest or ref.tag)
+        named_digest = manifest.digest
         if manifest.is_index:
             chosen = select_platform(manifest.data, wanted, name)
             manifest = client.get_manifest(repo, chosen["digest"])
@@ -143,8 +145,8 @@ def pull(root: Path, store: ContentStore, ref: Reference, platform: str, report:
         LayerRef(digest=digest, diff_id=diff_id, size=size, media_type=_layer_media_type(media_type, store, digest))
         for (digest, size, media_type), diff_id in zip(blobs, spec.diff_ids)
     )
-    log.info("pulled %s (%s): %d layer(s)", name, manifest.digest, len(layers))
-    return PulledImage(config_digest, layers, manifest.digest)
+    log.info("pulled %s (%s, manifest %s): %d layer(s)", name, named_digest, manifest.digest, len(layers))
+    return PulledImage(config_digest, layers, named_digest)
 
 
 def _layer_media_type(media_type: str, store: ContentStore, digest: str) -> str:

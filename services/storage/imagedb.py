@@ -201,6 +201,14 @@ class ImageDB:
 
     def forget(self, reference: Reference) -> None:
         self._names.forget(reference.file_stem())
+        # Subdirectories made for "/" in names go with their last entry, as in ROOT/image.
+        directory = (self._paths.tag_cache / reference.file_stem()).parent
+        while directory != self._paths.tag_cache and self._paths.tag_cache in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+            directory = directory.parent
 
     def remove_tag(self, reference: Reference) -> bool:
         """Delete the tag's file (and its cache entry); False when there was none."""

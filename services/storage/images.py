@@ -215,8 +215,8 @@ class ImageStore:
         layers = image.layers
         if existing is not None and layers != existing.layers and all(self.content.has(d) for d in existing.blobs()):
             # The same image again with its layers compressed otherwise (an OCI archive after a docker save, a pull):
-            # the recorded blobs stay, and this copy's own go unless another image uses them; replacing the
-            # record's layers instead would leave the old blobs named by no record, never deleted.
+            # the recorded blobs stay. Replacing them would leave the old ones named by no record, so never
+            # deleted by rmi; this copy's own are dropped by load (a pull leaves them to the next start).
             layers = existing.layers
         record = ImageRecord(
             id=image.config_digest,
@@ -226,9 +226,6 @@ class ImageStore:
         )
         if record != existing:
             self.db.put(record)
-        if layers is not image.layers:
-            for digest in {layer.digest for layer in image.layers} - self.blobs_in_use(self.db.records()):
-                self.content.delete(digest)
         return record
 
     def count(self) -> int:
@@ -327,6 +324,10 @@ class ImageStore:
         for image in loaded:
             with self._catalog:
                 record = self._store_record(image)
+                if record.layers != image.layers:
+                    # An image we had, with other blobs: this archive's go unless another image uses them.
+                    for digest in {layer.digest for layer in image.layers} - self.blobs_in_use(self.db.records()):
+                        self.content.delete(digest)
             tags = [named] if named is not None else [tag_reference(text) for text in image.repo_tags]
             stored.append((record, tags))
         for record, _ in stored:

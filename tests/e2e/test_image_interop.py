@@ -2,24 +2,15 @@
 do; what mydocker saves, Docker and podman load and run. No network: every image is built here.
 
 Docker is the private dockerd of tests/dockerd.py (Debian's 20.10, its images gone with its temp dir); podman keeps
-its own temp store (tests/imagetools.Podman). A container's file tree is compared as the image's own busybox lists
-it from inside (LISTING): every path below / on the root filesystem with its type, mode, owner and symlink target
-(and link count for files), then the sha256 of each file under 1 MiB and of /bin/busybox. Left out are the mount
-points every runtime makes (/proc, /sys, /dev, /etc/hosts, /etc/hostname, /etc/resolv.conf) and what only Docker
-adds to every container (/.dockerenv, and /etc/mtab in its init layer). umoci's reference is its own `unpack`,
-listed by the same busybox under chroot.
+its own temp store. A container's file tree is compared as the image's own busybox lists it from inside
+(tests/interop.py's LISTING); umoci's reference is its own `unpack`, listed by the same busybox under chroot.
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
 import gzip
 import json
-import os
-import resource
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -29,12 +20,12 @@ from pathlib import Path
 import pytest
 
 import tests.dockerd
+from services.common.ctl import REPO
 from tests.conftest import ServiceTracker, temp_config_dir
-from tests.dockerd import Dockerd, cgroup_dirs_named, mountinfo_lines, private_dockerd, remove_cgroup_tree
+from tests.dockerd import Dockerd, mountinfo_lines, private_dockerd
 from tests.e2e.conftest import Host, one_line_error, running_host
 from tests.imagetools import (
     HandImage,
-    Podman,
     build_umoci_image,
     docker_archive_members,
     image_config,
@@ -42,26 +33,22 @@ from tests.imagetools import (
     run,
     sha256,
     skopeo_copy,
-    temp_podman,
     write_tar,
+)
+from tests.interop import (
+    assert_same_tree,
+    chroot_tree,
+    docker_inspect,
+    docker_tree,
+    image_config_of,
+    mydocker_tree,
+    paths_in,
+    podman_run_args,
+    podman_store,
+    store_snapshot,
 )
 
 pytestmark = pytest.mark.root
-
-EXCLUDED = (
-    "/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf",
-    # Docker's own: /.dockerenv in every container, /etc/mtab -> /proc/mounts in its init layer.
-    "/.dockerenv", "/etc/mtab",
-)
-_PRUNED = "\\( " + " -o ".join(f"-path {path}" for path in EXCLUDED) + " \\) -prune -o"
-# Directories' link counts are left out: overlay reports 1 for a directory merged from several layers.
-LISTING = (
-    f"find / -xdev -mindepth 1 {_PRUNED} -type d -exec stat -c '%N %F %a %u:%g' {{}} + | sort; "
-    f"find / -xdev -mindepth 1 {_PRUNED} ! -type d -exec stat -c '%N %F %a %u:%g links=%h' {{}} + | sort; "
-    "echo @@hashes; "
-    f"find / -xdev -mindepth 1 {_PRUNED} -type f -size -1024k -exec sha256sum {{}} + | sort; "
-    "sha256sum /bin/busybox"
-)
 
 DOCKER_BASE = "mdk-interop-base:1"
 DOCKER_TWO = "mdk-interop-two:1"
@@ -135,10 +122,10 @@ def work(our_paths: list[Path]) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def busybox_tar(mydocker: Host) -> Path:
-    """scripts/up's busybox rootfs tar: the bottom layer of every image here."""
-    path = mydocker.root / "image" / "busybox.tar"
-    assert path.is_file(), f"scripts/up did not build {path}"
+def busybox_tar(work: Path) -> Path:
+    """The busybox rootfs tar scripts/up builds (byte for byte: the same layer): the bottom of every image here."""
+    path = work / "busybox.tar"
+    run(REPO / "scripts" / "build-busybox-image", path)
     return path
 
 
@@ -195,86 +182,6 @@ def native_two_layers(mydocker: Host, busybox_tar: Path, work: Path) -> Built:
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def docker_tree(dockerd: Dockerd, image: str) -> str:
-    return dockerd.cli("run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "sh", image, "-c", LISTING).stdout
-
-
-def mydocker_tree(host: Host, image: str) -> str:
-    return host.mydocker("run", "--rm", "--user", "0", "--entrypoint", "sh", image, "-c", LISTING).stdout
-
-
-def chroot_tree(rootfs: Path) -> str:
-    """LISTING run by the unpacked image's own busybox, chrooted into it (it only reads)."""
-    result = subprocess.run(
-        ["chroot", str(rootfs), "/bin/sh", "-c", LISTING], env={"PATH": "/bin:/usr/bin:/sbin:/usr/sbin"},
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def assert_same_tree(expected: str, actual: str, what: str) -> None:
-    assert "@@hashes" in expected and "/bin/busybox" in expected, expected[:2000]
-    if expected != actual:
-        diff = "\n".join(difflib.unified_diff(expected.splitlines(), actual.splitlines(), "expected", what, lineterm=""))
-        pytest.fail(f"the file tree differs ({what}):\n{diff[:6000]}")
-
-
-def paths_in(tree: str) -> set[str]:
-    """The paths a LISTING names (symlinks as "'path' -> 'target'" reduced to the path)."""
-    paths = set()
-    for line in tree.partition("@@hashes")[0].splitlines():
-        first = line.split(" ", 1)[0]
-        paths.add(first.strip("'"))
-    return paths
-
-
-def image_config_of(host: Host, image: str) -> dict:
-    return json.loads(host.mydocker("image", "inspect", image).stdout)[0]
-
-
-def docker_inspect(dockerd: Dockerd, image: str) -> dict:
-    return json.loads(dockerd.cli("image", "inspect", image).stdout)[0]
-
-
-def store_snapshot(root: Path) -> dict[str, list[str]]:
-    """What the content store, the image records, the layers and the tag files hold (and their temp dirs)."""
-    snapshot = {}
-    for name in ("blobs/sha256", "blobs/tmp", "imagedb/sha256", "layers/sha256", "layers/tmp", "tmp/storage"):
-        directory = root / name
-        snapshot[name] = sorted(os.listdir(directory)) if directory.is_dir() else []
-    snapshot["image"] = sorted(str(path.relative_to(root / "image")) for path in (root / "image").rglob("*"))
-    return snapshot
-
-
-def podman_run_args() -> tuple[str, ...]:
-    """podman 4.3 asks runc for RLIMIT_NOFILE 1048576 and RLIMIT_NPROC 4194304, which a process without
-    CAP_SYS_RESOURCE (as here) may not set: lower limits, within ours."""
-    nofile = min(1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-    nproc = min(1024, resource.getrlimit(resource.RLIMIT_NPROC)[1])
-    return ("--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}")
-
-
-@contextlib.contextmanager
-def podman_store(our_paths: list[Path]) -> Iterator[tuple[Podman, str]]:
-    """A temp podman store and a cgroup parent of its own for its containers (podman's cgroupfs manager
-    otherwise leaves /libpod_parent behind); both removed after."""
-    cgroup_parent = f"mdk-podman-{uuid.uuid4().hex[:8]}"
-    with temp_podman() as podman:
-        our_paths.append(podman.base)
-        try:
-            yield podman, f"/{cgroup_parent}"
-        finally:
-            with contextlib.suppress(AssertionError):
-                ids = podman("ps", "-a", "-q").split()
-                if ids:
-                    podman("rm", "-f", *ids)
-            left = [line for line in mountinfo_lines() if str(podman.base) in line]
-            for directory in cgroup_dirs_named(cgroup_parent):
-                remove_cgroup_tree(directory)
-            assert not left, f"podman left mounts: {left}"
-            assert not cgroup_dirs_named(cgroup_parent)
-
 
 # -- 1. docker save -> mydocker load -> mydocker run ---------------------------------------------------
 
@@ -296,11 +203,13 @@ def test_docker_save_loads_into_mydocker_and_runs_as_in_docker(
     assert (config["working_dir"], config["user"]) == (docker["Config"]["WorkingDir"], docker["Config"]["User"])
 
     docker_says = dockerd.cli("run", "--rm", "--network", "none", DOCKER_TWO).stdout
-    assert docker_says.startswith("from-docker X=1 Y=2 HOME=/home PATH=/") and "pwd=/opt/app user=65534:65534" in docker_says
+    assert docker_says.startswith("from-docker X=1 Y=2 HOME=/home PATH=/"), docker_says
+    assert docker_says.endswith(" pwd=/opt/app user=65534:65534\n"), docker_says
     assert mydocker.mydocker("run", "--rm", DOCKER_TWO).stdout == docker_says
     assert mydocker.mydocker("run", "--rm", DOCKER_TWO, "pwd").stdout == "/opt/app\n"
     greeting = ("--entrypoint", "cat", DOCKER_TWO, "/opt/app/greeting")
-    assert mydocker.mydocker("run", "--rm", *greeting).stdout == dockerd.cli("run", "--rm", *greeting).stdout == "hello\n"
+    assert mydocker.mydocker("run", "--rm", *greeting).stdout == "hello\n"
+    assert dockerd.cli("run", "--rm", "--network", "none", *greeting).stdout == "hello\n"
 
     tree = docker_tree(dockerd, DOCKER_TWO)
     assert_same_tree(tree, mydocker_tree(mydocker, DOCKER_TWO), "mydocker run of Docker's image")
@@ -313,11 +222,18 @@ def test_docker_save_loads_into_mydocker_and_runs_as_in_docker(
 # -- 2. mydocker save -> docker load / podman load -----------------------------------------------------
 
 
-def test_mydocker_save_loads_into_docker_and_runs_the_same(dockerd: Dockerd, mydocker: Host, native_two_layers: Built) -> None:
+def test_mydocker_save_loads_into_docker_and_runs_the_same(
+    dockerd: Dockerd, mydocker: Host, native_two_layers: Built
+) -> None:
     """mydocker's own 2-layer image (import, then commit with whiteouts and an opaque directory): Docker loads
-    the save and runs it with the same config and the same files."""
+    the save and runs it with the same config and the same files; a save of two images loads both."""
     loaded = dockerd.cli("load", "-i", str(native_two_layers.archive)).stdout
     assert f"Loaded image: {NATIVE}" in loaded, loaded
+    both = native_two_layers.archive.with_name("native-both.tar")
+    mydocker.mydocker("save", "-o", str(both), NATIVE_BASE, NATIVE)
+    loaded = dockerd.cli("load", "-i", str(both)).stdout
+    assert f"Loaded image: {NATIVE_BASE}" in loaded and f"Loaded image: {NATIVE}" in loaded, loaded
+    assert docker_inspect(dockerd, NATIVE_BASE)["Id"] == image_config_of(mydocker, NATIVE_BASE)["id"]
     ours = image_config_of(mydocker, NATIVE)
     docker = docker_inspect(dockerd, NATIVE)
     assert docker["Id"] == ours["id"]
@@ -402,7 +318,9 @@ def skopeo_archive(umoci: UmociReference, work: Path, kind: str) -> tuple[Path, 
 
 
 @pytest.mark.parametrize("kind", ["docker", "oci", "zstd"])
-def test_umoci_image_from_skopeo_archives_runs_as_unpacked(mydocker: Host, umoci_image: UmociReference, work: Path, kind: str) -> None:
+def test_umoci_image_from_skopeo_archives_runs_as_unpacked(
+    mydocker: Host, umoci_image: UmociReference, work: Path, kind: str
+) -> None:
     """Each archive loads, runs exactly umoci's tree (deleted files gone, the opaque /data showing only the top
     layer's file), and its rmi leaves the stores as they were."""
     archive, tag = skopeo_archive(umoci_image, work, kind)
@@ -418,19 +336,23 @@ def test_umoci_image_from_skopeo_archives_runs_as_unpacked(mydocker: Host, umoci
     assert store_snapshot(mydocker.root) == before
 
 
-def test_one_image_loaded_from_two_archives_leaves_no_blob_after_rmi(
+def test_one_image_from_three_archives_keeps_one_set_of_blobs(
     mydocker: Host, umoci_image: UmociReference, work: Path
 ) -> None:
-    """The same image (one config) from a docker-archive (plain layers) and then from an OCI archive (gzip layers)
-    is one image; removing both tags removes every blob either load stored."""
+    """The same image (one config) loaded from plain, gzip and zstd layers is one image whose blobs are the first
+    load's: the later loads add no blob, and removing the three tags removes everything the loads stored."""
     before = store_snapshot(mydocker.root)
     tags = []
     for kind in ("docker", "oci", "zstd"):
         archive, tag = skopeo_archive(umoci_image, work, kind)
         mydocker.mydocker("load", "-i", str(archive))
         tags.append(tag)
-    ids = {image_config_of(mydocker, tag)["id"] for tag in tags}
-    assert len(ids) == 1
+        if kind == "docker":
+            after_first = store_snapshot(mydocker.root)
+    assert {image_config_of(mydocker, tag)["id"] for tag in tags} == {image_config_of(mydocker, tags[0])["id"]}
+    assert {k: v for k, v in store_snapshot(mydocker.root).items() if k != "image"} == {
+        k: v for k, v in after_first.items() if k != "image"
+    }
     assert_same_tree(umoci_image.tree, mydocker_tree(mydocker, tags[-1]), "mydocker run after three loads")
     mydocker.mydocker("rmi", *tags)
     assert store_snapshot(mydocker.root) == before
@@ -446,11 +368,14 @@ def _layer(work: Path, name: str, members: list[tuple[str, bytes | str]]) -> byt
 def hostile_archive(kind: str, work: Path, docker_save: Path, escape: str) -> tuple[Path, str]:
     """(a hostile archive, a phrase its refusal must contain)."""
     path = work / f"hostile-{kind}.tar"
-    if kind in ("truncated", "truncated-gzip"):
+    if kind == "truncated":
         whole = docker_save.read_bytes()
-        cut = whole[: int(len(whole.rstrip(b"\0")) * 0.6)]
-        path.write_bytes(gzip.compress(cut, mtime=0) if kind == "truncated-gzip" else cut)
-        return path, "truncated" if kind == "truncated" else ""
+        path.write_bytes(whole[: int(len(whole.rstrip(b"\0")) * 0.6)])
+        return path, "corrupt tar archive"
+    if kind == "truncated-gzip":
+        whole = gzip.compress(docker_save.read_bytes(), mtime=0)
+        path.write_bytes(whole[: int(len(whole) * 0.6)])
+        return path, "gzip data is corrupt or truncated"
     good = _layer(work, "good", [("etc/ok", b"ok\n")])
     if kind == "dotdot":
         # Were it followed, this name would reach /tmp/<escape> from any layer directory.
@@ -498,7 +423,10 @@ def test_commit_of_a_two_layer_image_adds_one_layer_that_docker_runs(
     runs in Docker with the same files and the same output."""
     parent = image_config_of(mydocker, DOCKER_TWO)
     name = f"mdk-interop-commit-{uuid.uuid4().hex[:8]}"
-    changes = "echo committed > /opt/app/added && rm /opt/app/greeting && rm -rf /usr/sbin && mkdir /usr/sbin && echo again > /usr/sbin/again"
+    changes = (
+        "echo committed > /opt/app/added && rm /opt/app/greeting && "
+        "rm -rf /usr/sbin && mkdir /usr/sbin && echo again > /usr/sbin/again"
+    )
     mydocker.mydocker("run", "--name", name, "--user", "0", "--entrypoint", "sh", DOCKER_TWO, "-c", changes)
     try:
         container_id = json.loads(mydocker.mydocker("inspect", name).stdout)[0]["id"]

@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +254,15 @@ def test_https_with_basic_auth(secure: RunningRegistry) -> None:
     inspected = skopeo("inspect", "--tls-verify=false", "--creds", ":".join(ALICE),
                        f"docker://{secure.host}/team/app:v1")
     assert inspected["Digest"] == image.digest
+
+
+def test_parallel_requests_share_basic_auth(secure: RunningRegistry) -> None:
+    """Requests sent together all get the first 401: each is sent again with the credentials, none is refused."""
+    for _ in range(5):  # a fresh client each time: the race is on the first requests
+        with RegistryClient(secure.host, scheme="https", credentials=ALICE, ca_file=secure.ca_file) as client:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                found = list(pool.map(lambda i: client.blob_exists("team/app", digest_of(b"%d" % i)), range(8)))
+            assert found == [None] * 8
 
 
 def test_https_errors(secure: RunningRegistry, plain: RunningRegistry) -> None:

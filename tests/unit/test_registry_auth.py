@@ -183,6 +183,16 @@ def test_ca_file_and_settings(tmp_path: Path) -> None:
         registry_settings(tmp_path, "../../etc")
 
 
+def test_a_ca_file_means_https_even_for_loopback_and_insecure_hosts(tmp_path: Path) -> None:
+    (tmp_path / "registries.json").write_text(json.dumps({"insecure_registries": ["reg.lan:5000"]}))
+    for host in ("127.0.0.1:5443", "localhost:5443", "reg.lan:5000"):
+        assert registry_settings(tmp_path, host).scheme == "http"
+        ca = tmp_path / "certs.d" / host / "ca.crt"
+        ca.parent.mkdir(parents=True)
+        ca.write_text("x")
+        assert (registry_settings(tmp_path, host).scheme, registry_settings(tmp_path, host).ca_file) == ("https", str(ca))
+
+
 def test_tls_context_with_an_unreadable_ca_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "ca.crt"
     bad.write_text("not a certificate")
