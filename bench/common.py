@@ -19,6 +19,15 @@ def summary(label: str, seconds: list[float]) -> str:
     return f"{label:<40} n={len(ms):<5} mean={statistics.mean(ms):8.2f} ms  sd={spread:7.2f}  p95={p95:8.2f}"
 
 
+def pressure() -> str:
+    """The load average and the IO pressure (some avg60): other work on the host skews every figure."""
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    with contextlib.suppress(FileNotFoundError):
+        io = Path("/proc/pressure/io").read_text().split()[2].removeprefix("avg60=")
+        return f"load {load}, io pressure {io}%"
+    return f"load {load}"
+
+
 @contextlib.contextmanager
 def temp_roots() -> Iterator[tuple[Path, Path]]:
     base = Path(tempfile.mkdtemp(prefix="mdk-bench-", dir="/tmp"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.common import REPO
+from bench.common import REPO, pressure
 
 LAUNCHER = str(REPO / "mydocker")
 # Where the image's files come from, in order: many small files first, then large ones up to the size.
@@ -146,15 +147,20 @@ def build_image_tar(busybox_tar: Path, out: Path, target_bytes: int, target_file
 # --- where mydocker's commit goes --------------------------------------------------------------------
 
 
-def server_seconds(log: Path, names: list[str]) -> list[float]:
-    """The storage service's own time for each named commit: its "committed ... in N.NNNs" log lines."""
-    pattern = re.compile(r"committed \d+ as (\S+) \(.*\): a \d+-byte layer in ([0-9.]+)s")
-    found = {}
+def server_seconds(log: Path, names: list[str]) -> dict[str, list[float]]:
+    """The storage service's own times for each named commit, from its log: the whole commit ("committed ...
+    in N.NNNs") and the unpacking of its new layer ("extracted image "NAME" ... in N.NNs")."""
+    patterns = {
+        "commit": re.compile(r"committed \d+ as (\S+) \(.*\): a \d+-byte layer in ([0-9.]+)s"),
+        "unpack": re.compile(r'extracted image "([^"]+)" into .*: \d+ bytes in ([0-9.]+)s'),
+    }
+    found: dict[str, dict[str, float]] = {key: {} for key in patterns}
     for line in log.read_text(errors="replace").splitlines():
-        match = pattern.search(line)
-        if match:
-            found[match.group(1)] = float(match.group(2))
-    return [found[name] for name in names if name in found]
+        for key, pattern in patterns.items():
+            match = pattern.search(line)
+            if match:
+                found[key][match.group(1)] = float(match.group(2))
+    return {key: [values[name] for name in names if name in values] for key, values in found.items()}
 
 
 def timed_write(scratch: Path, write) -> tuple[float, float]:
@@ -167,6 +173,15 @@ def timed_write(scratch: Path, write) -> tuple[float, float]:
         written = time.perf_counter()
         os.fsync(handle.fileno())
         return written - start, time.perf_counter() - written
+
+
+def cached_share(path: Path) -> str:
+    """How much of a file is in the page cache, in percent (util-linux fincore; "?" without it)."""
+    if shutil.which("fincore") is None:
+        return "?"
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES,SIZE", str(path)], capture_output=True, text=True)
+    resident, size = (int(value) for value in out.stdout.split())
+    return f"{100.0 * resident / max(1, size):.0f}%"
 
 
 def commit_parts(root: Path, image_id: str, upper: Path, scratch: Path, repeats: int) -> dict[str, list[tuple[float, float]]]:
@@ -183,20 +198,26 @@ def commit_parts(root: Path, image_id: str, upper: Path, scratch: Path, repeats:
     record = ImageDB(paths).get(image_id)
     content = ContentStore(paths.blobs)
     parts: dict[str, list[tuple[float, float]]] = {"layer tar of the upper dir": [], "tag file (docker-archive)": []}
+    cached: set[str] = set()  # how much of each parent blob the page cache held before a tag file was written
+
+    def write_upper_layer(handle) -> None:
+        upper_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            diff.write_layer(upper_fd, handle)
+        finally:
+            os.close(upper_fd)
+
+    def write_tag_file(handle) -> None:
+        write_docker_archive(handle, [ArchiveImage(record.id, record.layers, ("probe",))], content)
+
     for _ in range(repeats):
         os.sync()
 
-        def layer(handle) -> None:
-            upper_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                diff.write_layer(upper_fd, handle)
-            finally:
-                os.close(upper_fd)
-
-        parts["layer tar of the upper dir"].append(timed_write(scratch, layer))
+        parts["layer tar of the upper dir"].append(timed_write(scratch, write_upper_layer))
         os.sync()
-        tag = lambda handle: write_docker_archive(handle, [ArchiveImage(record.id, record.layers, ("probe",))], content)  # noqa: E731
-        parts["tag file (docker-archive)"].append(timed_write(scratch, tag))
+        cached.add(", ".join(cached_share(content.path(layer.digest)) for layer in record.layers))
+        parts["tag file (docker-archive)"].append(timed_write(scratch, write_tag_file))
+    say(f"  the image's blobs in the page cache before each tag file: {' / '.join(sorted(cached))} (util-linux fincore)")
     return parts
 
 
@@ -216,8 +237,6 @@ def change_command(round_number: int) -> tuple[str, ...]:
 
 
 def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
-    import json
-
     from services.common.config import Config
     from services.common.ctl import service_pid
     from tests.dockerd import descendants, private_dockerd
@@ -282,6 +301,7 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
         return took, write_bytes(pids) - before
 
     tools = {"mydocker": mydocker_commit, "docker": docker_commit}
+    before = pressure()
     for number in range(args.warmup + args.runs):
         order = list(tools) if number % 2 == 0 else list(reversed(tools))
         for tool in order:
@@ -291,7 +311,8 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
                 written[tool].append(wrote)
     say("")
     say(f"commit of a {CHANGE_BYTES >> 20} MiB change to a {data / 2**20:.0f} MiB, {files}-file image, "
-        f"{args.runs} interleaved rounds after {args.warmup} warm-up rounds ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}):")
+        f"{args.runs} interleaved rounds after {args.warmup} warm-up rounds ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{before} before, {pressure()} after):")
     for tool in tools:
         say(row(f"{tool} commit", times[tool]))
     ratio = statistics.median(times["mydocker"]) / statistics.median(times["docker"])
@@ -306,8 +327,9 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
     names = [f"bench-commit-{number}" for number in range(args.warmup, args.warmup + args.runs)]
     served = server_seconds(root / "log" / "storage.log", names)
     say("")
-    say(f"where mydocker's commit goes: the storage service's own time (its log) median {statistics.median(served):.3f} s, "
-        f"the rest ({statistics.median(times['mydocker']) - statistics.median(served):.3f} s) is the CLI and the RPC")
+    say(f"where mydocker's commit goes: the storage service's own time (its log) median {statistics.median(served['commit']):.3f} s, "
+        f"the rest ({statistics.median(times['mydocker']) - statistics.median(served['commit']):.3f} s) is the CLI and the RPC; "
+        f"in it, unpacking the new layer (its one syncfs included) median {statistics.median(served['unpack']):.3f} s")
     upper = root / "overlay2" / last["container"] / "upper"
     for part, pairs in commit_parts(root, last["image_id"], upper, base / "commit-parts", args.part_repeats).items():
         writes, syncs = [pair[0] for pair in pairs], [pair[1] for pair in pairs]

@@ -66,7 +66,7 @@ import tempfile  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench.common import REPO, summary  # noqa: E402
+from bench.common import REPO, pressure, summary  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 LAUNCHER = str(REPO / "mydocker")
@@ -225,11 +225,12 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
     say(f"{LAYERED}: {counts[LAYERED]} layers, {FLAT}: {counts[FLAT]} layer; same tree ({len(trees[FLAT].splitlines())} lines of find + cat)")
     os.sync()  # the builds' writeback must not land in the timed runs
 
+    before = pressure()
     times = time_runs(env, args.runs, args.warmup)
     ratio = statistics.median(times[LAYERED]) / statistics.median(times[FLAT])
     say("")
     say(f"run --rm IMAGE /bin/true, {args.runs} interleaved rounds after {args.warmup} warm-up rounds "
-        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}):")
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {before} before, {pressure()} after):")
     for image, seconds in times.items():
         label = f"{image} ({counts[image]} layer{'s' if counts[image] > 1 else ''})"
         say(f"  {summary(label, seconds)}  median={median_ms(seconds):7.2f} ms")

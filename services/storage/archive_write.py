@@ -168,8 +168,14 @@ def _pad(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
-def write_docker_archive(out: BinaryIO, images: list[ArchiveImage], store: ContentStore) -> list[WrittenManifest]:
-    """Write `images` as one `docker save` tar to `out` (written through its fd); returns their manifests."""
+def write_docker_archive(
+    out: BinaryIO, images: list[ArchiveImage], store: ContentStore, omit: frozenset[str] = frozenset()
+) -> list[WrittenManifest]:
+    """Write `images` as one `docker save` tar to `out` (written through its fd); returns their manifests.
+
+    Blobs in `omit` are named by manifest.json and index.json but not written: a "thin" archive,
+    complete only together with a content store that has them (see images.py's tag files).
+    """
     manifests, files = plan(images, store)
     blobs: dict[str, bytes | None] = {}  # hex -> data for manifests, None for blobs copied from the store
     for image, written in zip(images, manifests):
@@ -181,6 +187,8 @@ def write_docker_archive(out: BinaryIO, images: list[ArchiveImage], store: Conte
     fd = out.fileno()
     _write_all(fd, _header("blobs/", 0, directory=True) + _header("blobs/sha256/", 0, directory=True))
     for hex_digest in sorted(blobs):
+        if f"sha256:{hex_digest}" in omit:
+            continue
         data = blobs[hex_digest]
         if data is not None:
             _write_all(fd, _header(f"blobs/sha256/{hex_digest}", len(data)) + data + _pad(len(data)))

@@ -72,6 +72,10 @@ class StorageCore(ImagesMixin, RegistryMixin):
         removed = reconcile.apply(reconcile.plan(snapshot), self.rootfs.unmount_tree)
         orphans = self.collect_blobs()
         layers = self.collect_layers()
+        # After reconcile, which removes hidden temp files: the completions write new ones.
+        thin = self.images.tag_files.complete_pending()
+        if thin:
+            log.info("completing %d thin tag file(s) a stop left behind", thin)
         log.info(
             "reconciled %s: %d leftover(s), %d unused blob(s) and %d unused layer(s) removed",
             self.paths.root, len(removed), len(orphans), len(layers),

@@ -326,7 +326,8 @@ class ImagesMixin:
             )
             new = self.images.store_new(image_config.config_bytes(document), parent.layers + (layer,))
             faults.step("CommitContainer", "recorded")
-            self.images.write_tag(ref, new, replace)
+            # Thin: only the new layer is written now; the parent's blobs follow in the background.
+            self.images.write_tag(ref, new, replace, keep=frozenset({digest}))
         log.info("committed %s as %s (%s): a %d-byte layer in %.3fs", container_id, image, new.id, size, time.monotonic() - started)
         return self.get_image(ref.familiar())
 

@@ -42,7 +42,7 @@ class RegistryMixin:
                 self._unpack_all(record, f'image "{ref.familiar()}"')
                 faults.step("PullImage", "unpacked")
                 if not ref.digest:
-                    self.images.write_tag(ref, record, replace=True)
+                    self.images.write_tag(ref, record, replace=True, written=lambda: faults.step("PullImage", "tag-written"))
             except BaseException:
                 with self._catalog:
                     if self.images.unpin(record.id) == 0 and new:

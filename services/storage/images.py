@@ -20,12 +20,11 @@ from services.common import image_config, reference
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.reference import Reference
 from services.storage.archive_read import LayerRef, LoadedImage, read_archive
-from services.storage.archive_write import ArchiveImage, write_docker_archive
 from services.storage.content import ContentStore
-from services.storage.fsutil import fsync_dir, temp_name
 from services.storage.imagedb import ImageDB, ImageRecord
 from services.storage.model import Image, Stats
 from services.storage.paths import DIGEST_PATTERN, StoragePaths
+from services.storage.tagfiles import TagFiles
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,7 @@ class ImageStore:
         self._catalog = catalog
         self.content = ContentStore(paths.blobs)
         self.db = ImageDB(paths)
+        self.tag_files = TagFiles(paths, self.db, self.content, catalog)
         # Configs are immutable (their digest is the id): parsed once.
         self._specs: dict[str, image_config.ImageSpec] = {}
         # Images a pull is still working on (it has not tagged them yet): pruning leaves them alone.
@@ -270,31 +270,19 @@ class ImageStore:
 
     # -- writing tags ------------------------------------------------------------------------
 
-    def write_tag(self, ref: Reference, record: ImageRecord, replace: bool) -> str:
-        """Publish `ref` as a tag file of `record`; returns the id the tag held before ("" if none)."""
-        path = self.db.tag_path(ref)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_name(path)
-        try:
-            with open(tmp, "xb") as out:
-                write_docker_archive(out, [ArchiveImage(record.id, record.layers, (ref.familiar(),))], self.content)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            with self._catalog:
-                previous = ""
-                st = self.db.tag_stat(ref)
-                if st is not None:
-                    previous = self.db.cached_id(ref, st) or "?"
-                    if not replace and previous != record.id:
-                        raise AlreadyExists(f'image "{ref.familiar()}" already exists: choose another name or replace it')
-                os.replace(tmp, path)
-                fsync_dir(path.parent)
-                self.db.remember(ref, path, record.id)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return "" if previous == record.id else previous
+    def write_tag(
+        self,
+        ref: Reference,
+        record: ImageRecord,
+        replace: bool,
+        written: Callable[[], None] = lambda: None,
+        keep: frozenset[str] | None = None,
+    ) -> str:
+        """Publish `ref` as a tag file of `record` (thin, completed later, with `keep`: see tagfiles.py).
+
+        Returns the id the tag held before ("" if none).
+        """
+        return self.tag_files.write(ref, record, replace, keep, written)
 
     def check_tag_free(self, ref: Reference, replace: bool) -> None:
         if not replace and self.db.tag_stat(ref) is not None:
@@ -303,7 +291,8 @@ class ImageStore:
     def tag(self, source: str, target: str) -> ImageRecord:
         record = self.resolve(source)
         ref = tag_reference(target)
-        self.write_tag(ref, record, replace=True)
+        # Thin: a tag costs the same for any image size; the file is completed in the background.
+        self.write_tag(ref, record, replace=True, keep=frozenset())
         return record
 
     # -- loading -----------------------------------------------------------------------------

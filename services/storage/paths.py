@@ -96,6 +96,11 @@ class StoragePaths:
         return self.digests / "names"
 
     @property
+    def thin_markers(self) -> Path:
+        """One marker per tag file published thin and not completed yet."""
+        return self.digests / "thin"
+
+    @property
     def blobs(self) -> Path:
         """The content store."""
         return self.root / "blobs"

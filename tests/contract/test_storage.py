@@ -17,6 +17,7 @@ import pytest
 from protos.storage.v1 import storage_pb2 as pb
 from protos.storage.v1 import storage_pb2_grpc
 from protos.types.v1 import types_pb2
+from services.common import reference
 from services.storage import mountinfo
 from services.storage.__main__ import definition
 from services.storage.core import StorageCore
@@ -231,8 +232,18 @@ class DockerArchive:
         return [self.files[name] for name in self.entry(tag)["Layers"]]
 
 
+def tag_archive(storage: Storage, name: str) -> DockerArchive:
+    """The complete tag file of `name`: commit and tag publish a thin one first, completed in the background."""
+    assert storage.core.images.tag_files.wait_idle(timeout=30), "the thin tag files were not completed"
+    return DockerArchive.at(storage.image_tar(name))
+
+
 def assert_tag_file(storage: Storage, name: str, image, layers: list[bytes]) -> DockerArchive:
-    """ROOT/image/<name>.tar is a docker-archive of `image` alone, tagged "<name>:latest", with these layer blobs."""
+    """ROOT/image/<name>.tar is a docker-archive of `image` alone, tagged "<name>:latest", with these layer blobs.
+
+    Once complete: commit and tag publish a thin file first (tagfiles.py) and complete it in the background.
+    """
+    assert storage.core.images.tag_files.wait_idle(timeout=30), "the thin tag files were not completed"
     archive = DockerArchive.at(storage.image_tar(name))
     assert [entry["RepoTags"] for entry in archive.manifest] == [[f"{name}:latest"]]
     assert sha256(archive.config(f"{name}:latest")) == image.id
@@ -425,6 +436,32 @@ def test_prune_images_deletes_untagged_unused_ones_and_with_all_every_unused_one
     assert dangling.id not in {image.id for image in storage.list_images()}
 
 
+def test_commit_and_tag_publish_a_thin_tag_file_completed_in_the_background_or_at_start(storage):
+    storage.import_bytes("base", tar_bytes({"etc/base": "1"}))
+    storage.prepare(ID1, "base")
+    (storage.root / "overlay2" / ID1 / "merged" / "etc" / "new").write_text("2")
+    committed = storage.stub.CommitContainer(pb.CommitContainerRequest(container_id=ID1, image="child"), timeout=60).image
+    storage.core.images.tag_files.wait_idle(timeout=30)
+    full = tag_archive(storage, "child")
+    blobs = {name for name in full.files if name.startswith("blobs/")}
+    wanted = {f"blobs/sha256/{digest[7:]}" for digest in [committed.id] + [layer.digest for layer in committed.layers]}
+    assert wanted <= blobs and len(blobs - wanted) == 1, "every blob, plus the OCI manifest"
+    assert not (storage.root / "imagedb" / "thin").exists() or not list((storage.root / "imagedb" / "thin").rglob("*.json"))
+    # A thin file left by a stop (its marker written, the completion never run) is completed at start.
+    core = storage.core
+    record = core.images.db.get(committed.id)
+    ref = reference.parse("leftover")
+    core.images.tag_files._enqueue = lambda ref, image_id: None  # as if the service died right after publishing
+    core.images.tag_files.write(ref, record, replace=False, keep=frozenset())
+    thin = DockerArchive.at(storage.image_tar("leftover"))  # read before any completion: thin
+    assert not [name for name in thin.files if name.endswith(committed.layers[0].digest[7:])], "thin: no layer"
+    assert storage.get("leftover").id == committed.id, "a thin tag file resolves at once"
+    del core.images.tag_files._enqueue
+    assert core.images.tag_files.complete_pending() == 1 and core.images.tag_files.wait_idle(timeout=30)
+    assert tag_archive(storage, "leftover").layers("leftover:latest") == full.layers("child:latest")
+    assert not list((storage.root / "imagedb" / "thin").rglob("*.json"))
+
+
 def test_save_then_load_gives_back_the_same_images_and_tags(storage):
     base_tar, other_tar = tar_bytes({"etc/base": "1"}), tar_bytes({"etc/other": "2"})
     base = storage.import_bytes("base", base_tar)
@@ -469,6 +506,7 @@ def test_tag_image_writes_a_tag_file_and_a_load_reports_the_tags_it_moves(storag
     base = storage.import_bytes("base", tar_bytes())
     tagged = storage.tag("base", "localhost:5000/team/app:v1")
     assert tagged.id == base.id and sorted(tagged.repo_tags) == ["base:latest", "localhost:5000/team/app:v1"]
+    storage.core.images.tag_files.wait_idle(timeout=30)
     archive = DockerArchive.at(storage.root / "image" / "localhost:5000" / "team" / "app:v1.tar")
     assert [entry["RepoTags"] for entry in archive.manifest] == [["localhost:5000/team/app:v1"]]
     assert sha256(archive.config("localhost:5000/team/app:v1")) == base.id
@@ -788,7 +826,7 @@ def test_commit_then_prepare_shows_the_file(storage, tmp_path):
     assert image.id == image.digest == sha256(storage.config_blob(image))
     assert [layer.diff_id for layer in image.layers][:1] == [sha256(base_tar)] and len(image.layers) == 2
     assert image.size_bytes == sum(layer.size_bytes for layer in image.layers)
-    archive = DockerArchive.at(storage.image_tar("busybox-with-custom"))
+    archive = tag_archive(storage, "busybox-with-custom")
     base_blob, change = archive.layers("busybox-with-custom:latest")
     assert_tag_file(storage, "busybox-with-custom", image, [base_tar, change])
     assert [sha256(blob) for blob in (base_blob, change)] == [layer.digest for layer in image.layers]
@@ -860,7 +898,7 @@ def test_commit_of_a_commit_stacks_layers_under_a_read_only_lower_view(storage):
     assert_lower_view(storage, third, three.layers)
     assert sorted(os.listdir(third.path)) == sorted(["bin", "dev", "etc", "proc", "sys", "tmp", "one.txt", "two.txt"])
     assert not Path(third.path, "etc", "motd").exists()
-    archive = DockerArchive.at(storage.image_tar("three"))
+    archive = tag_archive(storage, "three")
     assert [sha256(blob) for blob in archive.layers("three:latest")] == [layer.digest for layer in three.layers]
     # Removing the rootfs takes its lower view's mount too.
     for container_id in (ID1, ID2, ID3):
@@ -884,7 +922,7 @@ def test_commit_errors_and_replace(storage):
     used = storage.get("base")
     Path(storage.root / "overlay2" / ID1 / "merged" / "marker").write_text("1")
     replaced = storage.commit("base", replace=True)
-    change = DockerArchive.at(storage.image_tar("base")).layers("base:latest")[-1]
+    change = tag_archive(storage, "base").layers("base:latest")[-1]
     assert "marker" in members_of(change)
     # The tag moved to the new image; the container keeps the image it was made from, now untagged.
     assert replaced.id != used.id and list(replaced.container_ids) == []
@@ -899,7 +937,7 @@ def test_commit_of_an_unmounted_rootfs(storage):
     Path(storage.prepare(ID1).path, "a.txt").write_text("x")
     storage.core.rootfs.unmount(ID1)
     storage.commit("snap")
-    assert "a.txt" in members_of(DockerArchive.at(storage.image_tar("snap")).layers("snap:latest")[-1])
+    assert "a.txt" in members_of(tag_archive(storage, "snap").layers("snap:latest")[-1])
     assert storage.mounts_under_root() == []  # the commit's own mount is gone
 
 
