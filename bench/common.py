@@ -35,3 +35,49 @@ def temp_roots() -> Iterator[tuple[Path, Path]]:
         yield base / "root", base / "run"
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+LAUNCHER = REPO / "mydocker"
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def mydocker(env: dict[str, str], *args: str) -> str:
+    """./mydocker ARGS with `env`; RuntimeError naming the command when it fails."""
+    import subprocess
+
+    result = subprocess.run([LAUNCHER, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"mydocker {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def stop_services(env: dict[str, str] | None, up: bool) -> None:
+    """Remove every container of a benchmark's services, then stop them."""
+    import subprocess
+
+    if env is None or not up:
+        return
+    ids = subprocess.run([LAUNCHER, "ps", "-a", "-q"], env=env, capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run([LAUNCHER, "rm", "-f", *ids], env=env, capture_output=True)
+    subprocess.run([str(REPO / "scripts" / "down")], env=env, capture_output=True)
+
+
+def remove_roots(base: Path, cgroup_parent: str) -> None:
+    """The benchmark's cgroup parent, mounts left below `base` (none expected), then `base` itself."""
+    import subprocess
+
+    from services.executor.cgroup_layout import CgroupLayout
+
+    if not CgroupLayout.from_host(parent=cgroup_parent).remove_parent():
+        say(f"warning: cgroup parent {cgroup_parent} is still in use and was not removed")
+    with open("/proc/self/mountinfo") as mountinfo:
+        left = [line.split()[4] for line in mountinfo if line.split()[4].startswith(str(base))]
+    for target in reversed(left):
+        subprocess.run(["umount", "-l", target], check=False)
+    if left:
+        say(f"warning: mounts were left below {base} (unmounted now): {left}")
+    shutil.rmtree(base, ignore_errors=True)

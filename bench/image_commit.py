@@ -35,9 +35,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.common import REPO, pressure
+from bench.common import REPO, mydocker, pressure, remove_roots, say, stop_services
 
-LAUNCHER = str(REPO / "mydocker")
 # Where the image's files come from, in order: many small files first, then large ones up to the size.
 SMALL_SOURCES = ("/usr/share",)
 LARGE_SOURCES = ("/usr/lib/x86_64-linux-gnu", "/usr/bin")
@@ -69,9 +68,6 @@ def write_bytes(pids: list[int]) -> int:
                     total += int(line.split()[1])
     return total
 
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 # --- the image ------------------------------------------------------------------------------------
@@ -224,12 +220,6 @@ def commit_parts(root: Path, image_id: str, upper: Path, scratch: Path, repeats:
 # --- the benchmark --------------------------------------------------------------------------------
 
 
-def mydocker(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([LAUNCHER, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"mydocker {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
-    return result.stdout
-
 
 def change_command(round_number: int) -> tuple[str, ...]:
     """What exec runs in the container: the round's 1 MiB file."""
@@ -339,24 +329,9 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
 
 def cleanup(base: Path, state: dict) -> None:
     """Containers and services first, then the private dockerd, then the bulk deletes."""
-    env = state.get("env")
-    if env is not None and state.get("up"):
-        ids = subprocess.run([LAUNCHER, "ps", "-a", "-q"], env=env, capture_output=True, text=True).stdout.split()
-        if ids:
-            subprocess.run([LAUNCHER, "rm", "-f", *ids], env=env, capture_output=True)
-        subprocess.run([str(REPO / "scripts" / "down")], env=env, capture_output=True)
+    stop_services(state.get("env"), bool(state.get("up")))
     state["stack"].close()
-    from services.executor.cgroup_layout import CgroupLayout
-
-    if not CgroupLayout.from_host(parent=state["parent"]).remove_parent():
-        say(f"warning: cgroup parent {state['parent']} is still in use and was not removed")
-    with open("/proc/self/mountinfo") as mountinfo:
-        left = [line.split()[4] for line in mountinfo if line.split()[4].startswith(str(base))]
-    for target in reversed(left):
-        subprocess.run(["umount", "-l", target], check=False)
-    if left:
-        say(f"warning: mounts were left below {base} (unmounted now): {left}")
-    shutil.rmtree(base, ignore_errors=True)
+    remove_roots(base, state["parent"])
 
 
 def main() -> int:

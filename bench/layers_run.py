@@ -66,10 +66,9 @@ import tempfile  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench.common import REPO, pressure, summary  # noqa: E402
+from bench.common import REPO, mydocker, pressure, remove_roots, say, stop_services, summary  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
-LAUNCHER = str(REPO / "mydocker")
 LAYERED, FLAT = "bench-layers-5", "bench-flat-1"
 CHANGES = 4
 GOAL = 1.1
@@ -77,15 +76,6 @@ GOAL = 1.1
 TREE_LISTING = "find / -xdev | sort; cat /etc/motd /opt/layer-*/file"
 
 
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
-def mydocker(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([LAUNCHER, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"mydocker {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
-    return result.stdout
 
 
 def change_script(number: int) -> str:
@@ -253,23 +243,8 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
 
 def cleanup(base: Path, state: dict) -> None:
     """Containers and services, the cgroup parent, mounts left (none expected), then the temp roots."""
-    env = state.get("env")
-    if env is not None and state.get("up"):
-        ids = subprocess.run([LAUNCHER, "ps", "-a", "-q"], env=env, capture_output=True, text=True).stdout.split()
-        if ids:
-            subprocess.run([LAUNCHER, "rm", "-f", *ids], env=env, capture_output=True)
-        subprocess.run([str(REPO / "scripts" / "down")], env=env, capture_output=True)
-    from services.executor.cgroup_layout import CgroupLayout
-
-    if not CgroupLayout.from_host(parent=state["parent"]).remove_parent():
-        say(f"warning: cgroup parent {state['parent']} is still in use and was not removed")
-    with open("/proc/self/mountinfo") as mountinfo:
-        left = [line.split()[4] for line in mountinfo if line.split()[4].startswith(str(base))]
-    for target in reversed(left):
-        subprocess.run(["umount", "-l", target], check=False)
-    if left:
-        say(f"warning: mounts were left below {base} (unmounted now): {left}")
-    shutil.rmtree(base, ignore_errors=True)
+    stop_services(state.get("env"), bool(state.get("up")))
+    remove_roots(base, state["parent"])
 
 
 def main() -> int:

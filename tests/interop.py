@@ -14,9 +14,11 @@ import difflib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,35 @@ def podman_store(our_paths: list[Path]) -> Iterator[tuple[Podman, str]]:
                 remove_cgroup_tree(directory)
             assert not left, f"podman left mounts: {left}"
             assert not cgroup_dirs_named(cgroup_parent)
+
+
+@dataclass(frozen=True)
+class UmociReference:
+    """tests/imagetools' umoci image with busybox and an opaque /data on top, and what `umoci unpack` makes of it."""
+
+    ref: str  # skopeo's source reference of the OCI layout
+    tree: str  # LISTING of `umoci unpack`'s rootfs
+    diff_ids: list[str]
+
+
+def umoci_with_busybox(work: Path, busybox_tar: Path) -> UmociReference:
+    """tests/imagetools' three umoci layers (files; a deleted file and directory; links), busybox to run it,
+    and a last layer making /data opaque with one new file; its reference tree is `umoci unpack`'s."""
+    from tests.imagetools import build_umoci_image, require_tool, run, write_tar
+
+    require_tool("chroot")
+    image = build_umoci_image(work / "umoci")
+    target = f"{image.layout}:{image.tag}"
+    run("umoci", "raw", "add-layer", "--image", target, "--history.created_by", "busybox", busybox_tar)
+    opaque = write_tar(work / "opaque.tar", [("data/.wh..wh..opq", b""), ("data/top-only", b"top\n")])
+    run("umoci", "raw", "add-layer", "--image", target, "--history.created_by", "opaque /data", opaque)
+    bundle = work / "umoci-bundle"
+    run("umoci", "unpack", "--image", target, bundle)
+    try:
+        tree = chroot_tree(bundle / "rootfs")
+    finally:
+        shutil.rmtree(bundle)
+    paths = paths_in(tree)
+    assert {"/etc/hello", "/new", "/new-hardlink", "/link", "/data/top-only"} <= paths
+    assert not {"/etc/sub", "/data/gone", "/data/kept"} & paths, "umoci's unpack is not the reference this test assumes"
+    return UmociReference(image.ref, tree, image.diff_ids())

@@ -26,18 +26,16 @@ from tests.dockerd import Dockerd, mountinfo_lines, private_dockerd
 from tests.e2e.conftest import Host, one_line_error, running_host
 from tests.imagetools import (
     HandImage,
-    build_umoci_image,
     docker_archive_members,
     image_config,
-    require_tool,
     run,
     sha256,
     skopeo_copy,
     write_tar,
 )
 from tests.interop import (
+    UmociReference,
     assert_same_tree,
-    chroot_tree,
     docker_inspect,
     docker_tree,
     image_config_of,
@@ -46,6 +44,7 @@ from tests.interop import (
     podman_run_args,
     podman_store,
     store_snapshot,
+    umoci_with_busybox,
 )
 
 pytestmark = pytest.mark.root
@@ -274,33 +273,9 @@ def test_mydocker_save_loads_into_podman(mydocker: Host, native_two_layers: Buil
 # -- 3. umoci's image through skopeo's archives --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UmociReference:
-    ref: str  # skopeo's source reference of the OCI layout
-    tree: str  # LISTING of `umoci unpack`'s rootfs
-    diff_ids: list[str]
-
-
 @pytest.fixture(scope="module")
 def umoci_image(busybox_tar: Path, work: Path) -> UmociReference:
-    """tests/imagetools' three umoci layers (files, then whiteouts, then links), busybox on top to run it, and a
-    last layer that makes /data opaque with one new file; its reference tree is `umoci unpack`'s."""
-    require_tool("chroot")
-    image = build_umoci_image(work / "umoci")
-    target = f"{image.layout}:{image.tag}"
-    run("umoci", "raw", "add-layer", "--image", target, "--history.created_by", "busybox", busybox_tar)
-    opaque = write_tar(work / "opaque.tar", [("data/.wh..wh..opq", b""), ("data/top-only", b"top\n")])
-    run("umoci", "raw", "add-layer", "--image", target, "--history.created_by", "opaque /data", opaque)
-    bundle = work / "umoci-bundle"
-    run("umoci", "unpack", "--image", target, bundle)
-    try:
-        tree = chroot_tree(bundle / "rootfs")
-    finally:
-        shutil.rmtree(bundle)
-    paths = paths_in(tree)
-    assert {"/etc/hello", "/new", "/new-hardlink", "/link", "/data/top-only"} <= paths
-    assert not {"/etc/sub", "/data/gone", "/data/kept"} & paths, "umoci's unpack is not the reference this test assumes"
-    return UmociReference(image.ref, tree, image.diff_ids())
+    return umoci_with_busybox(work, busybox_tar)
 
 
 def skopeo_archive(umoci: UmociReference, work: Path, kind: str) -> tuple[Path, str]:
