@@ -19,6 +19,19 @@ def _owner_alive(container: st.Container) -> bool:
     return container.HasField("owner") and procinfo.is_alive(owner.pid, owner.pid_start_time)
 
 
+def present_images(images, containers) -> frozenset[str]:
+    """The names of the containers' images that exist: every tag of every image (as Docker shows it, and
+    without ":latest", as the seed names it), and a container's own image name when its image id is listed."""
+    names = set()
+    for image in images:
+        names.add(image.name)
+        names.update(image.repo_tags)
+        names.update(tag.removesuffix(":latest") for tag in image.repo_tags)
+    ids = {image.id for image in images}
+    names.update(c.image for c in containers if c.image_id and c.image_id in ids)
+    return frozenset(names)
+
+
 def snapshot(services: Services) -> reconcile.Snapshot:
     """Everything the check compares. Records are read last: a `run` creates its record before its rootfs
     and process, so whatever rootfs or process was seen already has its record in what is read after."""
@@ -43,8 +56,9 @@ def snapshot(services: Services) -> reconcile.Snapshot:
         reconcile.Rootfs(id=r.container_id, mounted=r.mounted)
         for r in services.call("storage", "ListRootfs", sto.ListRootfsRequest()).rootfs
     )
-    images = frozenset(i.name for i in services.call("storage", "ListImages", sto.ListImagesRequest()).images)
+    listed = services.call("storage", "ListImages", sto.ListImagesRequest()).images
     containers = services.call("state", "ListContainers", st.ListContainersRequest()).containers
+    images = present_images(listed, containers)
     records = tuple(
         reconcile.Record(
             id=c.id,

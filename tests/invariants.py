@@ -1,4 +1,4 @@
-"""The invariants every crash, reboot and concurrency test checks: records against shims, processes, mounts, dirs and cgroups."""
+"""The invariants every crash, reboot and concurrency test checks: records against shims, processes, mounts, dirs and cgroups (and tests/invariants_storage.py: images)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from services.common.netnames import VETH_PREFIX
 from services.executor import firewall, statefiles
 from services.executor.cgroups import SHIMS_CGROUP, join_cgroup_path, parse_proc_cgroup
 from services.storage import mountinfo
+from tests.invariants_storage import check_storage, read_storage
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 STATE_TIMEOUT = 10.0
@@ -88,12 +89,14 @@ def read_host(config: Config, cgroup_parent: str) -> HostView:
 def violations(config: Config, cgroup_parent: str, networks: bool = False) -> list[str]:
     """Every invariant that does not hold, one line each; empty when all hold.
 
-    Call it when no command is in flight: a record in CREATED or REMOVING is then half-done work.
+    Call it when no command is in flight: a record in CREATED or REMOVING is then half-done work, and
+    a blob no image record names is a leftover (the storage service collects those when it starts).
     With `networks`, addresses, veths and port rules are checked too; every mydocker veth and rule
     on the host must then be this test's (true on CI, where nothing else runs mydocker).
     """
     containers = records(config)
     found = check(containers, read_host(config, cgroup_parent), config)
+    found += check_storage(read_storage(config))
     if networks:
         found += check_networks(containers, allocations(config), read_network_host())
         found += check_bridges(network_records(config), executor_bridges(config))
@@ -196,7 +199,9 @@ def check(containers: list[state_pb2.Container], host: HostView, config: Config)
                 found.append(f"{label}: rootfs {overlay / c.id / 'merged'} is not mounted")
         if c.status in IN_PROGRESS and not statefiles.is_alive(c.owner.pid, c.owner.pid_start_time):
             found.append(f"{label}: half-done, and its owner (pid {c.owner.pid}) is gone")
-        if not (root / "image" / f"{c.image}.tar").is_file():
+        # Its tag file, or (untagged with rmi -f since, or named by id) the record of the image it was made from.
+        record = root / "imagedb" / "sha256" / f"{c.image_id.removeprefix('sha256:')}.json"
+        if not (root / "image" / f"{c.image}.tar").is_file() and not (c.image_id and record.is_file()):
             found.append(f"{label}: its image {c.image} does not exist ({root / 'image' / (c.image + '.tar')})")
 
     for name in host.overlay_dirs:

@@ -157,8 +157,11 @@ class TagFiles:
             self._write_archive(tmp, ref, record, frozenset())
             with self._catalog:
                 now = self._db.tag_stat(ref)
-                if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
-                    return False  # retagged or removed meanwhile: that write has its own marker, or none
+                if now is None:
+                    self._drop_marker(ref)  # removed meanwhile (rmi): nothing left to complete
+                    return False
+                if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                    return False  # retagged meanwhile: a thin rewrite has its own marker and job, a full one none
                 os.replace(tmp, path)
                 fsync_dir(path.parent)
                 self._db.remember(ref, path, image_id)
