@@ -24,34 +24,20 @@ import json
 import os
 import re
 import shutil
-import stat
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-from bench.common import REPO, mydocker, pressure, remove_roots, say, stop_services
+from bench.common import REPO, build_image_tar, mydocker, p90, pressure, remove_roots, say, stop_services
 
-# Where the image's files come from, in order: many small files first, then large ones up to the size.
-SMALL_SOURCES = ("/usr/share",)
-LARGE_SOURCES = ("/usr/lib/x86_64-linux-gnu", "/usr/bin")
-SMALL_FILE_MAX = 16 * 1024
-LARGE_FILE_MAX = 4 << 20
 CHANGE_BYTES = 1 << 20
 
 
 # --- statistics -----------------------------------------------------------------------------------
-
-
-def p90(values: list[float]) -> float:
-    """Nearest-rank 90th percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * 9 // 10) - 1)]
 
 
 def row(label: str, seconds: list[float]) -> str:
@@ -68,76 +54,6 @@ def write_bytes(pids: list[int]) -> int:
                     total += int(line.split()[1])
     return total
 
-
-
-# --- the image ------------------------------------------------------------------------------------
-
-
-def _host_files(sources: tuple[str, ...], max_size: int) -> Iterator[str]:
-    """Readable regular files up to `max_size` and symlinks below `sources` (sorted walk, symlinked dirs not followed)."""
-    for source in sources:
-        for directory, dirs, files in os.walk(source):
-            dirs.sort()
-            for name in sorted(files):
-                path = os.path.join(directory, name)
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_size <= max_size and os.access(path, os.R_OK)):
-                    yield path
-
-
-def build_image_tar(busybox_tar: Path, out: Path, target_bytes: int, target_files: int) -> tuple[int, int]:
-    """busybox plus host files, as one rootfs tar owned by 0:0; returns (files, bytes of file data)."""
-    files = data = 0
-    names: set[str] = set()
-    with tarfile.open(busybox_tar) as source, tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as archive:
-        for member in source:
-            archive.addfile(member, source.extractfile(member) if member.isfile() else None)
-            names.add(member.name.rstrip("/").removeprefix("./"))
-            files += member.isfile()
-            data += member.size if member.isfile() else 0
-
-        def add(path: str) -> int:
-            arcname = path.lstrip("/")
-            parents = []
-            parent = os.path.dirname(arcname)
-            while parent and parent not in names:
-                parents.append(parent)
-                parent = os.path.dirname(parent)
-            for directory in reversed(parents):
-                info = archive.gettarinfo("/" + directory, arcname=directory)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                archive.addfile(info)
-                names.add(directory)
-            if arcname in names:
-                return 0  # a busybox applet of the same name stays
-            info = archive.gettarinfo(path, arcname=arcname)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            names.add(arcname)
-            if info.isfile():
-                with open(path, "rb") as handle:
-                    archive.addfile(info, handle)
-                return info.size
-            archive.addfile(info)
-            return 0
-
-        small_files = int(target_files * 0.9)
-        small_bytes = target_bytes // 2
-        for path in _host_files(SMALL_SOURCES, SMALL_FILE_MAX):
-            if files >= small_files or data >= small_bytes:
-                break
-            data += add(path)
-            files += 1
-        for path in _host_files(LARGE_SOURCES, LARGE_FILE_MAX):
-            if data >= target_bytes:
-                break
-            data += add(path)
-            files += 1
-    return files, data
 
 
 # --- where mydocker's commit goes --------------------------------------------------------------------

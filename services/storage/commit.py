@@ -17,7 +17,7 @@ import secrets
 import stat
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,8 +32,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @contextlib.contextmanager
-def detached_view(scratch: Path, source: str | None, overlay_data: str | None) -> Iterator[int]:
-    """A directory fd of a private, detached mount: a bind of `source`, or a new overlay with `overlay_data`."""
+def detached_view(scratch: Path, source: str | None, mount_at: Callable[[str], None] | None) -> Iterator[int]:
+    """A directory fd of a private, detached mount: a bind of `source`, or what `mount_at(target)` mounts."""
     scratch.mkdir(parents=True, exist_ok=True)
     target = scratch / f"view-{secrets.token_hex(6)}"
     target.mkdir(0o700)
@@ -43,7 +43,8 @@ def detached_view(scratch: Path, source: str | None, overlay_data: str | None) -
             # Not MS_REC: the volumes mounted below merged stay out of the view.
             linux.mount(source, target, None, linux.MS_BIND)
         else:
-            linux.mount("overlay", target, "overlay", 0, overlay_data)
+            assert mount_at is not None
+            mount_at(str(target))
         try:
             fd = os.open(target, _DIR_FLAGS)
         finally:

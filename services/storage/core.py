@@ -8,6 +8,7 @@ mount work. Each layer digest has a flock held while the layer is extracted or d
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -38,7 +39,7 @@ from services.storage.model import (
     VolumeUsage,
 )
 from services.storage.paths import StoragePaths, validate_container_id
-from services.storage.rootfs import RootfsStore, new_record
+from services.storage.rootfs import RootfsStore, mount_overlay, new_record
 from services.storage.volumes import normalize_volumes
 
 log = logging.getLogger(__name__)
@@ -270,8 +271,10 @@ class StorageCore(ImagesMixin, RegistryMixin):
         else:
             self._ensure_layers(record)
             self.rootfs.repair(record)
-            options = self.rootfs.overlay(record).options
-            view = commit_mod.detached_view(self.paths.tmp, None, ",".join(options))
+            overlay = self.rootfs.overlay(record)
+            view = commit_mod.detached_view(
+                self.paths.tmp, None, lambda target: mount_overlay(dataclasses.replace(overlay, target=target))
+            )
         with view as fd:
             yield fd
 

@@ -68,19 +68,29 @@ def lowerdir(paths: RootfsPaths, layer_dirs: list[str]) -> str:
     return ":".join(reversed(layer_dirs))
 
 
-def check_mount_data(options: list[str], layers: int) -> None:
-    data = ",".join(options)
-    if len(data) > MAX_MOUNT_DATA:
-        raise FailedPrecondition(
-            f"the image has {layers} layers, more than one overlay mount can stack with paths this long "
-            f"({len(data)} bytes of mount options): flatten it (mydocker export, then import)"
-        )
+LAYER_BY_LAYER = "lowerdir+"
+
+
+def fit_mount_data(options: list[str], layer_dirs: list[str]) -> list[str]:
+    """`options` when they fit one mount data page; else the same with one "lowerdir+=" per layer, top first.
+
+    The second form is for the new mount API (Linux 6.8's overlay takes layers one fsconfig at a time):
+    the way past the page limit, where containerd mounts relative paths from its snapshot directory.
+    """
+    if len(",".join(options)) <= MAX_MOUNT_DATA:
+        return options
+    rest = [option for option in options if not option.startswith("lowerdir=")]
+    return [f"{LAYER_BY_LAYER}={layer}" for layer in reversed(layer_dirs)] + rest
+
+
+def is_layer_by_layer(mount: Mount) -> bool:
+    return any(option.startswith(f"{LAYER_BY_LAYER}=") for option in mount.options)
 
 
 def overlay_mount(paths: RootfsPaths, supported: frozenset[str] | None, layer_dirs: list[str] | None = None) -> Mount:
     """The overlay at `merged`: the image's layers under the container's upper."""
     options = overlay_options(lowerdir(paths, layer_dirs or []), str(paths.upper), str(paths.work), supported)
-    check_mount_data(options, len(layer_dirs or []))
+    options = fit_mount_data(options, layer_dirs or [])
     return Mount(type="overlay", source="overlay", target=str(paths.merged), options=tuple(options))
 
 
@@ -88,9 +98,28 @@ def lower_view_mount(paths: RootfsPaths, layer_dirs: list[str]) -> Mount | None:
     """For a stack of layers, the read-only overlay at `lower` that shows the image; None for one layer."""
     if len(layer_dirs) <= 1:
         return None
-    options = [f"lowerdir={lowerdir(paths, layer_dirs)}"]
-    check_mount_data(options, len(layer_dirs))
+    options = fit_mount_data([f"lowerdir={lowerdir(paths, layer_dirs)}"], layer_dirs)
     return Mount(type="overlay", source="overlay", target=str(paths.lower), options=tuple(options + ["ro"]))
+
+
+def mount_overlay(mount: Mount) -> None:
+    """Perform an overlay Mount: mount(2) with its options as data, or layer by layer with the new mount API."""
+    read_only = "ro" in mount.options
+    options = [option for option in mount.options if option != "ro"]
+    if not is_layer_by_layer(mount):
+        linux.mount("overlay", mount.target, "overlay", linux.MS_RDONLY if read_only else 0, ",".join(options))
+        return
+    settings = [(key, value) for key, _, value in (option.partition("=") for option in options)]
+    try:
+        linux.mount_configured("overlay", mount.target, settings, linux.MOUNT_ATTR_RDONLY if read_only else 0)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        layers = sum(1 for option in options if option.startswith(f"{LAYER_BY_LAYER}="))
+        raise FailedPrecondition(
+            f"the image has {layers} layers, more than one overlay mount can name on this kernel "
+            "(layer by layer needs Linux 6.8): flatten it (export a container of it, then import)"
+        ) from None
 
 
 def volume_mount(paths: RootfsPaths, volume: Volume, relative: str | None = None) -> Mount:
@@ -262,10 +291,10 @@ class RootfsStore:
         if view is not None:
             entry = mountinfo.find(mountinfo.read(), view.target)
             if entry is None or entry.fstype != "overlay":
-                linux.mount("overlay", view.target, "overlay", linux.MS_RDONLY, view.options[0])
+                mount_overlay(view)
             performed.append(view)
         if not self.is_mounted(record.container_id):
-            linux.mount("overlay", overlay.target, "overlay", 0, ",".join(overlay.options))
+            mount_overlay(overlay)
             log.info("mounted overlay of %s at %s", record.container_id, overlay.target)
         performed.append(overlay)
         for volume in mount_order(record.volumes):

@@ -674,3 +674,27 @@ def mounts(root: Path) -> list[str]:
     """Mount points below this test's root: other work on the host may mount elsewhere meanwhile."""
     with open("/proc/self/mountinfo") as mountinfo:
         return sorted(point for point in (line.split()[4] for line in mountinfo) if point.startswith(f"{root}/"))
+
+
+def test_an_image_of_sixty_layers_runs_and_commits(host):
+    """More layers than one mount data page can name (~40 with these paths): the overlay takes them one by one."""
+    from tests.imagetools import HandImage, docker_archive_members, image_config, sha256, tar_bytes, write_tar
+
+    busybox = (host.root / "image" / "busybox.tar").read_bytes()
+    layers = [busybox] + [tar_bytes({f"etc/layer-{index:02d}": f"{index}\n".encode(), "etc/top": f"{index}\n".encode()})
+                          for index in range(1, 60)]
+    image = HandImage(layers, layers, image_config([sha256(layer) for layer in layers], cmd="/bin/sh"))
+    with temp_dir() as base:
+        archive = write_tar(base / "deep.tar", docker_archive_members(image, ["deep:v1"], old_style=False))
+        host.mydocker("load", "-i", str(archive))
+    out = host.mydocker("run", "--rm", "deep:v1", "sh", "-c", "cat /etc/top; ls /etc | grep -c layer-").stdout
+    assert out == "59\n59\n"
+    container = host.mydocker("run", "-d", "deep:v1", "sh", "-c", "echo changed > /etc/top; exec sleep 60").stdout.strip()
+    try:
+        assert wait_until(lambda: host.mydocker("exec", container, "cat", "/etc/top").stdout == "changed\n")
+        host.mydocker("commit", container, "deeper")
+        assert host.mydocker("run", "--rm", "deeper", "cat", "/etc/top").stdout == "changed\n"
+        assert len(json.loads(host.mydocker("image", "inspect", "deeper").stdout)[0]["layers"]) == 61
+    finally:
+        host.mydocker("rm", "-f", container)
+        host.mydocker("rmi", "deeper", "deep:v1")

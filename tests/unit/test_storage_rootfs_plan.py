@@ -56,11 +56,45 @@ def test_a_stack_of_layers_is_stacked_top_first_with_a_read_only_view_at_lower()
     assert f"lowerdir={dirs[1]}:{dirs[0]}" in mounts[1].options
 
 
-def test_a_stack_too_deep_for_one_mount_is_refused_in_one_line():
+def test_a_stack_too_deep_for_one_mount_data_page_is_given_layer_by_layer():
     layout = rootfs_paths(Path("/r/overlay2"), "5341624332")
     dirs = [f"/r/layers/sha256/{index:064x}/fs" for index in range(60)]
-    with pytest.raises(FailedPrecondition, match="60 layers"):
-        planned_mounts(layout, RootfsRecord("5341624332", "deep", tuple(f"sha256:{i:064x}" for i in range(60))), None, dirs)
+    record = RootfsRecord("5341624332", "deep", tuple(f"sha256:{i:064x}" for i in range(60)))
+    view, overlay = planned_mounts(layout, record, None, dirs)
+    for mount in (view, overlay):
+        layers = [option.removeprefix("lowerdir+=") for option in mount.options if option.startswith("lowerdir+=")]
+        assert layers == list(reversed(dirs)), "top first, as in lowerdir=top:...:bottom"
+        assert not any(option.startswith("lowerdir=") for option in mount.options)
+    assert "upperdir=/r/overlay2/5341624332/upper" in overlay.options and view.options[-1] == "ro"
+
+
+@pytest.mark.root
+def test_sixty_layers_with_long_paths_mount_as_one_stack(tmp_path):
+    from services.common import linux
+    from services.storage.rootfs import mount_overlay
+    from services.storage.model import Mount
+
+    base = tmp_path / ("long-" * 8)
+    layers = []
+    for index in range(60):
+        layer = base / f"{index:064x}" / "fs"
+        layer.mkdir(parents=True)
+        (layer / f"file-{index}").write_text(str(index))
+        (layer / "top").write_text(str(index))
+        layers.append(str(layer))
+    target = tmp_path / "merged"
+    target.mkdir()
+    options = [f"lowerdir+={layer}" for layer in reversed(layers)]
+    assert len(",".join(options)) > 4096
+    mount_overlay(Mount("overlay", "overlay", str(target), tuple(options + ["ro"])))
+    try:
+        assert len(list(target.iterdir())) == 61 and (target / "top").read_text() == "59"
+        with pytest.raises(OSError):
+            (target / "new").write_text("x")  # read-only
+    finally:
+        linux.umount2(str(target), 0)
+    with open("/proc/self/mountinfo") as mountinfo:
+        assert str(tmp_path) not in mountinfo.read()
 
 
 def test_kernel_overlay_features(tmp_path):
