@@ -280,10 +280,18 @@ def commit(
     from cli import lifecycle
     from protos.storage.v1 import storage_pb2
 
+    from cli.image_run import container_config
+
     services = Services()
     record = lifecycle.resolve(services, container)
     request = storage_pb2.CommitContainerRequest(
-        container_id=record.id, image=image, replace=replace, changes=change or [], comment=message, author=author
+        container_id=record.id,
+        image=image,
+        replace=replace,
+        changes=change or [],
+        comment=message,
+        author=author,
+        container_config=container_config(services, record),
     )
     written = services.call("storage", "CommitContainer", request, timeout=600).image
     typer.echo(written.name)

@@ -71,3 +71,36 @@ def image_config_from_proto(message: sto.ImageConfig):
         labels=tuple(sorted(message.labels.items())),
         volumes=tuple(message.volumes),
     )
+
+
+def split_command(argv: list[str], entrypoint: list[str] | None) -> tuple[list[str] | None, list[str]]:
+    """(Entrypoint, Cmd) of a container's argv for commit: the image's entrypoint when argv starts with it
+    (None: keep it), else an empty one (the argv says it all), as docker keeps them in a container's config."""
+    if not entrypoint:
+        return None, argv
+    if argv[: len(entrypoint)] == entrypoint:
+        return None, argv[len(entrypoint):]
+    return [], argv
+
+
+def container_config(services: Services, record) -> sto.ImageConfig | None:
+    """What `commit` keeps of the container's run: its Cmd (and Entrypoint), Env, WorkingDir and User.
+
+    None for a record of an older version (no image id): the image's config stays as it was.
+    """
+    if not record.image_id:
+        return None
+    image = services.call("storage", "GetImage", sto.GetImageRequest(name=record.image_id, brief=True)).image
+    entrypoint, cmd = split_command(
+        list(record.command), list(image.config.entrypoint.values) if image.config.HasField("entrypoint") else None
+    )
+    working_dir = record.working_dir if record.working_dir != "/" or image.config.working_dir else ""
+    config = sto.ImageConfig(
+        cmd=sto.StringList(values=cmd),
+        env=list(record.env),
+        working_dir=working_dir,
+        user=record.security.user,
+    )
+    if entrypoint is not None:
+        config.entrypoint.CopyFrom(sto.StringList(values=entrypoint))
+    return config

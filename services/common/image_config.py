@@ -241,6 +241,27 @@ def child_config(parent: dict, diff_id: str, created: str, created_by: str, comm
     return apply_changes(document, changes)
 
 
+def with_run_config(document: dict, run: RunSpec, entrypoint: tuple[str, ...] | None) -> dict:
+    """The config `document` with a container's run-time settings in place of the image's (docker commit).
+
+    `run.argv` becomes Cmd after `entrypoint` (None keeps the image's Entrypoint); an empty
+    working dir or user leaves the image's.
+    """
+    result = copy.deepcopy(document)
+    config = result.get("config")
+    if not isinstance(config, dict):
+        config = result["config"] = {}
+    if entrypoint is not None:
+        config["Entrypoint"] = list(entrypoint) or None
+    config["Cmd"] = list(run.argv) or None
+    config["Env"] = list(run.env) or None
+    if run.working_dir:
+        config["WorkingDir"] = run.working_dir
+    if run.user:
+        config["User"] = run.user
+    return result
+
+
 def _env_key(entry: str) -> str:
     return entry.partition("=")[0]
 

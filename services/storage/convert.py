@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from protos.storage.v1 import storage_pb2
 from protos.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
-from services.common.image_config import HistoryEntry, ImageConfig, parse_created
+from services.common.image_config import HistoryEntry, ImageConfig, RunSpec, parse_created
 from services.storage.model import Image, LayerUsage, Mount, Rootfs, RootfsUsage, Usage, Volume, VolumeUsage
 
 
@@ -181,3 +181,10 @@ def stream_progress(run, context) -> Iterator[tuple[str, object]]:
     if kind == "error":
         raise value
     yield kind, value
+
+
+def run_config_from_proto(message: storage_pb2.ImageConfig) -> tuple[RunSpec, tuple[str, ...] | None]:
+    """A container's run-time config for commit: (argv, env, working dir, user) and its entrypoint (None: keep)."""
+    entrypoint = tuple(message.entrypoint.values) if message.HasField("entrypoint") else None
+    run = RunSpec(argv=tuple(message.cmd.values), env=tuple(message.env), working_dir=message.working_dir, user=message.user)
+    return run, entrypoint

@@ -291,8 +291,13 @@ class ImagesMixin:
         changes: Iterable[str] = (),
         comment: str = "",
         author: str = "",
+        run_config: tuple[image_config.RunSpec, tuple[str, ...] | None] | None = None,
     ) -> Image:
-        """The container's image plus one layer made from its upper dir, tagged `image`."""
+        """The container's image plus one layer made from its upper dir, tagged `image`.
+
+        `run_config` (the container's argv, env, working dir and user, and its entrypoint) replaces the
+        image's run settings before `changes` apply, as docker commit keeps a container's config.
+        """
         validate_container_id(container_id)
         if not image:
             raise InvalidArgument("the image name is required")
@@ -315,8 +320,11 @@ class ImagesMixin:
             layer = LayerRef(digest=digest, diff_id=digest, size=size, media_type=compression.DOCKER_LAYER)
             self.layers.ensure(digest, lambda: self.images.content.open(digest), f'image "{image}"')
             faults.step("CommitContainer", "unpacked")
+            parent_document = self.images.config_document(parent.id)
+            if run_config is not None:
+                parent_document = image_config.with_run_config(parent_document, *run_config)
             document = image_config.child_config(
-                self.images.config_document(parent.id),
+                parent_document,
                 digest,
                 image_config.format_created(time.time()),
                 f"mydocker commit {container_id}",

@@ -107,6 +107,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             list(request.changes),
             request.comment,
             request.author,
+            convert.run_config_from_proto(request.container_config) if request.HasField("container_config") else None,
         )
         return storage_pb2.CommitContainerResponse(image=convert.image_to_proto(image))
 

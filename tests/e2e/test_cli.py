@@ -698,3 +698,26 @@ def test_an_image_of_sixty_layers_runs_and_commits(host):
     finally:
         host.mydocker("rm", "-f", container)
         host.mydocker("rmi", "deeper", "deep:v1")
+
+
+def test_commit_keeps_the_container_run_config_and_changes_come_after(host):
+    """As docker commit: the image runs what the container ran, with its -e, -w and -u; -c overrides after."""
+    container = host.mydocker(
+        "run", "-d", "-e", "GREETING=hi", "-w", "/tmp", "-u", "65534", "busybox",
+        "sh", "-c", "echo $GREETING from $(pwd) as $(id -u); exec sleep 60",
+    ).stdout.strip()
+    try:
+        host.mydocker("commit", container, "kept")
+        host.mydocker("commit", "-c", "ENV GREETING=changed", "-c", "WORKDIR /", container, "changed")
+    finally:
+        host.mydocker("rm", "-f", container)
+    try:
+        kept = json.loads(host.mydocker("image", "inspect", "kept").stdout)[0]["config"]
+        assert kept["cmd"]["values"][:2] == ["sh", "-c"] and "GREETING=hi" in kept["env"]
+        assert (kept["working_dir"], kept["user"]) == ("/tmp", "65534")
+        # The container's command ends in a 60 s sleep: give the run something quicker to say the same.
+        assert host.mydocker("run", "--rm", "kept", "sh", "-c", "echo $GREETING from $(pwd) as $(id -u)").stdout == "hi from /tmp as 65534\n"
+        changed = host.mydocker("run", "--rm", "changed", "sh", "-c", "echo $GREETING from $(pwd)").stdout
+        assert changed == "changed from /\n"
+    finally:
+        host.mydocker("rmi", "kept", "changed")

@@ -101,3 +101,12 @@ def test_free_host_port_is_bindable():
         port = free_host_port(protocol)
         with socket.socket(socket.AF_INET, kind) as probe:
             probe.bind(("127.0.0.1", port))
+
+
+def test_commit_splits_a_container_argv_into_entrypoint_and_cmd_as_docker_keeps_them():
+    from cli.image_run import split_command
+
+    assert split_command(["sleep", "60"], None) == (None, ["sleep", "60"])
+    assert split_command(["/bin/sh", "-c", "x"], ["/bin/sh", "-c"]) == (None, ["x"])
+    # Run with --entrypoint: the argv no longer starts with the image's entrypoint; it says it all.
+    assert split_command(["/bin/echo", "hi"], ["/bin/sh", "-c"]) == ([], ["/bin/echo", "hi"])

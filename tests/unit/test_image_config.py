@@ -428,3 +428,16 @@ def test_parse_created_refuses(text):
     with pytest.raises(InvalidArgument) as caught:
         parse_created(text)
     assert one_line(caught).startswith(f'invalid time "{text}": ')
+
+
+def test_with_run_config_puts_a_container_run_in_place_of_the_image_settings():
+    from services.common.image_config import RunSpec, with_run_config
+
+    parent = {"config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["old"], "Env": ["A=1"], "WorkingDir": "/w", "User": "u"},
+              "rootfs": {"type": "layers", "diff_ids": []}}
+    run = RunSpec(argv=("new",), env=("A=1", "B=2"), working_dir="", user="")
+    kept = with_run_config(parent, run, None)["config"]
+    assert kept == {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["new"], "Env": ["A=1", "B=2"], "WorkingDir": "/w", "User": "u"}
+    cleared = with_run_config(parent, RunSpec(("/bin/echo", "x"), (), "/tmp", "65534"), ())["config"]
+    assert cleared == {"Entrypoint": None, "Cmd": ["/bin/echo", "x"], "Env": None, "WorkingDir": "/tmp", "User": "65534"}
+    assert parent["config"]["Cmd"] == ["old"], "the parent document is not changed"

@@ -374,20 +374,22 @@ class RemoveRootfsResponse(_message.Message):
     def __init__(self, removed: _Optional[bool] = ...) -> None: ...
 
 class CommitContainerRequest(_message.Message):
-    __slots__ = ("container_id", "image", "replace", "changes", "comment", "author")
+    __slots__ = ("container_id", "image", "replace", "changes", "comment", "author", "container_config")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_CONFIG_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     image: str
     replace: bool
     changes: _containers.RepeatedScalarFieldContainer[str]
     comment: str
     author: str
-    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., replace: _Optional[bool] = ..., changes: _Optional[_Iterable[str]] = ..., comment: _Optional[str] = ..., author: _Optional[str] = ...) -> None: ...
+    container_config: ImageConfig
+    def __init__(self, container_id: _Optional[str] = ..., image: _Optional[str] = ..., replace: _Optional[bool] = ..., changes: _Optional[_Iterable[str]] = ..., comment: _Optional[str] = ..., author: _Optional[str] = ..., container_config: _Optional[_Union[ImageConfig, _Mapping]] = ...) -> None: ...
 
 class CommitContainerResponse(_message.Message):
     __slots__ = ("image",)
