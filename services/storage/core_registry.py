@@ -24,7 +24,9 @@ class RegistryMixin:
         """Fetch an image from its registry, unpack its layers, then tag it (a digest reference: no tag)."""
         ref = reference.parse(text)
         with self._ingest.shared():
-            pulled = distribution.pull(self.paths.root, self.images.content, ref, platform, report)
+            pulled = distribution.pull(
+                self.paths.root, self.images.content, ref, platform, report, known=self.images.complete_layers
+            )
             faults.step("PullImage", "fetched")
             with self._catalog:
                 new = self.images.db.get(pulled.config_digest) is None

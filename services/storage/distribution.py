@@ -103,8 +103,19 @@ def fetch_blob(client: RegistryClient, store: ContentStore, repo: str, digest: s
         return True
 
 
-def pull(root: Path, store: ContentStore, ref: Reference, platform: str, report: Report) -> PulledImage:
-    """Fetch the manifest (resolving an index to `platform`), the config and every layer blob into `store`."""
+def pull(
+    root: Path,
+    store: ContentStore,
+    ref: Reference,
+    platform: str,
+    report: Report,
+    known: Callable[[str], tuple[LayerRef, ...] | None] = lambda config_digest: None,
+) -> PulledImage:
+    """Fetch the manifest (resolving an index to `platform`), the config and every layer blob into `store`.
+
+    `known(config digest)` gives the layers of an image already stored whole: then no layer is fetched,
+    even when this registry compresses them otherwise (the image id says the content is the same).
+    """
     name = ref.familiar()
     wanted = platform or str(reference.host_platform())
     with client_for(root, ref) as client:
@@ -125,6 +136,12 @@ def pull(root: Path, store: ContentStore, ref: Reference, platform: str, report:
             raise InvalidArgument(
                 f"{name}: the config lists {len(spec.diff_ids)} layers but the manifest {len(blobs)}: the image is broken"
             )
+        have = known(config_digest)
+        if have is not None and tuple(layer.diff_id for layer in have) == spec.diff_ids:
+            for digest, size, _ in blobs:
+                report(Progress(digest, "exists", size, size))
+            log.info("pulled %s (%s): image %s is here already", name, named_digest, config_digest)
+            return PulledImage(config_digest, have, named_digest)
         for digest, size, _ in blobs:
             report(Progress(digest, "waiting", 0, size))
         errors: list[BaseException] = []

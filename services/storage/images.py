@@ -180,6 +180,13 @@ class ImageStore:
 
         return build
 
+    def complete_layers(self, image_id: str) -> tuple[LayerRef, ...] | None:
+        """The layers of a stored image whose blobs are all here, else None."""
+        record = self.db.get(image_id)
+        if record is None or not all(self.content.has(digest) for digest in record.blobs()):
+            return None
+        return record.layers
+
     def pin(self, image_id: str) -> None:
         """Mark an image as in use by work in progress (caller holds the catalog lock)."""
         self._pins[image_id] = self._pins.get(image_id, 0) + 1
