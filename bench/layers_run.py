@@ -27,7 +27,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--mount-probe"]:
     import json
 
     from services.common import linux
-    from services.storage.rootfs import OVERLAY_OFF_FEATURES, kernel_overlay_features
+    from services.storage.mountplan import OVERLAY_OFF_FEATURES, kernel_overlay_features
 
     def probe(plan: dict) -> dict[str, list[list[float]]]:
         supported = kernel_overlay_features()

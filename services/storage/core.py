@@ -39,7 +39,8 @@ from services.storage.model import (
     VolumeUsage,
 )
 from services.storage.paths import StoragePaths, validate_container_id
-from services.storage.rootfs import RootfsStore, mount_overlay, new_record
+from services.storage.mountplan import mount_overlay
+from services.storage.rootfs import RootfsStore, new_record
 from services.storage.volumes import normalize_volumes
 
 log = logging.getLogger(__name__)

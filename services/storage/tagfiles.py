@@ -154,7 +154,13 @@ class TagFiles:
             return False
         tmp = temp_name(path)
         try:
-            self._write_archive(tmp, ref, record, frozenset())
+            try:
+                self._write_archive(tmp, ref, record, frozenset())
+            except (MydockerError, OSError):
+                if self._db.tag_stat(ref) is None or self._db.get(image_id) is None:
+                    self._drop_marker(ref)  # removed meanwhile (rmi took its blobs): nothing to complete
+                    return False
+                raise
             with self._catalog:
                 now = self._db.tag_stat(ref)
                 if now is None:

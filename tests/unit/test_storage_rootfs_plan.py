@@ -4,17 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import FailedPrecondition
 
 from services.storage.model import RootfsRecord, Volume
 from services.storage.paths import rootfs_paths
-from services.storage.rootfs import (
-    kernel_overlay_features,
-    overlay_options,
-    planned_mounts,
-    record_from_json,
-    record_to_json,
-)
+from services.storage.mountplan import kernel_overlay_features, overlay_options, planned_mounts
+from services.storage.rootfs import record_from_json, record_to_json
 
 
 def test_overlay_options_turn_off_redirect_metacopy_index():
@@ -71,7 +65,7 @@ def test_a_stack_too_deep_for_one_mount_data_page_is_given_layer_by_layer():
 @pytest.mark.root
 def test_sixty_layers_with_long_paths_mount_as_one_stack(tmp_path):
     from services.common import linux
-    from services.storage.rootfs import mount_overlay
+    from services.storage.mountplan import mount_overlay
     from services.storage.model import Mount
 
     base = tmp_path / ("long-" * 8)

@@ -14,7 +14,7 @@ import pytest
 
 from services.common import linux
 from services.storage import diff, mountinfo, tarsafe, whiteout
-from services.storage.rootfs import kernel_overlay_features, overlay_options
+from services.storage.mountplan import kernel_overlay_features, overlay_options
 from services.storage.tarsafe import UnsafeArchive
 from services.storage.whiteout import META, OPAQUE, PLAIN, REFUSED, WHITEOUT, classify
 
