@@ -124,7 +124,7 @@ class StorageCore(ImagesMixin, RegistryMixin):
             "version": VERSION,
             "root": str(self.config.root),
             "driver": "overlay2",
-            "images": self.images.count(),
+            "images": self.images.db.count(),
             "rootfs_count": len(self.rootfs.ids()),
             "pid": os.getpid(),
         }

@@ -148,6 +148,20 @@ class ImageDB:
 
     # -- tags --------------------------------------------------------------------------------
 
+    def count(self) -> int:
+        """Images on disk without loading anything: distinct ids, a tag file not yet read counting as one."""
+        ids = set(self.ids())
+        unread = 0
+        for tag in self.tags():
+            st = self.tag_stat(tag.reference)
+            image_id = self.cached_id(tag.reference, st) if st is not None else None
+            if image_id is None:
+                unread += 1
+            else:
+                ids.add(image_id)
+        return len(ids) + unread
+
+
     def tag_path(self, reference: Reference) -> Path:
         return self._paths.images / f"{reference.file_stem()}{TAG_SUFFIX}"
 

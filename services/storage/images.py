@@ -235,19 +235,6 @@ class ImageStore:
             self.db.put(record)
         return record
 
-    def count(self) -> int:
-        """Images on disk without loading anything: distinct ids, a tag file not yet read counting as one."""
-        ids = set(self.db.ids())
-        unread = 0
-        for tag in self.db.tags():
-            st = self.db.tag_stat(tag.reference)
-            image_id = self.db.cached_id(tag.reference, st) if st is not None else None
-            if image_id is None:
-                unread += 1
-            else:
-                ids.add(image_id)
-        return len(ids) + unread
-
     def tags_by_id(self) -> dict[str, list[str]]:
         """Image id -> its tags (familiar form), loading tag files not seen before."""
         result: dict[str, list[str]] = {}
