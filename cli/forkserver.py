@@ -112,6 +112,8 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
+        # A stop asked for while main() was still setting up (the socket already answers health checks).
+        self.stopping = self.stopping or bool(_EARLY_STOPS)
         self.poll.register(self.listener, select.POLLIN)
         self.poll.register(self.wake_r, select.POLLIN)
         # Imported modules become permanent: the GC never touches their pages, so forks share them.
@@ -353,8 +355,15 @@ def listen(path: Path) -> socket.socket:
     return listener
 
 
+# Signals that arrived before ForkServer.serve() installed its handlers: they still mean "stop".
+_EARLY_STOPS: list[int] = []
+
+
 def main() -> int:
     from services.common.server import single_instance, write_pidfile
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: _EARLY_STOPS.append(number))
 
     config = Config.from_env()
     config.run.mkdir(parents=True, exist_ok=True)

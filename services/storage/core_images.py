@@ -9,6 +9,7 @@ import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from services.common import faults, image_config
@@ -104,9 +105,23 @@ class ImagesMixin:
         return run
 
     def _unpack_all(self, record: ImageRecord, what: str) -> None:
-        """Unpack every layer now (checking each against the safety rules), as Docker does on load."""
-        for layer in record.layers:
-            self.layers.ensure(layer.diff_id, lambda digest=layer.digest: self.images.content.open(digest), what)
+        """Unpack every layer now (checking each against the safety rules), as Docker does on load.
+
+        Layers missing here are unpacked side by side, one per CPU: creating files dominates, and
+        its syscalls run outside the GIL (each layer has its own lock and temp directory).
+        """
+        missing = [layer for layer in record.layers if self.layers.get(layer.diff_id) is None]
+
+        def unpack(layer: LayerRef) -> None:
+            self.layers.ensure(layer.diff_id, lambda: self.images.content.open(layer.digest), what)
+
+        if len(missing) <= 1:
+            for layer in missing:
+                unpack(layer)
+            return
+        with ThreadPoolExecutor(max_workers=min(len(missing), os.cpu_count() or 1), thread_name_prefix="unpack") as pool:
+            # list() re-raises the first failure, once every started unpack has finished or failed.
+            list(pool.map(unpack, missing))
 
     def _undo_new(self, before: set[str]) -> None:
         """Delete the image records a failed load or import created, with their blobs and unpacked layers that

@@ -170,7 +170,8 @@ def native_two_layers(mydocker: Host, busybox_tar: Path, work: Path) -> Built:
     builder = f"mdk-interop-native-{uuid.uuid4().hex[:8]}"
     mydocker.mydocker("run", "--name", builder, NATIVE_BASE, "sh", "-c", NATIVE_BUILD)
     try:
-        mydocker.mydocker("commit", builder, NATIVE, "-c", "USER nobody")
+        # As docker commit, the image would run the builder's command: -c gives it back the base's Cmd.
+        mydocker.mydocker("commit", builder, NATIVE, "-c", "USER nobody", "-c", f"CMD {NATIVE_CMD}")
     finally:
         mydocker.mydocker("rm", builder)
     archive = work / "native.tar"
@@ -406,7 +407,8 @@ def test_commit_of_a_two_layer_image_adds_one_layer_that_docker_runs(
     try:
         container_id = json.loads(mydocker.mydocker("inspect", name).stdout)[0]["id"]
         mydocker.mydocker(
-            "commit", name, COMMITTED, "-c", 'ENTRYPOINT ["sh","-c"]',
+            # The container ran as --user 0, which commit keeps (as docker's does): -c sets the parent's user back.
+            "commit", name, COMMITTED, "-c", 'ENTRYPOINT ["sh","-c"]', "-c", "USER nobody",
             "-c", 'CMD ["echo committed-cmd X=$X Y=$Y pwd=$(pwd) user=$(id -u):$(id -g)"]', "-m", "interop commit",
         )
     finally:
