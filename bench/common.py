@@ -200,3 +200,30 @@ def build_layer_tars(busybox_tar: Path, outs: list[Path], target_bytes: int, tar
 def build_image_tar(busybox_tar: Path, out: Path, target_bytes: int, target_files: int) -> tuple[int, int]:
     """busybox plus host files, as one rootfs tar owned by 0:0; returns (files, bytes of file data)."""
     return build_layer_tars(busybox_tar, [out], target_bytes, target_files)
+
+
+def start_services(base: Path, state: dict) -> tuple[Path, Path, dict[str, str]]:
+    """scripts/up on temp roots below `base`, containers under the cgroup parent state["parent"]: (root, run, env)."""
+    import os
+    import subprocess
+
+    root, run = base / "root", base / "run"
+    env = {**os.environ, "MYDOCKER_ROOT": str(root), "MYDOCKER_RUN": str(run), "MYDOCKER_CGROUP_PARENT": state["parent"]}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    state["env"] = env
+    subprocess.run([str(REPO / "scripts" / "up")], env=env, check=True, capture_output=True)
+    state["up"] = True
+    return root, run, env
+
+
+def run_bench(bench, cleanup, args) -> int:
+    """bench(args, base, state) on a fresh temp base, then cleanup(base, state) whatever happened; exit status 0."""
+    import uuid
+
+    base = Path(tempfile.mkdtemp(prefix="mdk-bench-", dir="/tmp"))
+    state: dict = {"parent": f"mdk-bench-{uuid.uuid4().hex[:8]}", "stack": contextlib.ExitStack()}
+    try:
+        bench(args, base, state)
+    finally:
+        cleanup(base, state)
+    return 0

@@ -27,12 +27,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from bench.common import REPO, build_image_tar, mydocker, p90, pressure, remove_roots, say, stop_services
+from bench.common import build_image_tar, mydocker, p90, pressure, remove_roots, run_bench, say, start_services, stop_services
 
 CHANGE_BYTES = 1 << 20
 
@@ -147,12 +146,7 @@ def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
     from services.common.ctl import service_pid
     from tests.dockerd import descendants, private_dockerd
 
-    root, run = base / "root", base / "run"
-    env = {**os.environ, "MYDOCKER_ROOT": str(root), "MYDOCKER_RUN": str(run), "MYDOCKER_CGROUP_PARENT": state["parent"]}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    state["env"] = env
-    subprocess.run([str(REPO / "scripts" / "up")], env=env, check=True, capture_output=True)
-    state["up"] = True
+    root, run, env = start_services(base, state)
 
     image_tar = base / "image.tar"
     started = time.perf_counter()
@@ -262,13 +256,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root: mounts, namespaces, cgroups, dockerd", file=sys.stderr)
         return 1
-    base = Path(tempfile.mkdtemp(prefix="mdk-bench-", dir="/tmp"))
-    state: dict = {"parent": f"mdk-bench-{uuid.uuid4().hex[:8]}", "stack": contextlib.ExitStack()}
-    try:
-        bench(args, base, state)
-    finally:
-        cleanup(base, state)
-    return 0
+    return run_bench(bench, cleanup, args)
 
 
 if __name__ == "__main__":

@@ -62,11 +62,9 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tarfile  # noqa: E402
-import tempfile  # noqa: E402
-import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench.common import REPO, mydocker, pressure, remove_roots, say, stop_services, summary  # noqa: E402
+from bench.common import REPO, mydocker, pressure, remove_roots, run_bench, say, start_services, stop_services, summary  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 LAYERED, FLAT = "bench-layers-5", "bench-flat-1"
@@ -194,12 +192,7 @@ def median_ms(values: list[float]) -> float:
 
 
 def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
-    root, run = base / "root", base / "run"
-    env = {**os.environ, "MYDOCKER_ROOT": str(root), "MYDOCKER_RUN": str(run), "MYDOCKER_CGROUP_PARENT": state["parent"]}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    state["env"] = env
-    subprocess.run([str(REPO / "scripts" / "up")], env=env, check=True, capture_output=True)
-    state["up"] = True
+    root, run, env = start_services(base, state)
 
     build_layered(env)
     flat_tar = base / "flat.tar"
@@ -256,13 +249,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root: mounts, namespaces, cgroups", file=sys.stderr)
         return 1
-    base = Path(tempfile.mkdtemp(prefix="mdk-bench-", dir="/tmp"))
-    state: dict = {"parent": f"mdk-bench-{uuid.uuid4().hex[:8]}"}
-    try:
-        bench(args, base, state)
-    finally:
-        cleanup(base, state)
-    return 0
+    return run_bench(bench, cleanup, args)
 
 
 if __name__ == "__main__":

@@ -39,13 +39,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
-from bench.common import REPO, build_layer_tars, mydocker, p90, pressure, remove_roots, say, stop_services
+from bench.common import build_layer_tars, mydocker, p90, pressure, remove_roots, run_bench, say, start_services, stop_services
 
 REPOSITORY, TAG = "bench/big", "v1"
 TOOLS = ("mydocker", "skopeo", "podman")
@@ -204,12 +202,7 @@ def listing(directory: Path) -> set[str]:
 def bench(args: argparse.Namespace, base: Path, state: dict) -> None:
     from tests.registry import docker_registry
 
-    root, run = base / "root", base / "run"
-    env = {**os.environ, "MYDOCKER_ROOT": str(root), "MYDOCKER_RUN": str(run), "MYDOCKER_CGROUP_PARENT": state["parent"]}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    state["env"] = env
-    subprocess.run([str(REPO / "scripts" / "up")], env=env, check=True, capture_output=True)
-    state["up"] = True
+    root, run, env = start_services(base, state)
 
     started = time.perf_counter()
     tars = [base / f"layer-{number}.tar" for number in range(args.layers)]
@@ -341,13 +334,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"{tool} is missing: apt-get install {package}", file=sys.stderr)
             return 1
-    base = Path(tempfile.mkdtemp(prefix="mdk-bench-", dir="/tmp"))
-    state: dict = {"parent": f"mdk-bench-{uuid.uuid4().hex[:8]}", "stack": contextlib.ExitStack()}
-    try:
-        bench(args, base, state)
-    finally:
-        cleanup(base, state)
-    return 0
+    return run_bench(bench, cleanup, args)
 
 
 if __name__ == "__main__":
