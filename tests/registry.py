@@ -166,6 +166,7 @@ class TokenProxy:
     tokens: dict[str, set[str]] = field(default_factory=dict)
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request, in order
+    ranges: list[tuple[str, str]] = field(default_factory=list)  # (path, Range header) of every ranged request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def credentials(self) -> tuple[str, str]:
@@ -245,6 +246,8 @@ def _handler(proxy: TokenProxy) -> type[http.server.BaseHTTPRequestHandler]:
             query = urllib.parse.parse_qs(url.query)
             with proxy.lock:
                 proxy.requests.append((self.command, url.path))
+                if self.headers.get("Range"):
+                    proxy.ranges.append((url.path, self.headers["Range"]))
             if url.path == "/token":
                 return self._token(query)
             length = int(self.headers.get("Content-Length") or 0)

@@ -464,3 +464,25 @@ def test_two_concurrent_pulls_fetch_each_blob_once(host: Host, counted: TokenPro
     listed = host.mydocker("run", "--rm", name, "sh", "-c", "wc -c < /one; wc -c < /two").stdout.split()
     assert listed == ["6000000", "6000000"]
     assert len(os.listdir(host.root / "imagedb/sha256")) == 1
+
+
+def test_a_pull_cut_short_resumes_where_its_download_stopped(host: Host, counted: TokenProxy, registry: RunningRegistry) -> None:
+    """A partial blob a killed pull left in ROOT/blobs/tmp is continued with a ranged GET, not fetched again."""
+    name = f"{counted.host}/team/resume:v1"
+    commit(host, "busybox", "resume", "head -c 3000000 /dev/urandom > /big && sha256sum /big > /big.sum")
+    host.mydocker("tag", "resume", name)
+    host.mydocker("push", "-q", name)
+    top = image_of(host, name)["layers"][-1]
+    data = blob_path(registry, top["digest"]).read_bytes()
+    assert len(data) > 1_000_000
+    host.mydocker("rmi", "resume", name)
+    # What a pull killed halfway through this blob leaves: its first half, verified as it was written.
+    half = len(data) // 2
+    partial = host.root / "blobs" / "tmp" / f"{top['digest'][7:]}.partial"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(data[:half])
+    host.mydocker("pull", "-q", name)
+    assert (f"/v2/team/resume/blobs/{top['digest']}", f"bytes={half}-") in counted.ranges
+    assert not partial.exists()
+    assert host.mydocker("run", "--rm", name, "sha256sum", "-c", "/big.sum").stdout == "/big: OK\n"
+    host.mydocker("rmi", name)
