@@ -30,6 +30,12 @@ def status_for(error: errors.MydockerError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+def _aborted(context: grpc.ServicerContext) -> bool:
+    """Whether the servicer already chose the status (context.abort raises a bare Exception after setting it)."""
+    code = getattr(context, "code", None)
+    return callable(code) and code() is not None
+
+
 def _abort_for(method: str, exc: BaseException, context: grpc.ServicerContext) -> None:
     """Abort the call with the status that `exc` stands for; context.abort raises."""
     if isinstance(exc, errors.MydockerError):
@@ -48,6 +54,8 @@ def _wrap_unary_response(method: str, behavior: Callable) -> Callable:
         try:
             return behavior(request_or_iterator, context)
         except Exception as exc:  # noqa: BLE001 - every error is turned into a status, never swallowed
+            if _aborted(context):
+                raise  # the servicer's own context.abort(): its status stands
             _abort_for(method, exc, context)
 
     return wrapped
@@ -58,6 +66,8 @@ def _wrap_stream_response(method: str, behavior: Callable) -> Callable:
         try:
             yield from behavior(request_or_iterator, context)
         except Exception as exc:  # noqa: BLE001 - every error is turned into a status, never swallowed
+            if _aborted(context):
+                raise  # the servicer's own context.abort(): its status stands
             _abort_for(method, exc, context)
 
     return wrapped
