@@ -59,3 +59,30 @@ def normalize_argv(argv: list[str]) -> list[str]:
                 i += 1
         i += 1
     return out
+
+
+def _shown(text: str) -> str:
+    """`text` with the bytes that are not UTF-8 as \\x escapes, cut to 40 characters."""
+    raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return raw if len(raw) <= 40 else raw[:40] + "…"
+
+
+def not_utf8_message(what: str, text: str) -> str:
+    return (
+        f"{what} '{_shown(text)}' is not valid UTF-8: names, commands, environment entries and paths "
+        "travel to the services as UTF-8 text"
+    )
+
+
+def check_utf8(argv: list[str]) -> None:
+    """Refuse an argument with bytes that are not UTF-8 (Python gives them as surrogates), naming it.
+
+    Protobuf strings must be UTF-8, as Docker's JSON API's are; refusing here beats a traceback later.
+    """
+    from cli.services import CliError
+
+    for index, arg in enumerate(argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CliError(not_utf8_message(f"argument {index}", arg)) from None

@@ -117,14 +117,26 @@ def apply(services: Services, finding: reconcile.Finding) -> None:
             raise TypeError(f"unknown repair action {action!r}")
 
 
-def run_check(repair: bool, quiet: bool, echo) -> int:
-    """Print findings (and repairs); the exit status: 0 when consistent (or all repaired), 1 otherwise."""
+def run_check(repair: bool, quiet: bool, echo, rebuild_state: bool = False) -> int:
+    """Print findings (and repairs); the exit status: 0 when consistent (or all repaired), 1 otherwise.
+
+    With `rebuild_state` (and `repair`), first a damaged state database is set aside and the missing
+    records rebuilt (cli/rebuild.py), so the check that follows sees the containers as theirs, not orphans.
+    """
     services = Services()
-    findings = reconcile.plan(snapshot(services))
+    rebuild_failed, kept = 0, set()
+    if rebuild_state:
+        if not repair:
+            raise CliError("--rebuild-state changes the records: give it with --repair")
+        from cli import rebuild
+
+        services = rebuild.recover_state_service(services, echo)
+        rebuild_failed, kept = rebuild.rebuild(services, echo)
+    findings = [f for f in reconcile.plan(snapshot(services)) if f.container_id not in kept]
     if not findings:
         if not quiet:
             echo("no problems found")
-        return 0
+        return 1 if rebuild_failed else 0
     if not repair:
         for finding in findings:
             echo(f"{finding.line()}: {finding.repair or 'cannot be repaired here'}")
@@ -147,4 +159,4 @@ def run_check(repair: bool, quiet: bool, echo) -> int:
     if failed or unrepairable:
         echo(f"{failed} repair(s) failed, {unrepairable} problem(s) cannot be repaired here")
         return 1
-    return 0
+    return 1 if rebuild_failed else 0

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli import forkclient as proto
+from cli.forkworker import Worker, preload, send
 from services.common.config import Config
+from services.common.runfiles import WATCH_SECONDS, Identity, RunFiles, SocketKeeper, identity_of
 
 REPO = Path(__file__).resolve().parent.parent
 # The code a worker runs: a change to any of it makes this server stale.
 SOURCE_DIRS = ("cli", "services/common", "protos")
 SERVICE = "cli"
 BACKLOG = 64
-# A worker's stdio, directory and environment arrive with its request.
-REQUEST_FDS = 4
 
 
 class SourceWatch:
@@ -76,12 +76,6 @@ def peer_uid(conn: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def send(conn: socket.socket, message: tuple) -> None:
-    """Best effort: a client that is gone cannot be told anything."""
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
-        conn.send(proto.encode(message))
-
-
 @dataclass
 class Spare:
     """A worker forked ahead of time, waiting for the connection it will serve."""
@@ -91,11 +85,16 @@ class Spare:
 
 
 class ForkServer:
-    def __init__(self, config: Config, listener: socket.socket, keep_fds: list[int]):
+    def __init__(self, config: Config, listener: socket.socket, keep_fds: list[int], run_files: RunFiles | None = None):
         self.config = config
         self.listener = listener
         # fds only the server may hold (e.g. its lock): workers close them.
         self.keep_fds = keep_fds
+        # A socket, pidfile or lock someone deleted is made again (as the services do theirs).
+        path = config.socket_path(SERVICE)
+        self.keeper = SocketKeeper(SERVICE, path, identity_of(path), self._rebind, kind=socket.SOCK_SEQPACKET)
+        self.run_files = run_files
+        self.next_watch = time.monotonic() + WATCH_SECONDS
         self.source = SourceWatch()
         self.clients: dict[int, socket.socket] = {}  # worker pid -> its client's connection
         self.spare: Spare | None = None
@@ -120,15 +119,37 @@ class ForkServer:
         gc.freeze()
         self._fork_spare()
         while not self.stopping:
-            for fd, events in self.poll.poll():
+            for fd, events in self.poll.poll(int(WATCH_SECONDS * 1000)):
                 if fd == self.listener.fileno():
-                    self._accept()
+                    self._accept(self.listener)
                 elif fd == self.wake_r:
                     self._drain_wakeups()
                 else:
                     self._client_gone(fd)
             self._reap()
+            self._watch()
         self._shutdown()
+
+    def _watch(self) -> None:
+        """At most once per WATCH_SECONDS: look at our socket, pidfile and lock."""
+        now = time.monotonic()
+        if now < self.next_watch or self.stopping:
+            return
+        self.next_watch = now + WATCH_SECONDS
+        self.keeper.check()
+        if self.run_files is not None:
+            self.run_files.check()
+
+    def _rebind(self) -> Identity | None:
+        """Listen on a new socket at our path; connections that reached the old one first are still served."""
+        path = self.keeper.path
+        old, self.listener = self.listener, listen(path)
+        self.poll.register(self.listener, select.POLLIN)
+        while not self.stopping and self._accept(old):
+            pass
+        self.poll.unregister(old)
+        old.close()
+        return identity_of(path)
 
     def _stop(self, signum, frame) -> None:
         self.stopping = True
@@ -138,20 +159,21 @@ class ForkServer:
             while os.read(self.wake_r, 512):
                 pass
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> bool:
+        """Take one connection waiting on `listener`; False when none was waiting."""
         try:
-            conn, _ = self.listener.accept()
+            conn, _ = listener.accept()
         except BlockingIOError:
-            return
+            return False
         if peer_uid(conn) != os.getuid():
             conn.close()
-            return
+            return True
         if self.source.changed():
             send(conn, (proto.FALLBACK, "the CLI's source changed since the server started"))
             conn.close()
             print(f"cli server: the CLI's source changed: restarting pid {os.getpid()} with it", flush=True)
             self.stopping = self.restart = True
-            return
+            return True
         spare = self.spare or self._fork_spare()
         self.spare = None
         try:
@@ -161,12 +183,13 @@ class ForkServer:
             send(conn, (proto.FALLBACK, f"no worker: {err}"))
             conn.close()
             spare.handoff.close()
-            return
+            return True
         spare.handoff.close()
         self.clients[spare.pid] = conn
         # POLLRDHUP alone: the request's data is the worker's to read, only the client's hangup is ours.
         self.poll.register(conn, select.POLLRDHUP)
         self._fork_spare()
+        return True
 
     def _client_gone(self, fd: int) -> None:
         """The client hung up before its command finished: end the worker, as a killed CLI would end."""
@@ -244,113 +267,17 @@ class ForkServer:
             os.close(fd)
 
 
-class Worker:
-    """One command line in a forked copy of the CLI; never returns to the server's loop."""
-
-    def __init__(self, handoff: socket.socket):
-        self.handoff = handoff
-
-    def run(self) -> int:
-        self._warm_up()
-        conn = self._receive_connection()
-        if conn is None:
-            return 0
-        try:
-            argv, environ, umask, fds = self._receive_request(conn)
-        except ValueError as err:
-            send(conn, (proto.FALLBACK, str(err)))
-            return 0
-        send(conn, (proto.PID, os.getpid()))
-        self._adopt(environ, umask, fds)
-        from cli.main import run_command
-
-        status = run_command(argv)
-        # The server reports it too, but this one survives a server that exits meanwhile.
-        send(conn, (proto.EXIT, status))
-        return status
-
-    def _warm_up(self) -> None:
-        """What every command would otherwise pay first: gRPC's core start (threads, event engine)."""
-        import grpc
-
-        grpc.insecure_channel("unix:/nonexistent").close()
-
-    def _receive_connection(self) -> socket.socket | None:
-        fds: list[int] = []
-        try:
-            _, fds, _, _ = socket.recv_fds(self.handoff, 1, 1)
-        except OSError:
-            pass
-        self.handoff.close()
-        if not fds:
-            return None  # the server stopped before a command came
-        return socket.socket(fileno=fds[0])
-
-    def _receive_request(self, conn: socket.socket) -> tuple[list[str], dict[str, str], int, list[int]]:
-        packet, fds, _, _ = socket.recv_fds(conn, proto.MAX_PACKET, REQUEST_FDS)
-        try:
-            message = proto.decode(packet)
-            if message[:2] != (proto.RUN, proto.PROTOCOL) or len(fds) != REQUEST_FDS:
-                raise ValueError(f"unexpected request {message[:2]!r} with {len(fds)} fds")
-            _, _, argv, environ, umask = message
-            return (
-                [str(arg) for arg in argv],
-                {os.fsdecode(key): os.fsdecode(value) for key, value in environ.items()},
-                int(umask),
-                fds,
-            )
-        except ValueError:
-            for fd in fds:
-                os.close(fd)
-            raise
-
-    def _adopt(self, environ: dict[str, str], umask: int, fds: list[int]) -> None:
-        """Become the client's process: its directory, umask, environment and stdio."""
-        cwd, *stdio = fds
-        os.fchdir(cwd)
-        os.close(cwd)
-        os.umask(umask)
-        os.environ.clear()
-        os.environ.update(environ)
-        for target, fd in enumerate(stdio):
-            os.dup2(fd, target)
-            os.close(fd)
-        sys.stdin = open(0, "r", encoding="utf-8", errors="surrogateescape", closefd=False)
-        # Line-buffered on a terminal, as Python sets up its own stdio (buffering=1 is per line).
-        sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, encoding="utf-8", errors="surrogateescape", closefd=False)
-        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
-
-
-def preload() -> None:
-    """Import what any command may need, so workers start with it."""
-    import grpc  # noqa: F401
-
-    import cli.containers  # noqa: F401
-    import cli.image_run  # noqa: F401
-    import cli.images  # noqa: F401
-    import cli.lifecycle  # noqa: F401
-    import cli.main
-
-    cli.main.command()
-    import cli.output  # noqa: F401
-    import cli.parse  # noqa: F401
-    import cli.security_options  # noqa: F401
-    import cli.stdio  # noqa: F401
-    import cli.streams  # noqa: F401
-    import cli.system  # noqa: F401
-    from protos.executor.v1 import executor_pb2_grpc  # noqa: F401
-    from protos.state.v1 import state_pb2_grpc  # noqa: F401
-    from protos.storage.v1 import storage_pb2_grpc  # noqa: F401
-    from services.common import client, image_config  # noqa: F401
-
-
 def listen(path: Path) -> socket.socket:
     from services.common.server import root_only_socket
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with root_only_socket(path):
-        listener.bind(str(path))
-    listener.listen(BACKLOG)
+    try:
+        with root_only_socket(path):
+            listener.bind(str(path))
+        listener.listen(BACKLOG)
+    except OSError:
+        listener.close()
+        raise
     listener.setblocking(False)
     return listener
 
@@ -374,14 +301,17 @@ def main() -> int:
         listener = listen(socket_path)
         write_pidfile(config.pid_path(SERVICE))
         print(f"cli server: pid {os.getpid()} serving on {socket_path} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
-        server = ForkServer(config, listener, [lock_fd])
+        run_files = RunFiles(SERVICE, config.pid_path(SERVICE), config.lock_path(SERVICE), lock_fd)
+        server = ForkServer(config, listener, [lock_fd], run_files)
         try:
             server.serve()
         finally:
-            # Still under the lock, so the socket and pidfile are ours to remove. A restart keeps the
-            # pidfile (the pid stays), so `scripts/down` finds the server even while it re-executes.
-            listener.close()
-            socket_path.unlink(missing_ok=True)
+            # Still under the lock, so the socket (unless another server took its path over since)
+            # and pidfile are ours to remove. A restart keeps the pidfile (the pid stays), so
+            # `scripts/down` finds the server even while it re-executes.
+            server.listener.close()
+            if identity_of(socket_path) == server.keeper.bound:
+                socket_path.unlink(missing_ok=True)
             if not server.restart:
                 config.pid_path(SERVICE).unlink(missing_ok=True)
     if server.restart:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import any_pb2
 
 from cli.services import DEFAULT_TIMEOUT, CliError, Services
 from protos.executor.v1 import executor_pb2 as ex
@@ -117,7 +118,7 @@ def sync(services: Services, containers: list[st.Container], auto_remove: bool =
     running = [c for c in containers if c.status == st.CONTAINER_STATUS_RUNNING]
     if not running:
         return containers
-    live = {p.id: p for p in services.call("executor", "ListContainers", ex.ListContainersRequest()).processes}
+    live = live_processes(services, [c.id for c in running])
     fresh: dict[str, st.Container | None] = {}
     for container in running:
         process = live.get(container.id)
@@ -133,6 +134,23 @@ def sync(services: Services, containers: list[st.Container], auto_remove: bool =
             fresh[container.id] = exited
     result = [fresh.get(c.id, c) if c.id in fresh else c for c in containers]
     return [c for c in result if c is not None]
+
+
+# Up to this many containers are asked for one by one: listing all costs time in proportion to how
+# many the executor holds (1,000 on a busy host), which a command about one container must not pay.
+FEW_CONTAINERS = 8
+
+
+def live_processes(services: Services, ids: list[str]) -> dict[str, ex.ContainerProcess]:
+    """The executor's process of each of `ids` that it still has, by id."""
+    if len(ids) > FEW_CONTAINERS:
+        return {p.id: p for p in services.call("executor", "ListContainers", ex.ListContainersRequest()).processes}
+    found = {}
+    for container_id in ids:
+        reply = services.call("executor", "GetContainer", ex.GetContainerRequest(id=container_id), missing_ok=True)
+        if reply is not None:
+            found[container_id] = reply.process
+    return found
 
 
 def resolve_synced(services: Services, reference: str) -> st.Container:
@@ -203,6 +221,8 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
             window_size=ex.WindowSize(rows=request.window[0], cols=request.window[1]) if request.window else None,
             ip_address=address.allocation.address if address else "",
             security=container.security,
+            # Kept by the executor, so `system check --repair --rebuild-state` can rebuild a lost record.
+            record=packed(container),
         )
         step("creating the process", lambda: services.call("executor", "CreateContainer", create))
         undo.add("deleting the process", lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)))
@@ -228,11 +248,17 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
     return container, wait
 
 
+def packed(container: st.Container) -> any_pb2.Any:
+    record = any_pb2.Any()
+    record.Pack(container)
+    return record
+
+
 def connect(services: Services, container: st.Container, address: st.AllocateAddressResponse) -> None:
     """Plug a created container into its network; a bridge lost with a reboot is made again first."""
     request = ex.ConnectContainerRequest(
         container_id=container.id,
-        bridge_name=bridge_name(container.network),
+        bridge_name=bridge_name(container.network, services.config.instance),
         address=address.allocation.address,
         prefix_length=address.prefix_length,
         gateway=address.gateway,

@@ -11,7 +11,7 @@ import typer
 import typer.main
 
 from cli import containers, images, networks, registry, system
-from cli.argv import normalize_argv
+from cli.argv import check_utf8, normalize_argv, not_utf8_message
 from cli.services import CliError
 
 app = typer.Typer(
@@ -47,12 +47,17 @@ def exit_status(code: object) -> int:
 def run_command(argv: list[str]) -> int:
     """Run one command line (without the program name) and return its exit status; output is flushed."""
     try:
+        check_utf8(list(argv))
         command().main(args=normalize_argv(list(argv)), prog_name="mydocker")
         status = 0
     except SystemExit as done:
         status = exit_status(done.code)
     except CliError as err:
         print(f"mydocker: {err}", file=sys.stderr)
+        status = 1
+    except UnicodeEncodeError as err:
+        # A value from elsewhere than argv (`-e NAME` takes NAME's value from our environment).
+        print(f"mydocker: {not_utf8_message('a value', str(err.object))}", file=sys.stderr)
         status = 1
     sys.stdout.flush()
     sys.stderr.flush()

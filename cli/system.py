@@ -75,11 +75,16 @@ def info() -> None:
 def check(
     repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed (each repair is idempotent)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing when everything is consistent."),
+    rebuild_state: bool = typer.Option(
+        False, "--rebuild-state",
+        help="With --repair: set a damaged state database aside and rebuild the records of every container "
+        "and network from what the executor and storage hold.",
+    ),
 ) -> None:
     """Compare records, rootfs and mounts, processes and cgroups; report (or --repair) what does not add up."""
     from cli.check import run_check
 
-    raise typer.Exit(run_check(repair, quiet, typer.echo))
+    raise typer.Exit(run_check(repair, quiet, typer.echo, rebuild_state))
 
 
 def register(app: typer.Typer) -> None:

@@ -17,15 +17,41 @@ import pytest
 from services.common.config import Config
 from services.common.ctl import REPO, is_service_process, running_services, service_env
 
+# hypothesis keeps a cache (.hypothesis/) even with database=None: under /tmp, never in the checkout.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "mydocker-hypothesis"))
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked `root` unless we are root: they need namespaces, mounts and cgroups."""
-    if os.geteuid() == 0:
+
+ROOT_NEEDED = "needs root (namespaces, mounts, cgroups): run the tests as root, e.g. sudo scripts/test"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked `root` fails when we are not root: a skip would let a run pass without it."""
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        pytest.fail(ROOT_NEEDED, pytrace=False)
+
+
+# Every skip of this run: reported at the end, and it fails the run.
+_SKIPPED_REPORTS: list[pytest.TestReport] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED_REPORTS.append(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Any skipped test fails the run: a green run means every collected test ran."""
+    if _SKIPPED_REPORTS and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _SKIPPED_REPORTS:
         return
-    skip = pytest.mark.skip(reason="needs root")
-    for item in items:
-        if item.get_closest_marker("root") is not None:
-            item.add_marker(skip)
+    terminalreporter.section("skipped tests fail the run", sep="=", red=True)
+    for report in _SKIPPED_REPORTS:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        terminalreporter.line(f"{report.nodeid}: {reason}", red=True)
 
 
 @contextlib.contextmanager

@@ -11,8 +11,8 @@ from protos.executor.v1 import executor_pb2, executor_pb2_grpc
 from protos.state.v1 import state_pb2, state_pb2_grpc
 from services.common.client import open_channel
 from services.common.config import Config
-from services.common.netnames import VETH_PREFIX
-from services.executor import firewall, statefiles
+from services.common.netnames import VETH_PREFIX, link_alias
+from services.executor import firewall_rules, statefiles
 from services.executor.cgroups import SHIMS_CGROUP, join_cgroup_path, parse_proc_cgroup
 from services.storage import mountinfo
 from tests.invariants_storage import check_storage, read_storage
@@ -91,14 +91,14 @@ def violations(config: Config, cgroup_parent: str, networks: bool = False) -> li
 
     Call it when no command is in flight: a record in CREATED or REMOVING is then half-done work, and
     a blob no image record names is a leftover (the storage service collects those when it starts).
-    With `networks`, addresses, veths and port rules are checked too; every mydocker veth and rule
-    on the host must then be this test's (true on CI, where nothing else runs mydocker).
+    With `networks`, addresses, veths and port rules are checked too: every veth and port rule of
+    this instance (told apart by link alias and tag, so another instance's running beside do not count).
     """
     containers = records(config)
     found = check(containers, read_host(config, cgroup_parent), config)
     found += check_storage(read_storage(config))
     if networks:
-        found += check_networks(containers, allocations(config), read_network_host())
+        found += check_networks(containers, allocations(config), read_network_host(config))
         found += check_bridges(network_records(config), executor_bridges(config))
     return found
 
@@ -147,11 +147,24 @@ def allocations(config: Config) -> list[state_pb2.AddressAllocation]:
         return held
 
 
-def read_network_host() -> NetworkHostView:
-    veth_ids = sorted(name.removeprefix(VETH_PREFIX) for name in os.listdir("/sys/class/net") if name.startswith(VETH_PREFIX))
+def _link_alias_of(name: str) -> str:
+    try:
+        return Path(f"/sys/class/net/{name}/ifalias").read_text().strip()
+    except OSError:
+        return ""  # gone in between
+
+
+def read_network_host(config: Config) -> NetworkHostView:
+    """The veths and port rules of `config`'s instance only: another instance's (a test running beside) are not ours."""
+    alias = link_alias(config.instance)
+    veth_ids = sorted(
+        name.removeprefix(VETH_PREFIX)
+        for name in os.listdir("/sys/class/net")
+        if name.startswith(VETH_PREFIX) and _link_alias_of(name) == alias
+    )
     saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     # The firewall's own parser: the containers its port rules are tagged with.
-    return NetworkHostView(veth_ids, sorted(firewall.published_ports(firewall.parse_save(saved))))
+    return NetworkHostView(veth_ids, sorted(firewall_rules.published_ports(firewall_rules.parse_save(saved), config.instance)))
 
 
 def check_networks(

@@ -8,6 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import Config, unix_target
+from services.common.limits import MAX_MESSAGE_BYTES, MAX_RESPONSE_BYTES
 
 HEALTH_TIMEOUT = 2.0
 
@@ -16,15 +17,36 @@ class ServiceUnreachable(Exception):
     """A service's socket is missing or nobody answers on it."""
 
     def __init__(self, service: str, socket: str, why: str):
-        super().__init__(
-            f"the {service} service is not reachable at {socket} ({why}): run scripts/up to start it"
-        )
+        super().__init__(f"the {service} service is not running ({why} at {socket}): run scripts/up")
         self.service = service
+
+
+def unreachable_message(service: str, config: Config) -> str:
+    """Why nobody answers on a service's socket, and what to do, in one line.
+
+    A live service whose socket was deleted binds a new one within seconds (services/common/runfiles.py):
+    then `scripts/up` would only wait for it, so the line says so instead.
+    """
+    from services.common.ctl import service_pid
+
+    socket = config.socket_path(service)
+    present = socket.exists()
+    pid = service_pid(config, service)
+    if pid is None:
+        return str(ServiceUnreachable(service, str(socket), "nobody answers on the socket" if present else "no socket"))
+    if present:
+        return f"the {service} service (pid {pid}) does not answer on {socket}: see {config.log_path(service)}"
+    return (
+        f"the {service} service (pid {pid}) has no socket at {socket}: it binds a new one within seconds; "
+        f"if it does not, see {config.log_path(service)}"
+    )
 
 
 def open_channel(config: Config, service: str) -> grpc.Channel:
     """A channel to a service's socket; it connects lazily, on the first call."""
-    return grpc.insecure_channel(unix_target(config.socket_path(service)))
+    return grpc.insecure_channel(
+        unix_target(config.socket_path(service)), options=(("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),)
+    )
 
 
 @dataclass(frozen=True)
@@ -61,9 +83,14 @@ def is_domain_error(err: grpc.RpcError) -> bool:
 def describe_rpc_error(service: str, config: Config, err: grpc.RpcError) -> str:
     """One line for a failed call; an unreachable service names its socket and how to start it."""
     if err.code() == grpc.StatusCode.UNAVAILABLE and not is_domain_error(err):
-        socket = config.socket_path(service)
-        why = "nobody answers on it" if socket.exists() else "no socket"
-        return str(ServiceUnreachable(service, str(socket), why))
+        return unreachable_message(service, config)
+    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not is_domain_error(err):
+        # grpc's own refusal of an oversized message: its details read "Received message larger than max (...)".
+        return (
+            f"a message to or from the {service} service is over gRPC's size limit ({err.details()}; requests may "
+            f"take {MAX_MESSAGE_BYTES} bytes, replies {MAX_RESPONSE_BYTES}): give fewer or shorter arguments, "
+            "environment entries or labels"
+        )
     if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the {service} service did not answer in time ({err.details()}): see {config.log_path(service)}"
     return err.details() or err.code().name

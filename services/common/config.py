@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,21 @@ class Config:
         root_dir = root or env.get("MYDOCKER_ROOT") or DEFAULT_ROOT
         run_dir = run or env.get("MYDOCKER_RUN") or DEFAULT_RUN
         return cls(root=Path(root_dir).absolute(), run=Path(run_dir).absolute())
+
+    @property
+    def instance(self) -> str:
+        """"" for the default root, else 8 hex digits of its path: what keeps host-wide names of two instances apart.
+
+        Cgroup parents, bridge names, link aliases and iptables tags carry it, so an instance never
+        takes another's resources for its own (tests run many instances, each on its own temp root).
+        """
+        if self.root == DEFAULT_ROOT:
+            return ""
+        return hashlib.sha256(os.fsencode(self.root)).hexdigest()[:8]
+
+    def default_cgroup_parent(self) -> str:
+        """Where container cgroups go unless MYDOCKER_CGROUP_PARENT says otherwise: one parent per instance."""
+        return f"mydocker-{self.instance}" if self.instance else "mydocker"
 
     def socket_path(self, service: str) -> Path:
         return self.run / f"{service}.sock"

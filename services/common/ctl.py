@@ -19,7 +19,8 @@ from services.common.config import SERVICES, Config
 CLI_SERVER = "cli"
 PROCESSES = (*SERVICES, CLI_SERVER)
 REPO = Path(__file__).resolve().parents[2]
-UP_TIMEOUT = 20.0
+# MYDOCKER_UP_TIMEOUT: for slow machines, e.g. scripts/test-cgroup2's emulated guest (a start there can pass a minute).
+UP_TIMEOUT = float(os.environ.get("MYDOCKER_UP_TIMEOUT") or 20.0)
 DOWN_TIMEOUT = 15.0
 POLL_SECONDS = 0.1
 LOG_TAIL_LINES = 15
@@ -133,7 +134,7 @@ def cli_server_health(config: Config) -> str:
     return "SERVING"
 
 
-def spawn(config: Config, service: str) -> subprocess.Popen:
+def spawn(config: Config, service: str, args: Sequence[str] = ()) -> subprocess.Popen:
     """Start one service detached from us: its own session, output appended to its log file."""
     log_path = config.log_path(service)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +143,7 @@ def spawn(config: Config, service: str) -> subprocess.Popen:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", module_of(service)],
+            [sys.executable, "-m", module_of(service), *args],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -162,8 +163,18 @@ def _wait_until(done: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+def own_line(lines: Sequence[str], service: str) -> str:
+    """The last line a service wrote about itself before exiting ("mydocker-state: ..."), "" when none."""
+    prefix = f"mydocker-{service}:"
+    return next((line for line in reversed(lines) if line.startswith(prefix)), "")
+
+
 def _fail(config: Config, service: str, why: str) -> int:
     log_path = config.log_path(service)
+    # The service's own one-line reason first (a damaged database, a held lock), then the context.
+    reason = own_line(log_tail(log_path), service)
+    if reason:
+        print(reason, file=sys.stderr)
     print(f"ctl: {service} is not serving ({why}); last lines of {log_path}:", file=sys.stderr)
     for line in log_tail(log_path):
         print(f"    {line}", file=sys.stderr)
@@ -218,6 +229,25 @@ def up(config: Config, services: list[str], timeout: float = UP_TIMEOUT) -> int:
     if all(_health(config, service) == "SERVING" for service in SERVICES):
         return repair(config)
     return 0
+
+
+def restart(config: Config, service: str, args: Sequence[str] = (), timeout: float = UP_TIMEOUT) -> str:
+    """Stop `service` if it runs, start it with `args` and wait until it serves: "" then, else one line why not.
+
+    For `mydocker system check --repair --rebuild-state`, which must not run `repair` as `up` does.
+    """
+    down(config, [service])
+    child = spawn(config, service, args)
+    _wait_until(lambda: child.poll() is not None or _health(config, service) == "SERVING", timeout)
+    if _health(config, service) == "SERVING":
+        return ""
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+        return f"the {service} service was not serving {timeout:.0f}s after its start: see {config.log_path(service)}"
+    return own_line(log_tail(config.log_path(service)), service) or (
+        f"the {service} service exited with status {child.returncode}: see {config.log_path(service)}"
+    )
 
 
 def repair(config: Config) -> int:

@@ -40,3 +40,7 @@ class InvalidTransition(FailedPrecondition):
         super().__init__(f"{what}: invalid state transition from {current} to {target}")
         self.current = current
         self.target = target
+
+
+class NoSpace(MydockerError):
+    """A filesystem mydocker writes to is full (ENOSPC, EDQUOT, SQLite's "disk is full"): RESOURCE_EXHAUSTED."""

@@ -31,11 +31,22 @@ def _derive(value: str, prefix: str, hash_prefix: str) -> str:
     return hash_prefix + _digest(value, IFNAME_MAX - len(hash_prefix))
 
 
-def bridge_name(network: str) -> str:
-    """The bridge of network `network`: `mdb-NAME` for names up to 11 characters, else `mdh-` and a hash."""
+def bridge_name(network: str, instance: str = "") -> str:
+    """The bridge of network `network`: `mdb-NAME` for names up to 11 characters, else `mdh-` and a hash.
+
+    Another instance than the default one (`Config.instance`) always gets `mdh-` and a hash of
+    instance and name, so two instances' networks of the same name never share a bridge.
+    """
     if not NETWORK_PATTERN.fullmatch(network or ""):
         raise InvalidArgument(f'invalid network name "{network}": use 1-64 letters, digits, "_", "." or "-"')
+    if instance:
+        return BRIDGE_HASH_PREFIX + _digest(f"{instance}/{network}", IFNAME_MAX - len(BRIDGE_HASH_PREFIX))
     return _derive(network, BRIDGE_PREFIX, BRIDGE_HASH_PREFIX)
+
+
+def link_alias(instance: str) -> str:
+    """The alias (IFLA_IFALIAS) of every link an instance makes: how it tells its links from another instance's."""
+    return f"mydocker {instance or 'default'}"
 
 
 def veth_name(container_id: str) -> str:

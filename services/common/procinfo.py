@@ -1,7 +1,9 @@
 """Which process a pid is: its start time from /proc/<pid>/stat, so a recycled pid is never taken for another.
 
-Imports nothing: the executor's shim and the CLI's front end use it too.
+Imports only os, which every interpreter has loaded at start: the executor's shim and the CLI's front end use it too.
 """
+
+import os
 
 
 def parse_stat(text: str) -> tuple[str, int]:
@@ -19,8 +21,12 @@ def proc_start_time(pid: int) -> int | None:
     if pid <= 0:
         return None
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
+        # Raw fd and one read (stat is far under a page): called for every container by `ps`.
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 4096).decode(errors="replace")
+        finally:
+            os.close(fd)
     except (FileNotFoundError, ProcessLookupError):
         # Gone, or it exited between the open and the read.
         return None

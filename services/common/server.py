@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import signal
@@ -12,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -22,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from services.common import faults
 from services.common.config import Config, check_socket_path, unix_target
 from services.common.grpc_errors import DomainErrorInterceptor
+from services.common.limits import MAX_MESSAGE_BYTES
+from services.common.runfiles import WATCH_SECONDS, Identity, RunFiles, SocketKeeper, identity_of, write_pidfile
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +55,52 @@ class RunningServer:
     address: str
     socket: Path | None
     on_stop: Callable[[], None] | None = None
+    # On a unix socket: binds it again when someone deletes or replaces it (check_socket).
+    keeper: SocketKeeper | None = None
+    # Servers a rebind replaced, still finishing their calls in flight, each with its shutdown event.
+    draining: list[tuple[grpc.Server, threading.Event]] = field(default_factory=list)
+
+    def keep_socket(
+        self, service: str, full_name: str, build: Callable[[], tuple[grpc.Server, health.HealthServicer]], bound: Identity | None
+    ) -> None:
+        """Let check_socket() serve on a new socket through a new server from `build` (grpc adds no port once started)."""
+
+        def rebind() -> Identity:
+            server, health_servicer = build()
+            try:
+                identity = bind_unix(server, self.socket)
+            except BaseException:
+                server.stop(None)
+                raise
+            server.start()
+            mark_serving(health_servicer, full_name)
+            old, old_health = self.server, self.health
+            self.server, self.health = server, health_servicer
+            old_health.enter_graceful_shutdown()
+            # No new connection can reach the old server: its calls in flight (a WaitContainer, an
+            # attached stream) run to their end however long they take, and its clients' next calls
+            # reconnect to the new one. stop() cuts them after its grace, as it does the new server's.
+            self.draining = [(server, done) for server, done in self.draining if not done.is_set()]
+            self.draining.append((old, old.stop(threading.TIMEOUT_MAX)))
+            return identity
+
+        assert self.socket is not None
+        self.keeper = SocketKeeper(service, self.socket, bound, rebind)
+
+    def check_socket(self) -> bool:
+        """Serve on a new socket if ours was deleted or replaced (see SocketKeeper); True when it did. Cheap: one lstat."""
+        return self.keeper is not None and self.keeper.check()
 
     def stop(self, grace: float = GRACE_SECONDS) -> None:
-        """Refuse new calls, let in-flight ones finish within `grace`, then remove the socket."""
+        """Refuse new calls, let in-flight ones finish within `grace`, then remove the socket if it is still ours."""
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        stopped = [self.server.stop(grace), *(server.stop(grace) for server, _ in self.draining)]
+        for done in stopped:
+            done.wait()
         if self.on_stop is not None:
             self.on_stop()
-        if self.socket is not None:
+        # A socket another live server took over since (see SocketKeeper) stays theirs.
+        if self.socket is not None and (self.keeper is None or identity_of(self.socket) == self.keeper.bound):
             with contextlib.suppress(FileNotFoundError):
                 self.socket.unlink()
 
@@ -86,6 +127,33 @@ def root_only_socket(socket: Path) -> Iterator[None]:
     finally:
         os.umask(old_umask)
     os.chmod(socket, 0o600)
+
+
+# Private names a server binds before its socket is renamed into place, unique within the process.
+_bind_names = itertools.count(1)
+
+
+def bind_unix(server: grpc.Server, socket: Path) -> Identity | None:
+    """Bind `server` to a new root-only socket that atomically replaces whatever is at `socket`; its identity.
+
+    grpc binds a private name first, renamed into place after: grpc removes the path it bound when
+    its server stops, and an old server stopping after a rebind must not take the new socket along.
+    """
+    check_socket_path(socket)
+    temp = socket.with_name(f".{socket.stem}.{next(_bind_names)}")
+    with root_only_socket(temp):
+        server.add_insecure_port(unix_target(temp))
+    try:
+        os.rename(temp, socket)
+    except OSError:
+        temp.unlink(missing_ok=True)
+        raise
+    return identity_of(socket)
+
+
+def mark_serving(health_servicer: health.HealthServicer, full_name: str) -> None:
+    for name in ("", full_name):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
 @dataclass(frozen=True)
@@ -126,29 +194,36 @@ def create_server(
     fault = faults.interceptor_for(definition.name, definition.full_name)
     if fault is not None:
         interceptors.append(fault)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=definition.name),
-        interceptors=interceptors,
-    )
-    definition.register(server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (definition.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
 
+    def build() -> tuple[grpc.Server, health.HealthServicer]:
+        """The service with health and reflection on a new server: one at start, one more per socket bound again."""
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=definition.name),
+            interceptors=interceptors,
+            options=(("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),),
+        )
+        definition.register(server)
+        health_servicer = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (definition.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server, health_servicer
+
+    server, health_servicer = build()
     socket: Path | None = None
     if is_unix_address(address):
         socket = Path(address.removeprefix("unix://").removeprefix("unix:"))
-        with root_only_socket(socket):
-            server.add_insecure_port(unix_target(socket))
+        bound = bind_unix(server, socket)
     else:
         port = server.add_secure_port(address, tls.credentials())
         address = f"{address.rsplit(':', 1)[0]}:{port}"
     server.start()
-    for name in ("", definition.full_name):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health_servicer, address, socket, definition.on_stop)
+    mark_serving(health_servicer, definition.full_name)
+    running = RunningServer(server, health_servicer, address, socket, definition.on_stop)
+    if socket is not None:
+        running.keep_socket(definition.name, definition.full_name, build, bound)
+    return running
 
 
 @contextlib.contextmanager
@@ -167,13 +242,6 @@ def single_instance(lock_path: Path, service: str) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-def write_pidfile(path: Path) -> None:
-    """Write our pid atomically, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)
 
 
 def setup_logging(log_file: Path, service: str) -> None:
@@ -237,12 +305,16 @@ def serve(service: str, build: Callable[[Config], ServiceDefinition], argv: list
     config.run.mkdir(parents=True, exist_ok=True)
     os.chmod(config.run, 0o700)
     protect_from_oom_killer()
-    with single_instance(config.lock_path(service), service):
+    with single_instance(config.lock_path(service), service) as lock_fd:
         running = create_server(build(config), address, tls=tls)
         write_pidfile(config.pid_path(service))
+        run_files = RunFiles(service, config.pid_path(service), config.lock_path(service), lock_fd)
         log.info("serving %s on %s (root %s, run %s)", service, running.address, config.root, config.run)
         try:
-            stop_requested.wait()
+            # A socket, pidfile or lock someone deleted is made again within WATCH_SECONDS.
+            while not stop_requested.wait(WATCH_SECONDS):
+                running.check_socket()
+                run_files.check()
             log.info("stopping: finishing in-flight calls within %.0fs", GRACE_SECONDS)
             running.stop()
         finally:

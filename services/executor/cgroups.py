@@ -6,12 +6,12 @@ import errno
 import functools
 import os
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.executor.cgroup_tree import procs_below, remove_tree
 
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 # v1 hierarchies a container gets a directory in, where mounted: cpuacct for usage, pids for `kill --all`
@@ -178,28 +178,6 @@ def read_value(path: Path) -> str:
         return handle.read()
 
 
-def rmdir_when_empty(directory: Path, timeout: float) -> None:
-    """rmdir a cgroup, retrying while its last processes finish exiting (EBUSY)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            directory.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as err:
-            if err.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise FailedPrecondition(f"cannot remove cgroup {directory}: {err.strerror}") from None
-            time.sleep(0.02)
-
-
-def _procs(directory: Path) -> list[int]:
-    try:
-        return [int(line) for line in read_value(directory / "cgroup.procs").split()]
-    except FileNotFoundError:
-        return []
-
-
 def _last_change(directories: list[Path]) -> float:
     """The latest mtime of the directories that exist, 0 when none does: a leaf cgroup's is its creation."""
     latest = 0.0
@@ -239,8 +217,8 @@ class CgroupV1:
         return list(seen.values())
 
     def path(self) -> Path:
-        """The directory shown as the container's cgroup: the first hierarchy's."""
-        return self.dirs()[0]
+        """The directory shown as the container's cgroup: the first hierarchy's (dirs()[0], without building the rest)."""
+        return self.dir(next(iter(self.paths)))
 
     def create(self) -> None:
         for controller in self.paths:
@@ -275,10 +253,11 @@ class CgroupV1:
         return [str(directory / "cgroup.procs") for directory in self.dirs()]
 
     def pids(self) -> list[int]:
-        """Members in any hierarchy: a half-made or half-removed cgroup may exist in some of them only."""
+        """Members in any hierarchy and any cgroup nested below: a half-made or half-removed cgroup may exist
+        in some hierarchies only."""
         members: set[int] = set()
         for directory in self.dirs():
-            members.update(_procs(directory))
+            members.update(procs_below(directory))
         return sorted(members)
 
     def oom_file(self) -> str:
@@ -296,7 +275,7 @@ class CgroupV1:
 
     def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
         for directory in self.dirs():
-            rmdir_when_empty(directory, timeout)
+            remove_tree(directory, timeout)
 
     def to_record(self) -> dict:
         return {"version": "v1", "root": str(self.root), "paths": self.paths}
@@ -360,7 +339,8 @@ class CgroupV2:
         return [str(self.path() / "cgroup.procs")]
 
     def pids(self) -> list[int]:
-        return _procs(self.path())
+        """Members of the cgroup and of any cgroup nested below it."""
+        return sorted(procs_below(self.path()))
 
     def oom_file(self) -> str:
         return str(self.path() / "memory.events")
@@ -375,7 +355,7 @@ class CgroupV2:
         return _last_change(self.dirs())
 
     def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
-        rmdir_when_empty(self.path(), timeout)
+        remove_tree(self.path(), timeout)
 
     def to_record(self) -> dict:
         return {"version": "v2", "root": str(self.root), "path": self.cgroup}

@@ -9,7 +9,7 @@ from protos.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
 from services.common.security_convert import security_from_proto
 from services.executor.cgroups import Limits
-from services.executor.firewall import Port
+from services.executor.firewall_rules import Port
 from services.executor.networking import BridgeSpec, ConnectSpec
 from services.executor.model import (
     CloseStdin,
@@ -29,6 +29,7 @@ from services.executor.model import (
     StdioMode,
 )
 from services.executor.profile import SecurityProfile
+from services.executor.records import SavedContainer
 
 STATUS_TO_PROTO = {
     ProcessStatus.CREATED: pb.PROCESS_STATUS_CREATED,
@@ -77,7 +78,16 @@ def create_from_proto(request: pb.CreateContainerRequest) -> CreateSpec:
         window=(request.window_size.rows, request.window_size.cols) if request.HasField("window_size") else None,
         ip_address=request.ip_address,
         security=security_from_proto(request.security),
+        saved_request=saved_request(request),
     )
+
+
+def saved_request(request: pb.CreateContainerRequest) -> bytes:
+    """What the state dir keeps of a create: the request without its window size, which is of the moment."""
+    kept = pb.CreateContainerRequest()
+    kept.CopyFrom(request)
+    kept.ClearField("window_size")
+    return kept.SerializeToString(deterministic=True)
 
 
 def timestamp(time_ns: int) -> Timestamp:
@@ -162,6 +172,55 @@ def attach_response(event: OutputEvent) -> pb.AttachResponse | None:
     return None
 
 
+def request_from_plan(plan: dict) -> pb.CreateContainerRequest:
+    """What a plan of an older version (no saved request) still tells of its create request."""
+    limits = plan.get("limits") or {}
+    security = plan.get("security") or {}
+    return pb.CreateContainerRequest(
+        id=plan["id"],
+        hostname=plan.get("hostname", ""),
+        rootfs_path=plan.get("rootfs", ""),
+        process=pb.ProcessSpec(
+            args=plan.get("args", ()),
+            env=plan.get("env", ()),
+            cwd=plan.get("cwd", "/"),
+            terminal=bool(plan.get("terminal")),
+            stdin=bool(plan.get("stdin")),
+        ),
+        resources=types_pb2.Resources(
+            memory_bytes=limits.get("memory_bytes", 0),
+            nano_cpus=limits.get("nano_cpus", 0),
+            cpuset_cpus=limits.get("cpuset_cpus", ""),
+            pids_limit=limits.get("pids_limit", 0),
+        ),
+        stdio_mode=pb.STDIO_MODE_ATTACH if plan.get("stdio_mode") == "attach" else pb.STDIO_MODE_LOG,
+        security=types_pb2.SecurityOptions(user=security.get("user", "")),
+    )
+
+
+def saved_to_proto(saved: SavedContainer) -> pb.ContainerRecord:
+    record = pb.ContainerRecord(
+        id=saved.state.id,
+        process=state_to_proto(saved.state),
+        created_at=timestamp(saved.created_at_ns),
+    )
+    if saved.request is not None:
+        record.request.ParseFromString(saved.request)
+    else:
+        record.request.CopyFrom(request_from_plan(saved.plan))
+        record.request_from_plan = True
+    if saved.connection:
+        record.bridge_name = saved.connection.get("bridge", "")
+        record.address = saved.connection.get("address", "")
+        for port in saved.connection.get("ports", ()):
+            protocol = types_pb2.PROTOCOL_UDP if port.get("protocol") == "udp" else types_pb2.PROTOCOL_TCP
+            record.ports.add(
+                host_ip=port.get("host_ip", ""), host_port=port["host_port"],
+                container_port=port["container_port"], protocol=protocol,
+            )
+    return record
+
+
 def _port_from_proto(port: types_pb2.PortMapping) -> Port:
     protocol = {types_pb2.PROTOCOL_TCP: "tcp", types_pb2.PROTOCOL_UDP: "udp", types_pb2.PROTOCOL_UNSPECIFIED: "tcp"}.get(port.protocol, "")
     return Port(host_ip=port.host_ip, host_port=port.host_port, container_port=port.container_port, protocol=protocol)
@@ -186,3 +245,13 @@ def connect_from_proto(request: pb.ConnectContainerRequest) -> ConnectSpec:
         gateway=request.gateway,
         ports=tuple(_port_from_proto(port) for port in request.ports),
     )
+
+
+def since_nanoseconds(request: pb.LogsRequest) -> int:
+    """LogsRequest.since in nanoseconds, 0 when unset; a Timestamp out of its year 1-9999 range is refused."""
+    if not request.HasField("since"):
+        return 0
+    try:
+        return request.since.ToNanoseconds()
+    except ValueError as err:
+        raise InvalidArgument(f"invalid `since` time: {err}") from None

@@ -25,6 +25,7 @@ from services.executor.cgroups import Cgroup, cgroup_from_record
 from services.executor.core_create import CreateMixin
 from services.executor.core_reconcile import ReconcileMixin
 from services.executor.core_streams import StreamsMixin
+from services.executor.records import RecordsMixin
 from services.executor.launcher_client import ShimLauncher
 from services.executor.model import ProcessState, ProcessStatus, ServiceInfo
 from services.executor.networking import Networking
@@ -40,7 +41,7 @@ SHIM_EXIT_WAIT = 2.0
 MAX_SIGNAL = 64
 
 
-class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin):
+class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin, RecordsMixin):
     def __init__(self, config: Config, layout: CgroupLayout, cgroup_mode: str, python: str = sys.executable):
         self._config = config
         self._layout = layout
@@ -49,7 +50,7 @@ class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin):
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._launcher = ShimLauncher(python, self._helper_env)
-        self.networking = Networking(self.network_state_dir(), self.get, self._dir)
+        self.networking = Networking(self.network_state_dir(), self.get, self._dir, instance=config.instance)
         self.security = SecuritySetup(config.run / SECCOMP_DIR)
 
     @property
@@ -105,11 +106,13 @@ class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin):
 
     def _state(self, container_id: str) -> ProcessState:
         directory = self._dir(container_id)
-        if not (directory / statefiles.PLAN).exists():
+        # Plain strings, not Path joins: `ps` reads this for every container (1,000 on a busy host).
+        base = f"{directory}/"
+        if not os.path.exists(base + statefiles.PLAN):
             raise NotFound(f"no such container: {container_id} (the executor has no state for it under {self._config.run})")
 
         def read(name: str) -> str | None:
-            return statefiles.read_text(str(directory / name))
+            return statefiles.read_text(base + name)
 
         status = (read(statefiles.STATUS) or statefiles.CREATING).strip()
         shim_pid, shim_start = statefiles.parse_pid(read(statefiles.SHIM_PID))
@@ -120,7 +123,7 @@ class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin):
             "id": container_id,
             "shim_pid": shim_pid if shim_alive else 0,
             "cgroup_path": str(self._cgroup(directory, container_id).path()),
-            "log_path": str(self.log_path(container_id)),
+            "log_path": f"{self._config.root}/containers/{container_id}/{container_id}-json.log",
         }
         if exit_text:
             record = statefiles.parse_exit(exit_text)

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from services.common import nospace
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MydockerError
 from services.executor import devices, netfiles, statefiles
 from services.executor.cgroups import Cgroup
@@ -54,6 +55,8 @@ class CreateMixin:
                 self._check_reusable(spec.id, directory)
             try:
                 plan = self._prepare(plan, spec.ip_address, directory, cgroup, confinement.device_rules)
+                if spec.saved_request:
+                    statefiles.write_atomic(str(directory / statefiles.REQUEST), spec.saved_request)
                 plan_json = plan.to_json()
                 statefiles.write_atomic(str(directory / statefiles.PLAN), plan_json)
                 self._spawn_shim(plan, plan_json, directory, cgroup, spec.window)
@@ -110,8 +113,9 @@ class CreateMixin:
         os.mkfifo(directory / statefiles.START_FIFO, 0o600)
         os.mkfifo(directory / statefiles.NOTIFY_FIFO, 0o600)
         log_path = self.log_path(plan.id)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.touch(mode=0o640)
+        with nospace.converted(f"creating the log of container {plan.id}", log_path.parent.parent):
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.touch(mode=0o640)
         # Bind-mounted from here, as docker does: the image's own files stay as they are.
         network_files = netfiles.write_network_files(directory, plan.hostname, ip_address)
         return dataclasses.replace(plan, mounts=(*plan.mounts, *network_files))
@@ -160,6 +164,9 @@ class CreateMixin:
         directory = self._dir(container_id)
         with self._lock(container_id):
             state = self._state(container_id)
+            if state.status == ProcessStatus.CREATED and not state.pid and state.shim_pid:
+                # A create cut short (its executor killed) left a live shim still parking the init.
+                state = self._await_created(container_id, directory)
             if state.status == ProcessStatus.RUNNING:
                 raise FailedPrecondition(f"container {container_id} is already started (running): only a created container starts")
             if state.status != ProcessStatus.CREATED or not state.pid:

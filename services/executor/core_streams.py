@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.limits import check_exec_size
 from services.executor import framing, logfmt, nsexec, statefiles
 from services.executor.exec_session import READ_SIZE, STREAM_POLL_SECONDS, ExecSession
 from services.executor.model import (
@@ -105,6 +106,7 @@ class StreamsMixin:
         directory = self._dir(container_id)
         plan = self._plan(directory)
         env = self._exec_env(state, process)
+        check_exec_size(process.args, env, "the exec")
         spec = {
             "pid": state.pid,
             "start_time": state.pid_start_time,

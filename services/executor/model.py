@@ -51,6 +51,8 @@ class CreateSpec:
     # Address on the container's network, for its /etc/hosts; empty with loopback only.
     ip_address: str = ""
     security: SecurityOptions = field(default_factory=SecurityOptions)
+    # The serialized request, kept verbatim in the state dir (statefiles.REQUEST); b"" keeps nothing.
+    saved_request: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,11 @@ def _check_ipv4(address: str, prefix_length: int, what: str) -> None:
         raise InvalidArgument(f'invalid {what} "{address}/{prefix_length}": use an IPv4 address and a prefix length') from None
 
 
-def ensure_bridge(name: str, gateway: str, prefix_length: int) -> None:
-    """Create bridge `name` if absent, with `gateway/prefix_length`, up, and route_localnet on. Idempotent."""
+def ensure_bridge(name: str, gateway: str, prefix_length: int, alias: str = "") -> None:
+    """Create bridge `name` if absent, with `gateway/prefix_length`, up, and route_localnet on. Idempotent.
+
+    `alias` (IFLA_IFALIAS) names the mydocker instance that made it (netnames.link_alias).
+    """
     _check_ipv4(gateway, prefix_length, "gateway")
     with _host() as ipr:
         try:
@@ -134,7 +137,7 @@ def ensure_bridge(name: str, gateway: str, prefix_length: int) -> None:
                 except NetlinkError as err:
                     if err.code != errno.EEXIST:
                         raise
-            ipr.link("set", index=index, state="up")
+            ipr.link("set", index=index, state="up", **({"ifalias": alias} if alias else {}))
         except NetlinkError as err:
             raise _kernel_error(f"cannot set up bridge {name}", err) from None
     # Per interface, so it vanishes with the bridge: lets DNAT send 127.0.0.1 traffic to a container.
@@ -161,8 +164,12 @@ def delete_bridge(name: str) -> None:
             raise _kernel_error(f"cannot delete bridge {name}", err) from None
 
 
-def connect(netns_fd: int, host_ifname: str, bridge: str, address: str, prefix_length: int, gateway: str) -> None:
+def connect(
+    netns_fd: int, host_ifname: str, bridge: str, address: str, prefix_length: int, gateway: str, alias: str = ""
+) -> None:
     """Join the netns behind `netns_fd` to `bridge`: a veth pair whose container end is `eth0` there.
+
+    The host end gets `alias` (IFLA_IFALIAS), naming the mydocker instance it belongs to.
 
     Inside the netns: `address/prefix_length` on eth0, eth0 and lo up, a default route via `gateway`.
     On failure nothing is left behind: deleting the host end deletes its peer too.
@@ -191,7 +198,9 @@ def connect(netns_fd: int, host_ifname: str, bridge: str, address: str, prefix_l
             raise _kernel_error(f"cannot create veth {host_ifname}", err) from None
         try:
             try:
-                ipr.link("set", ifname=host_ifname, master=bridge_link["index"], state="up")
+                ipr.link(
+                    "set", ifname=host_ifname, master=bridge_link["index"], state="up", **({"ifalias": alias} if alias else {})
+                )
             except NetlinkError as err:
                 raise _kernel_error(f"cannot attach veth {host_ifname} to bridge {bridge}", err) from None
             _configure_container_end(netns_fd, address, prefix_length, gateway)

@@ -9,14 +9,15 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from services.common import procinfo
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.common.netnames import NETWORK_PATTERN, veth_name
+from services.common.netnames import NETWORK_PATTERN, link_alias, veth_name
 from services.executor import netlink, statefiles
-from services.executor.firewall import Firewall, Port
+from services.executor.firewall import Firewall
+from services.executor.firewall_rules import Port
 from services.executor.model import ProcessState, ProcessStatus
 from services.executor.plan import check_container_id
 
@@ -46,6 +47,8 @@ class BridgeRecord:
     bridge: str
     subnet: str
     present: bool
+    # "" for a bridge recorded by an older version.
+    gateway: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,11 @@ class Networking:
         process_of: Callable[[str], ProcessState],
         container_dir: Callable[[str], Path],
         firewall: Firewall | None = None,
+        instance: str = "",
     ):
-        self._firewall = firewall or Firewall(state_dir)
+        self._firewall = firewall or Firewall(state_dir, instance)
+        # On every bridge and host-side veth: which instance's they are (Config.instance).
+        self._alias = link_alias(instance)
         self._bridges_dir = Path(state_dir) / BRIDGES_DIR
         self._process_of = process_of
         self._container_dir = container_dir
@@ -173,10 +179,10 @@ class Networking:
             existed = netlink.link_exists(spec.bridge)
             # Recorded first: a crash after the bridge leaves it listed, so `system check` can find it.
             self._bridges_dir.mkdir(parents=True, exist_ok=True)
-            record = {"network": spec.network, "bridge": spec.bridge, "subnet": str(subnet)}
+            record = {"network": spec.network, "bridge": spec.bridge, "subnet": str(subnet), "gateway": spec.gateway}
             statefiles.write_atomic(str(self._bridge_record(spec.network)), json.dumps(record))
             try:
-                netlink.ensure_bridge(spec.bridge, spec.gateway, subnet.prefixlen)
+                netlink.ensure_bridge(spec.bridge, spec.gateway, subnet.prefixlen, self._alias)
                 self._firewall.add_network(spec.network, spec.bridge, str(subnet))
             except BaseException:
                 if not existed:
@@ -204,7 +210,12 @@ class Networking:
             if not text:
                 continue
             record = json.loads(text)
-            found.append(BridgeRecord(record["network"], record["bridge"], record["subnet"], netlink.link_exists(record["bridge"])))
+            found.append(
+                BridgeRecord(
+                    record["network"], record["bridge"], record["subnet"], netlink.link_exists(record["bridge"]),
+                    record.get("gateway", ""),
+                )
+            )
         return found
 
     def _bridge_record(self, network: str) -> Path:
@@ -228,8 +239,10 @@ class Networking:
             netns_fd = self._open_netns(spec.container_id, process)
             try:
                 # Before any plumbing: a delete of the state dir, even after a crash right here, unplugs first.
-                statefiles.write_atomic(str(marker), json.dumps({"bridge": spec.bridge, "address": spec.address}))
-                netlink.connect(netns_fd, host_end, spec.bridge, spec.address, spec.prefix_length, spec.gateway)
+                # The ports too, so a lost state record can be rebuilt with them (system check --rebuild-state).
+                connection = {"bridge": spec.bridge, "address": spec.address, "ports": [asdict(p) for p in spec.ports]}
+                statefiles.write_atomic(str(marker), json.dumps(connection))
+                netlink.connect(netns_fd, host_end, spec.bridge, spec.address, spec.prefix_length, spec.gateway, self._alias)
             except BaseException:
                 marker.unlink(missing_ok=True)
                 raise

@@ -82,6 +82,11 @@ def confine_child(security: dict | None, env, programs) -> list:
 
 def run_child(spec: dict, status_fd: int, console_fd: int, programs) -> None:
     """In the forked child, inside every namespace: never returns."""
+    # Open until the exec, to report a failure before it, and closed by it: the command must not
+    # inherit them (a background process holding the status pipe kept `exec` waiting for its end).
+    for fd in (status_fd, console_fd):
+        if fd >= 0:
+            os.set_inheritable(fd, False)
     try:
         try:
             os.chdir(spec["cwd"] or "/")

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from services.common.errors import InvalidArgument
+from services.common.limits import check_exec_size
 from services.common import linux as flags
 from services.common.security import TmpfsMount
 from services.executor.cgroups import SHIMS_CGROUP, Limits, validate_limits
@@ -282,6 +283,10 @@ def check_env(plan: ContainerPlan) -> None:
         _no_nul(entry, "an environment entry")
 
 
+def check_exec_limits(plan: ContainerPlan) -> None:
+    check_exec_size(plan.args, plan.env)
+
+
 def check_cwd(plan: ContainerPlan) -> None:
     _no_nul(plan.cwd, "the working directory")
     if not posixpath.isabs(plan.cwd):
@@ -309,6 +314,7 @@ CHECKS: tuple[Callable[[ContainerPlan], None], ...] = (
     check_rootfs,
     check_args,
     check_env,
+    check_exec_limits,
     check_cwd,
     check_stdio,
     check_mounts,

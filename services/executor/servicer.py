@@ -21,8 +21,9 @@ CGROUP_PARENT_ENV = "MYDOCKER_CGROUP_PARENT"
 
 
 def build_core(config: Config, cgroup_root: Path = DEFAULT_CGROUP_ROOT, cgroup_parent: str | None = None) -> ExecutorCore:
-    """The core for this host: cgroup mode detected now, parent from MYDOCKER_CGROUP_PARENT unless given."""
+    """The core for this host: cgroup mode detected now, parent from MYDOCKER_CGROUP_PARENT unless given, else the instance's."""
     parent = cgroup_parent if cgroup_parent is not None else os.environ.get(CGROUP_PARENT_ENV)
+    parent = parent or config.default_cgroup_parent()
     layout = CgroupLayout.from_host(cgroup_root, parent)
     layout.prepare(os.getpid())
     return ExecutorCore(config, layout, detect_cgroup_mode(cgroup_root))
@@ -108,7 +109,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         return pb.ListCgroupsResponse(container_ids=container_ids, parent=parent)
 
     def Logs(self, request, context):
-        since = request.since.ToNanoseconds() if request.HasField("since") else 0
+        since = convert.since_nanoseconds(request)
         for entry in self._core.logs(request.id, request.follow, request.tail, since, context.is_active):
             yield convert.log_entry_to_proto(entry)
 
@@ -148,9 +149,12 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         self._networking.disconnect(request.container_id)
         return pb.DisconnectContainerResponse()
 
+    def ListContainerRecords(self, request, context):
+        return pb.ListContainerRecordsResponse(records=[convert.saved_to_proto(s) for s in self._core.list_records()])
+
     def ListBridges(self, request, context):
         bridges = [
-            pb.Bridge(network=b.network, bridge_name=b.bridge, subnet=b.subnet, present=b.present)
+            pb.Bridge(network=b.network, bridge_name=b.bridge, subnet=b.subnet, present=b.present, gateway=b.gateway)
             for b in self._networking.list_bridges()
         ]
         return pb.ListBridgesResponse(bridges=bridges)

@@ -1,21 +1,19 @@
 """Per-container shim, forked by the launcher: parent and reaper of the container's init; holds its stdio, log and exit."""
 
 import _signal as signal
+import errno
 import posix
 import select
-import sys
 import time
 
 from services.executor import framing, logfmt, statefiles
+from services.executor.shim_attach import _POLL_IN, READ_SIZE, AttachMixin
 
-READ_SIZE = 64 * 1024
-# Output kept for the first attach client when the container starts before it connects.
-PREATTACH_LIMIT = 1 << 20
 # After the container exits, how long to wait for its last output and for a first attach client.
 DRAIN_SECONDS = 2.0
 LINGER_SECONDS = 5.0
-CLIENT_SEND_TIMEOUT = 5.0
-_POLL_IN = select.POLLIN | select.POLLHUP | select.POLLERR
+# A full disk (or quota) under the log: ENOSPC, EDQUOT. The output is dropped, the container goes on.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def fail(state_dir, message):
@@ -27,18 +25,15 @@ def fail(state_dir, message):
     statefiles.notify(state_dir)
 
 
-class Client:
-    """One attach connection: frames in, frames out."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.reader = framing.FrameReader()
-
-    def send(self, frame):
-        self.sock.sendall(frame)
+def note(message):
+    """A line for shim.log; lost if that cannot be written either, which must not stop the container's shim."""
+    try:
+        posix.write(2, (message + "\n").encode())
+    except OSError:
+        pass  # shim.log is only a diagnostic: the container and its exit matter more
 
 
-class Shim:
+class Shim(AttachMixin):
     def __init__(self, options):
         self.state_dir = options["state"]
         self.log_path = options["log"]
@@ -65,6 +60,7 @@ class Shim:
         self.ready = False
         self.errored = False
         self.listener = None
+        self.dropped = 0  # log lines dropped since the disk filled up
 
     def path(self, name):
         return f"{self.state_dir}/{name}"
@@ -276,150 +272,23 @@ class Shim:
             return
         now = time.time_ns()
         data = b"".join(logfmt.encode_entry(stream, line, now) for line in lines)
-        while data:
-            data = data[posix.write(self.log_fd, data):]
-
-    def forward(self, kind, data):
-        for start in range(0, len(data), framing.MAX_PAYLOAD):
-            frame = framing.encode(kind, data[start:start + framing.MAX_PAYLOAD])
-            if not self.ever_attached:
-                self.preattach.append(frame)
-                self.preattach_size += len(frame)
-                while self.preattach_size > PREATTACH_LIMIT and len(self.preattach) > 1:
-                    self.preattach_size -= len(self.preattach.pop(0))
-            for fd in list(self.clients):
-                self.send(fd, frame)
-
-    def send(self, fd, frame):
-        client = self.clients.get(fd)
-        if client is None:
-            return
+        written = 0
         try:
-            client.send(frame)
-        except OSError:
-            # Gone or stuck past the send timeout: drop it, the container goes on.
-            self.drop_client(fd)
-
-    # -- attach clients ----------------------------------------------------------------------
-
-    def on_accept(self, fd, events):
-        try:
-            conn_fd, _ = self.listener._accept()
-        except BlockingIOError:
+            while written < len(data):
+                written += posix.write(self.log_fd, data[written:])
+        except OSError as err:
+            if err.errno not in _NO_SPACE:
+                raise
+            if written:
+                # Part of a line went out: take it back, so the log stays whole json-file lines for `logs`.
+                posix.ftruncate(self.log_fd, posix.fstat(self.log_fd).st_size - written)
+            if not self.dropped:
+                note(f"shim: {self.log_path}: {err.strerror}: dropping output until there is room")
+            self.dropped += len(lines)
             return
-        import _socket
-
-        sock = _socket.socket(fileno=conn_fd)
-        sock.settimeout(CLIENT_SEND_TIMEOUT)
-        self.clients[conn_fd] = Client(sock)
-        self.watch(conn_fd, self.on_client)
-        if not self.ever_attached:
-            self.ever_attached = True
-            backlog, self.preattach = self.preattach, []
-            for frame in backlog:
-                self.send(conn_fd, frame)
-
-    def on_client(self, fd, events):
-        client = self.clients.get(fd)
-        if client is None:
-            return
-        try:
-            data = client.sock.recv(READ_SIZE)
-        except (BlockingIOError, TimeoutError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.drop_client(fd)
-            return
-        try:
-            frames = client.reader.feed(data)
-        except framing.FrameError:
-            self.drop_client(fd)
-            return
-        for kind, payload in frames:
-            self.on_frame(kind, payload)
-
-    def drop_client(self, fd):
-        client = self.clients.pop(fd, None)
-        if client is None:
-            return
-        self.unwatch(fd)
-        client.sock.close()
-        if not self.clients and not self.terminal:
-            # Like docker's StdinOnce: input ends with the client that gave it.
-            self.close_stdin()
-
-    def on_frame(self, kind, payload):
-        if kind == framing.STDIN:
-            if self.stdin_fd >= 0 and not self.stdin_closing:
-                self.stdin_buffer += payload
-                self.flush_stdin()
-        elif kind == framing.CLOSE_STDIN:
-            if self.terminal:
-                # A terminal has no end of file; ^D at a line start is how a tty says it.
-                if self.stdin_fd >= 0:
-                    self.stdin_buffer += b"\x04"
-                    self.flush_stdin()
-            else:
-                self.stdin_closing = True
-                self.flush_stdin()
-        elif kind == framing.RESIZE and self.master >= 0:
-            self.set_window(*framing.decode_resize(payload))
-        elif kind == framing.SIGNAL and self.child and self.wait_status is None:
-            # We are its parent and have not reaped it: the pid cannot have been recycled.
-            posix.kill(self.child, framing.decode_int(payload))
-
-    def set_window(self, rows, cols):
-        # Imported here: only terminal containers pay for these modules.
-        import fcntl
-        import termios
-
-        winsize = rows.to_bytes(2, sys.byteorder) + cols.to_bytes(2, sys.byteorder) + bytes(4)
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, winsize)
-
-    def flush_stdin(self):
-        if self.stdin_fd < 0:
-            return
-        while self.stdin_buffer:
-            try:
-                written = posix.write(self.stdin_fd, self.stdin_buffer)
-            except BlockingIOError:
-                if self.stdin_fd == self.master:
-                    self.poll.modify(self.master, _POLL_IN | select.POLLOUT)
-                elif self.stdin_fd not in self.handlers:
-                    self.watch(self.stdin_fd, self.on_stdin_writable, select.POLLOUT)
-                return
-            except OSError:
-                # The container closed its stdin: drop what it will never read.
-                self.stdin_buffer = b""
-                self.close_stdin()
-                return
-            self.stdin_buffer = self.stdin_buffer[written:]
-        if self.stdin_fd == self.master:
-            if self.master in self.handlers:
-                self.poll.modify(self.master, _POLL_IN)
-        elif self.stdin_fd in self.handlers:
-            self.unwatch(self.stdin_fd)
-        if self.stdin_closing:
-            self.close_stdin()
-
-    def on_master(self, fd, events):
-        """The pty master carries both directions: output to read, input waiting for room."""
-        if events & select.POLLOUT:
-            self.flush_stdin()
-        if events & _POLL_IN:
-            self.on_output(fd, events)
-
-    def on_stdin_writable(self, fd, events):
-        self.flush_stdin()
-
-    def close_stdin(self):
-        if self.stdin_fd < 0 or self.stdin_fd == self.master:
-            return
-        self.unwatch(self.stdin_fd)
-        posix.close(self.stdin_fd)
-        self.stdin_fd = -1
+        if self.dropped:
+            note(f"shim: {self.log_path}: writing again; {self.dropped} line(s) dropped")
+            self.dropped = 0
 
     # -- exit --------------------------------------------------------------------------------
 

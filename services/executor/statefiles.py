@@ -20,6 +20,9 @@ SHIM_LOG = "shim.log"
 # Written before a container is plugged into a network, removed once it is unplugged: whoever
 # deletes the state dir knows there is a veth and rules to remove first.
 NETWORK = "network.json"
+# The CreateContainer request as given (window size cleared), the caller's record inside: what
+# `system check --rebuild-state` rebuilds a lost state record from. Never read by the executor itself.
+REQUEST = "request.pb"
 
 # Status file values; no file yet means creating, or created once the pid file exists (older shims wrote "created").
 CREATING = "creating"
@@ -59,11 +62,18 @@ def notify(state_dir: str) -> None:
 
 
 def read_text(path: str) -> str | None:
+    """The whole (small) file, None when it does not exist; raw fds: `ps` reads several per container."""
     try:
-        with open(path) as handle:
-            return handle.read()
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        chunks = []
+        while chunk := posix.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        posix.close(fd)
+    return b"".join(chunks).decode()
 
 
 def set_comm(name: str) -> None:

@@ -171,7 +171,57 @@ def container_to_proto(container: Container) -> state_pb2.Container:
     )
 
 
-def network_to_proto(network: Network) -> state_pb2.Network:
+# google.protobuf.Timestamp's own range, 0001-01-01 to 9999-12-31: a record outside it could never be
+# sent back (every later ListContainers would fail), so it is refused on the way in. The last second is
+# left out: records keep float seconds, which round 9999-12-31 23:59:59.999999999 up past the end.
+TIMESTAMP_SECONDS = range(-62135596800, 253402300799)
+
+
+def seconds(stamp: Timestamp) -> float:
+    if stamp.seconds not in TIMESTAMP_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        raise InvalidArgument(
+            f"invalid timestamp ({stamp.seconds} s, {stamp.nanos} ns): use a time from year 1 to 9999"
+        )
+    return stamp.ToNanoseconds() / 1e9
+
+
+def container_from_proto(message: state_pb2.Container) -> Container:
+    """A whole record from its proto (RestoreContainer); unset times stay None, an unset owner None."""
+    return Container(
+        id=message.id,
+        name=message.name,
+        image=message.image,
+        command=tuple(message.command),
+        env=tuple(message.env),
+        volumes=tuple(volume_from_proto(volume) for volume in message.volumes),
+        resources=resources_from_proto(message.resources),
+        network=message.network,
+        ports=tuple(port_from_proto(port) for port in message.ports),
+        ip=message.ip,
+        labels=dict(message.labels),
+        hostname=message.hostname,
+        working_dir=message.working_dir,
+        tty=message.tty,
+        stdin_open=message.stdin_open,
+        auto_remove=message.auto_remove,
+        status=status_from_proto(message.status),
+        created_at=seconds(message.created_at),
+        started_at=seconds(message.started_at) if message.HasField("started_at") else None,
+        finished_at=seconds(message.finished_at) if message.HasField("finished_at") else None,
+        pid=message.pid,
+        pid_start_time=message.pid_start_time,
+        shim_pid=message.shim_pid,
+        exit_code=message.exit_code,
+        oom_killed=message.oom_killed,
+        error=message.error,
+        owner=owner_from_proto(message.owner) if message.HasField("owner") else None,
+        security=security_from_proto(message.security),
+        image_id=message.image_id,
+        stop_signal=message.stop_signal,
+    )
+
+
+def network_to_proto(network: Network, instance: str) -> state_pb2.Network:
     return state_pb2.Network(
         name=network.name,
         driver=network.driver,
@@ -179,7 +229,7 @@ def network_to_proto(network: Network) -> state_pb2.Network:
         gateway=network.gateway,
         labels=network.labels,
         created_at=timestamp(network.created_at),
-        bridge=network.bridge,
+        bridge=network.bridge(instance),
     )
 
 

@@ -11,40 +11,30 @@ from collections.abc import Callable, Iterable, Mapping
 
 from services.common.config import VERSION
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from services.common.netnames import bridge_name
-from services.state import ipam
 from services.state.model import (
-    GATEWAY_OWNER,
     HOSTNAME_MAX_LENGTH,
-    AddressAllocation,
-    AddressAssignment,
     Container,
     ContainerSpec,
     ContainerStatus,
-    Network,
     Owner,
     PortMapping,
     ServiceInfo,
     check_transition,
     ports_clash,
-    validate_network_name,
     validate_owner,
     validate_spec,
 )
+from services.state.core_networks import NetworksMixin
+from services.state.require import require as _require
+from services.state.require import require_container as _require_container
 from services.state.store import Store, Transaction
 
-NETWORK_DRIVER = "bridge"
 _CONTAINER_ID_LOWEST = 10**9  # ten digits, the first one non-zero
 _CONTAINER_ID_COUNT = 9 * 10**9
 # Statuses of records that a multi-step operation (the CLI's run or rm) is in the middle of.
 IN_PROGRESS_STATUSES = (ContainerStatus.CREATED, ContainerStatus.REMOVING)
 
 log = logging.getLogger(__name__)
-
-
-def _require(value: str, what: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{what} is empty: it is required")
 
 
 def _parse_status(status: ContainerStatus | str) -> ContainerStatus:
@@ -55,27 +45,23 @@ def _parse_status(status: ContainerStatus | str) -> ContainerStatus:
         raise InvalidArgument(f'unknown container status "{status}": use one of {allowed}') from None
 
 
-def _require_container(transaction: Transaction, container_id: str) -> Container:
-    container = transaction.get_container(container_id)
-    if container is None:
-        raise NotFound(f"no such container: {container_id}")
-    return container
-
-
-def _require_network(transaction: Transaction, name: str) -> Network:
-    network = transaction.get_network(name)
-    if network is None:
-        raise NotFound(f"no such network: {name}")
-    return network
-
-
-class StateCore:
+class StateCore(NetworksMixin):
     """The StateService RPCs over plain dataclasses; every write is one store transaction."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time, version: str = VERSION):
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        version: str = VERSION,
+        damaged_database: str = "",
+        instance: str = "",
+    ):
+        # Which mydocker instance this is (Config.instance): bridge names depend on it.
+        self.instance = instance
         self._store = store
         self._clock = clock
         self._version = version
+        self._damaged_database = damaged_database
 
     def info(self) -> ServiceInfo:
         schema_version = self._store.schema_version
@@ -89,6 +75,7 @@ class StateCore:
             containers=containers,
             networks=networks,
             pid=os.getpid(),
+            damaged_database=self._damaged_database,
         )
 
     def start(self) -> dict[ContainerStatus, list[Container]]:
@@ -241,7 +228,7 @@ class StateCore:
                 f"container {container_id} cannot be marked running with pid {pid} and pid start time "
                 f"{pid_start_time}: give the positive pid and start time of its process"
             )
-        with self._store.write() as transaction:
+        with self._store.write(may_use_reserve=True) as transaction:
             current = _require_container(transaction, container_id)
             check_transition(current.status, target, f"container {container_id}")
             now = self._clock()
@@ -268,7 +255,7 @@ class StateCore:
     def delete_container(self, container_id: str) -> Container:
         """Delete a record and release its addresses; returns the record as it was."""
         _require(container_id, "container id")
-        with self._store.write() as transaction:
+        with self._store.write(may_use_reserve=True) as transaction:
             container = _require_container(transaction, container_id)
             if container.status is ContainerStatus.RUNNING:
                 raise FailedPrecondition(f"container {container_id} is running: stop it before removing it")
@@ -276,130 +263,8 @@ class StateCore:
             transaction.delete_container(container_id)
         return container
 
-    # Networks.
+    def restore_container(self, container: Container) -> Container:
+        """Store a whole record as given (`system check --rebuild-state`); see services/state/restore.py."""
+        from services.state.restore import restore_container
 
-    def create_network(
-        self,
-        name: str,
-        driver: str = "",
-        subnet: str = "",
-        gateway: str = "",
-        labels: Mapping[str, str] | None = None,
-    ) -> Network:
-        validate_network_name(name)
-        driver = driver or NETWORK_DRIVER
-        if driver != NETWORK_DRIVER:
-            raise InvalidArgument(f'unsupported network driver "{driver}": use "{NETWORK_DRIVER}"')
-        if not subnet:
-            raise InvalidArgument("the subnet is empty: give one in CIDR form such as 10.20.0.0/24")
-        parsed_subnet = ipam.parse_subnet(subnet)
-        gateway_address = (
-            ipam.parse_gateway(parsed_subnet, gateway) if gateway else ipam.default_gateway(parsed_subnet)
-        )
-        with self._store.write() as transaction:
-            if transaction.get_network(name) is not None:
-                raise AlreadyExists(
-                    f'network name "{name}" is already in use: choose another name or remove that network'
-                )
-            bridge = bridge_name(name)
-            for other in transaction.list_networks():
-                if other.bridge == bridge:
-                    raise AlreadyExists(
-                        f'network name "{name}" maps to bridge {bridge}, already used by network {other.name}: '
-                        "choose another name"
-                    )
-                if ipam.subnets_overlap(parsed_subnet, ipam.parse_subnet(other.subnet)):
-                    raise FailedPrecondition(
-                        f"subnet {parsed_subnet} overlaps subnet {other.subnet} of network {other.name}: "
-                        "choose a subnet outside it"
-                    )
-            network = Network(
-                name=name,
-                driver=driver,
-                subnet=str(parsed_subnet),
-                gateway=str(gateway_address),
-                labels=dict(labels or {}),
-                created_at=self._clock(),
-            )
-            transaction.insert_network(network)
-            transaction.insert_allocation(name, int(gateway_address), GATEWAY_OWNER)
-        return network
-
-    def get_network(self, name: str) -> tuple[Network, list[AddressAllocation]]:
-        """The network and its allocations, gateway included, lowest address first."""
-        _require(name, "network name")
-        with self._store.read() as transaction:
-            return _require_network(transaction, name), transaction.list_allocations(name)
-
-    def list_networks(self) -> list[Network]:
-        with self._store.read() as transaction:
-            return transaction.list_networks()
-
-    def delete_network(self, name: str) -> Network:
-        """Delete a network and its gateway reservation; returns the record as it was."""
-        _require(name, "network name")
-        with self._store.write() as transaction:
-            network = _require_network(transaction, name)
-            holders = [
-                allocation.owner
-                for allocation in transaction.list_allocations(name)
-                if allocation.owner != GATEWAY_OWNER
-            ]
-            if holders:
-                raise FailedPrecondition(
-                    f"network {name} is in use by containers {', '.join(holders)}: "
-                    "remove them or release their addresses first"
-                )
-            transaction.delete_allocations_of_network(name)
-            transaction.delete_network(name)
-        return network
-
-    # IP allocations.
-
-    def allocate_address(self, network: str, container_id: str) -> AddressAssignment:
-        """Give the container the lowest free host address of the network and record it as its ip."""
-        _require(network, "network name")
-        _require(container_id, "container id")
-        with self._store.write() as transaction:
-            network_record = _require_network(transaction, network)
-            container = _require_container(transaction, container_id)
-            held = transaction.get_allocation(network, container_id)
-            if held is not None:
-                raise FailedPrecondition(
-                    f"container {container_id} already holds {held.address} in network {network}: release it first"
-                )
-            subnet = ipam.parse_subnet(network_record.subnet)
-            address = ipam.lowest_free_address(subnet, transaction.used_addresses(network))
-            if address is None:
-                raise FailedPrecondition(
-                    f"network {network} ({network_record.subnet}) has no free address: "
-                    "remove a container from it or use a larger subnet"
-                )
-            allocation = transaction.insert_allocation(network, address, container_id)
-            transaction.update_container(dataclasses.replace(container, ip=allocation.address))
-        return AddressAssignment(
-            allocation=allocation, prefix_length=subnet.prefixlen, gateway=network_record.gateway
-        )
-
-    def release_address(self, network: str, container_id: str) -> AddressAllocation:
-        """Free the address a container holds in a network and clear its ip; returns what was freed."""
-        _require(network, "network name")
-        _require(container_id, "container id")
-        if container_id == GATEWAY_OWNER:
-            raise InvalidArgument("the gateway address cannot be released: delete the network instead")
-        with self._store.write() as transaction:
-            allocation = transaction.get_allocation(network, container_id)
-            if allocation is None:
-                raise NotFound(f"container {container_id} holds no address in network {network}")
-            transaction.delete_allocation(network, container_id)
-            container = transaction.get_container(container_id)
-            if container is not None and container.ip == allocation.address:
-                transaction.update_container(dataclasses.replace(container, ip=""))
-        return allocation
-
-    def list_addresses(self, network: str) -> list[AddressAllocation]:
-        """Allocations of one network, gateway included, lowest address first."""
-        _require(network, "network name")
-        with self._store.read() as transaction:
-            _require_network(transaction, network)
-            return transaction.list_allocations(network)
+        return restore_container(self._store, container)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from services.common.errors import InvalidArgument, InvalidTransition
+from services.common.limits import check_exec_size
 from services.common.netnames import bridge_name
 from services.common.security import SecurityOptions, check_options
 from services.common.types import Volume
@@ -172,10 +173,9 @@ class Network:
     labels: dict[str, str]
     created_at: float
 
-    @property
-    def bridge(self) -> str:
-        """The host bridge interface; derived from the name, so it needs no column of its own."""
-        return bridge_name(self.name)
+    def bridge(self, instance: str) -> str:
+        """The host bridge interface in mydocker instance `instance`; derived, so it needs no column of its own."""
+        return bridge_name(self.name, instance)
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,8 @@ class ServiceInfo:
     containers: int
     networks: int
     pid: int
+    # Where a damaged database was moved at start (--set-aside-damaged-db); "" when none was.
+    damaged_database: str = ""
 
 
 CONTAINER_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
@@ -373,5 +375,7 @@ def validate_spec(spec: ContainerSpec) -> None:
         if empty_means_default and not value:
             continue
         check(value)
+    # Before any record: a command execve could not take would only fail in the shim, after everything was made.
+    check_exec_size(spec.command, spec.env)
     check_options(spec.security)
     validate_mount_points(spec)

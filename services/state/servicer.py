@@ -20,6 +20,7 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
             containers=info.containers,
             networks=info.networks,
             pid=info.pid,
+            damaged_database=info.damaged_database,
         )
 
     def CreateContainer(self, request, context):
@@ -57,26 +58,30 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
         container = self._core.delete_container(request.id)
         return state_pb2.DeleteContainerResponse(container=convert.container_to_proto(container))
 
+    def RestoreContainer(self, request, context):
+        container = self._core.restore_container(convert.container_from_proto(request.container))
+        return state_pb2.RestoreContainerResponse(container=convert.container_to_proto(container))
+
     def CreateNetwork(self, request, context):
         network = self._core.create_network(
             request.name, request.driver, request.subnet, request.gateway, dict(request.labels)
         )
-        return state_pb2.CreateNetworkResponse(network=convert.network_to_proto(network))
+        return state_pb2.CreateNetworkResponse(network=convert.network_to_proto(network, self._core.instance))
 
     def GetNetwork(self, request, context):
         network, allocations = self._core.get_network(request.name)
         return state_pb2.GetNetworkResponse(
-            network=convert.network_to_proto(network),
+            network=convert.network_to_proto(network, self._core.instance),
             allocations=[convert.allocation_to_proto(a) for a in allocations],
         )
 
     def ListNetworks(self, request, context):
         networks = self._core.list_networks()
-        return state_pb2.ListNetworksResponse(networks=[convert.network_to_proto(n) for n in networks])
+        return state_pb2.ListNetworksResponse(networks=[convert.network_to_proto(n, self._core.instance) for n in networks])
 
     def DeleteNetwork(self, request, context):
         network = self._core.delete_network(request.name)
-        return state_pb2.DeleteNetworkResponse(network=convert.network_to_proto(network))
+        return state_pb2.DeleteNetworkResponse(network=convert.network_to_proto(network, self._core.instance))
 
     def AllocateAddress(self, request, context):
         assignment = self._core.allocate_address(request.network, request.container_id)

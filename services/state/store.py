@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 import threading
@@ -11,192 +10,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition
-from services.common.security import security_from_dict, security_to_dict
-from services.state import ipam
-from services.state.model import (
-    AddressAllocation,
-    Container,
-    ContainerStatus,
-    Network,
-    Owner,
-    PortMapping,
-    Resources,
-    Volume,
+from services.common.nospace import free_bytes, is_no_space, make_reserve, no_space_error, release_reserve
+from services.state import dbfile, ipam
+from services.state.model import AddressAllocation, Container, ContainerStatus, Network
+from services.state.rows import (
+    CONTAINER_MUTABLE_COLUMNS,
+    container_to_row,
+    row_to_allocation,
+    row_to_container,
+    row_to_network,
 )
+from services.state.schema import MIGRATIONS, SCHEMA_VERSION  # noqa: F401 (SCHEMA_VERSION: this module's API too)
 
-# Each migration is a list of statements run in one transaction; user_version
-# counts the migrations applied. Append new migrations; never edit old ones.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """
-        CREATE TABLE containers (
-            id TEXT PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            image TEXT NOT NULL,
-            command TEXT NOT NULL,
-            env TEXT NOT NULL,
-            volumes TEXT NOT NULL,
-            resources TEXT NOT NULL,
-            network TEXT NOT NULL,
-            ports TEXT NOT NULL,
-            ip TEXT NOT NULL,
-            labels TEXT NOT NULL,
-            hostname TEXT NOT NULL,
-            working_dir TEXT NOT NULL,
-            tty INTEGER NOT NULL,
-            stdin_open INTEGER NOT NULL,
-            auto_remove INTEGER NOT NULL,
-            status TEXT NOT NULL
-                CHECK (status IN ('created', 'running', 'stopped', 'exited', 'removing')),
-            created_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            pid INTEGER NOT NULL,
-            pid_start_time INTEGER NOT NULL,
-            shim_pid INTEGER NOT NULL,
-            exit_code INTEGER NOT NULL,
-            oom_killed INTEGER NOT NULL,
-            error TEXT NOT NULL
-        ) STRICT
-        """,
-        "CREATE INDEX containers_by_age ON containers (created_at, id)",
-        """
-        CREATE TABLE networks (
-            name TEXT PRIMARY KEY,
-            driver TEXT NOT NULL,
-            subnet TEXT NOT NULL UNIQUE,
-            gateway TEXT NOT NULL,
-            labels TEXT NOT NULL,
-            created_at REAL NOT NULL
-        ) STRICT
-        """,
-        """
-        CREATE TABLE ip_allocations (
-            network TEXT NOT NULL REFERENCES networks (name),
-            address INTEGER NOT NULL,
-            owner TEXT NOT NULL,
-            PRIMARY KEY (network, address),
-            UNIQUE (network, owner)
-        ) STRICT
-        """,
-        "CREATE INDEX ip_allocations_by_owner ON ip_allocations (owner)",
-    ),
-    # 2: the owner of a CREATED or REMOVING record; 0 and 0 mean none, which is what older rows get.
-    (
-        "ALTER TABLE containers ADD COLUMN owner_pid INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE containers ADD COLUMN owner_pid_start_time INTEGER NOT NULL DEFAULT 0",
-    ),
-    # 3: security options (issue #10), as JSON of the fields that differ from the defaults; older rows: defaults.
-    ("ALTER TABLE containers ADD COLUMN security TEXT NOT NULL DEFAULT '{}'",),
-    # 4: the image id and the image's stop signal (issue #11); older rows: "" for both.
-    (
-        "ALTER TABLE containers ADD COLUMN image_id TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE containers ADD COLUMN stop_signal TEXT NOT NULL DEFAULT ''",
-    ),
-)
-
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_CONTAINER_COLUMNS = (
-    "id", "name", "image", "command", "env", "volumes", "resources", "network", "ports", "ip",
-    "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "status",
-    "created_at", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid",
-    "exit_code", "oom_killed", "error", "owner_pid", "owner_pid_start_time", "security",
-    "image_id", "stop_signal",
-)
-# The only columns that change after creation; everything else is immutable by contract.
-_CONTAINER_MUTABLE_COLUMNS = (
-    "ip", "status", "started_at", "finished_at", "pid", "pid_start_time", "shim_pid",
-    "exit_code", "oom_killed", "error", "owner_pid", "owner_pid_start_time",
-)
-
-
-def _container_to_row(container: Container) -> dict[str, object]:
-    return {
-        "id": container.id,
-        "name": container.name,
-        "image": container.image,
-        "command": json.dumps(list(container.command)),
-        "env": json.dumps(list(container.env)),
-        "volumes": json.dumps([dataclasses.asdict(volume) for volume in container.volumes]),
-        "resources": json.dumps(dataclasses.asdict(container.resources)),
-        "network": container.network,
-        "ports": json.dumps([dataclasses.asdict(port) for port in container.ports]),
-        "ip": container.ip,
-        "labels": json.dumps(container.labels),
-        "hostname": container.hostname,
-        "working_dir": container.working_dir,
-        "tty": int(container.tty),
-        "stdin_open": int(container.stdin_open),
-        "auto_remove": int(container.auto_remove),
-        "status": container.status.value,
-        "created_at": container.created_at,
-        "started_at": container.started_at,
-        "finished_at": container.finished_at,
-        "pid": container.pid,
-        "pid_start_time": container.pid_start_time,
-        "shim_pid": container.shim_pid,
-        "exit_code": container.exit_code,
-        "oom_killed": int(container.oom_killed),
-        "error": container.error,
-        "owner_pid": container.owner.pid if container.owner else 0,
-        "owner_pid_start_time": container.owner.pid_start_time if container.owner else 0,
-        "security": json.dumps(security_to_dict(container.security)),
-        "image_id": container.image_id,
-        "stop_signal": container.stop_signal,
-    }
-
-
-def _row_to_container(row: sqlite3.Row) -> Container:
-    return Container(
-        id=row["id"],
-        name=row["name"],
-        image=row["image"],
-        command=tuple(json.loads(row["command"])),
-        env=tuple(json.loads(row["env"])),
-        volumes=tuple(Volume(**volume) for volume in json.loads(row["volumes"])),
-        resources=Resources(**json.loads(row["resources"])),
-        network=row["network"],
-        ports=tuple(PortMapping(**port) for port in json.loads(row["ports"])),
-        ip=row["ip"],
-        labels=json.loads(row["labels"]),
-        hostname=row["hostname"],
-        working_dir=row["working_dir"],
-        tty=bool(row["tty"]),
-        stdin_open=bool(row["stdin_open"]),
-        auto_remove=bool(row["auto_remove"]),
-        status=ContainerStatus(row["status"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        pid=row["pid"],
-        pid_start_time=row["pid_start_time"],
-        shim_pid=row["shim_pid"],
-        exit_code=row["exit_code"],
-        oom_killed=bool(row["oom_killed"]),
-        error=row["error"],
-        owner=Owner(row["owner_pid"], row["owner_pid_start_time"]) if row["owner_pid"] else None,
-        security=security_from_dict(json.loads(row["security"])),
-        image_id=row["image_id"],
-        stop_signal=row["stop_signal"],
-    )
-
-
-def _row_to_network(row: sqlite3.Row) -> Network:
-    return Network(
-        name=row["name"],
-        driver=row["driver"],
-        subnet=row["subnet"],
-        gateway=row["gateway"],
-        labels=json.loads(row["labels"]),
-        created_at=row["created_at"],
-    )
-
-
-def _row_to_allocation(row: sqlite3.Row) -> AddressAllocation:
-    return AddressAllocation(
-        network=row["network"], address=ipam.int_to_address(row["address"]), owner=row["owner"]
-    )
+# Space kept back beside the database (state.db.reserve) and given up, on a nearly full disk, for writes
+# that undo or remove (a failed run's record deleted, rm): SQLite's WAL needs room for those too.
+RESERVE_BYTES = 1 << 20
 
 
 class Transaction:
@@ -218,11 +46,11 @@ class Transaction:
 
     def get_container(self, container_id: str) -> Container | None:
         row = self._one("SELECT * FROM containers WHERE id = ?", (container_id,))
-        return _row_to_container(row) if row else None
+        return row_to_container(row) if row else None
 
     def get_container_by_name(self, name: str) -> Container | None:
         row = self._one("SELECT * FROM containers WHERE name = ?", (name,))
-        return _row_to_container(row) if row else None
+        return row_to_container(row) if row else None
 
     def container_ids_with_prefix(self, prefix: str) -> list[str]:
         # substr rather than LIKE so that "%" and "_" in a reference match literally.
@@ -252,7 +80,7 @@ class Transaction:
             parameters.append(network)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._all(f"SELECT * FROM containers {where} ORDER BY created_at, id", parameters)
-        containers = [_row_to_container(row) for row in rows]
+        containers = [row_to_container(row) for row in rows]
         wanted_labels = dict(labels or {})
         return [
             container
@@ -261,7 +89,7 @@ class Transaction:
         ]
 
     def insert_container(self, container: Container) -> None:
-        row = _container_to_row(container)
+        row = container_to_row(container)
         self._connection.execute(
             f"INSERT INTO containers ({', '.join(row)}) VALUES ({', '.join(':' + column for column in row)})",
             row,
@@ -269,8 +97,8 @@ class Transaction:
 
     def update_container(self, container: Container) -> None:
         """Write the mutable columns of an existing record."""
-        row = _container_to_row(container)
-        assignments = ", ".join(f"{column} = :{column}" for column in _CONTAINER_MUTABLE_COLUMNS)
+        row = container_to_row(container)
+        assignments = ", ".join(f"{column} = :{column}" for column in CONTAINER_MUTABLE_COLUMNS)
         self._connection.execute(f"UPDATE containers SET {assignments} WHERE id = :id", row)
 
     def delete_container(self, container_id: str) -> None:
@@ -283,10 +111,10 @@ class Transaction:
 
     def get_network(self, name: str) -> Network | None:
         row = self._one("SELECT * FROM networks WHERE name = ?", (name,))
-        return _row_to_network(row) if row else None
+        return row_to_network(row) if row else None
 
     def list_networks(self) -> list[Network]:
-        return [_row_to_network(row) for row in self._all("SELECT * FROM networks ORDER BY name")]
+        return [row_to_network(row) for row in self._all("SELECT * FROM networks ORDER BY name")]
 
     def insert_network(self, network: Network) -> None:
         self._connection.execute(
@@ -306,7 +134,7 @@ class Transaction:
 
     def list_allocations(self, network: str) -> list[AddressAllocation]:
         rows = self._all("SELECT * FROM ip_allocations WHERE network = ? ORDER BY address", (network,))
-        return [_row_to_allocation(row) for row in rows]
+        return [row_to_allocation(row) for row in rows]
 
     def used_addresses(self, network: str) -> set[int]:
         rows = self._all("SELECT address FROM ip_allocations WHERE network = ?", (network,))
@@ -314,7 +142,7 @@ class Transaction:
 
     def get_allocation(self, network: str, owner: str) -> AddressAllocation | None:
         row = self._one("SELECT * FROM ip_allocations WHERE network = ? AND owner = ?", (network, owner))
-        return _row_to_allocation(row) if row else None
+        return row_to_allocation(row) if row else None
 
     def insert_allocation(self, network: str, address: int, owner: str) -> AddressAllocation:
         self._connection.execute(
@@ -345,7 +173,7 @@ class Store:
     them instead, and every transaction is short (no I/O but the database's own).
     """
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 30_000):
+    def __init__(self, path: Path, busy_timeout_ms: int = 30_000, check: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -353,9 +181,21 @@ class Store:
         # behind our back; read() and write() issue BEGIN themselves.
         self._connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._connection.row_factory = sqlite3.Row
+        self._reserve = self.path.with_name(self.path.name + ".reserve")
+        self._reserve_missing = True
         try:
+            self._identity = dbfile.FileIdentity.of(self.path)
             self._configure(busy_timeout_ms)
+            if check:
+                problem = dbfile.integrity_check(self._connection)
+                if problem:
+                    raise dbfile.DamagedDatabase(self.path, problem)
             self._migrate()
+        except sqlite3.DatabaseError as err:
+            self._connection.close()
+            if dbfile.is_damage(err):
+                raise dbfile.DamagedDatabase(self.path, str(err)) from None
+            raise
         except BaseException:
             self._connection.close()
             raise
@@ -393,32 +233,64 @@ class Store:
         with self._lock:
             return self._read_schema_version()
 
+    def _begin(self, statement: str) -> None:
+        """BEGIN, once the path still names the file we opened: never serve (or write into) an unlinked database."""
+        dbfile.check_identity(self.path, self._identity)
+        try:
+            self._connection.execute(statement)
+        except sqlite3.DatabaseError as err:
+            if dbfile.is_damage(err):
+                raise dbfile.DamagedDatabase(self.path, str(err)) from None
+            raise
+
     @contextmanager
     def read(self) -> Iterator[Transaction]:
         """A consistent snapshot for queries; writes through it are a bug."""
         with self._lock:
-            self._connection.execute("BEGIN")
+            self._begin("BEGIN")
             try:
                 yield Transaction(self._connection)
+            except sqlite3.DatabaseError as err:
+                if dbfile.is_damage(err):
+                    raise dbfile.DamagedDatabase(self.path, str(err)) from None
+                raise
             finally:
                 self._connection.execute("ROLLBACK")
 
     @contextmanager
-    def write(self) -> Iterator[Transaction]:
+    def write(self, may_use_reserve: bool = False) -> Iterator[Transaction]:
         """A write transaction, committed when the block ends and rolled back if it raises.
 
         BEGIN IMMEDIATE takes the write lock up front, so a read-modify-write
         (a unique id, the lowest free address) cannot race another writer.
+        A full disk is NoSpace, after the rollback; `may_use_reserve` (deletes and status changes, which
+        undo or remove) gives up the reserve file first when the disk is nearly full.
         """
-        with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
+        with self._lock, self._full_disk(may_use_reserve):
+            self._begin("BEGIN IMMEDIATE")
             try:
                 yield Transaction(self._connection)
                 self._connection.execute("COMMIT")
-            except BaseException:
+            except BaseException as err:
                 if self._connection.in_transaction:
                     self._connection.execute("ROLLBACK")
+                if isinstance(err, sqlite3.DatabaseError) and dbfile.is_damage(err):
+                    raise dbfile.DamagedDatabase(self.path, str(err)) from None
                 raise
+
+    @contextmanager
+    def _full_disk(self, may_use_reserve: bool) -> Iterator[None]:
+        """NoSpace for SQLite's "disk is full"; the reserve given up for undo, made again once there is room."""
+        if may_use_reserve and free_bytes(self.path.parent) < RESERVE_BYTES and release_reserve(self._reserve):
+            self._reserve_missing = True
+        try:
+            yield
+        except (OSError, sqlite3.OperationalError) as err:
+            if is_no_space(err):
+                raise no_space_error("writing the state database", self.path.parent, err) from err
+            raise
+        if self._reserve_missing:
+            self._reserve_missing = not make_reserve(self._reserve, RESERVE_BYTES)
 
     def close(self) -> None:
         with self._lock:

@@ -16,10 +16,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.common import nospace
 from services.common.config import VERSION, Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.storage import commit as commit_mod
 from services.storage import mountinfo, reconcile
+from services.storage.core_commit import CommitMixin
 from services.storage.core_images import ImagesMixin
 from services.storage.core_registry import RegistryMixin
 from services.storage.fsutil import disk_usage
@@ -46,7 +48,7 @@ from services.storage.volumes import normalize_volumes
 log = logging.getLogger(__name__)
 
 
-class StorageCore(ImagesMixin, RegistryMixin):
+class StorageCore(ImagesMixin, CommitMixin, RegistryMixin):
     def __init__(self, config: Config):
         self.config = config
         self.paths = StoragePaths.at(config.root)
@@ -158,7 +160,8 @@ class StorageCore(ImagesMixin, RegistryMixin):
         if not image:
             raise InvalidArgument("the image reference is required")
         volumes = normalize_volumes(volumes)
-        with self._container_lock(container_id):
+        doing = f'creating the rootfs of container {container_id} (image "{image}")'
+        with self._container_lock(container_id), nospace.converted(doing, self.paths.root):
             record = self.rootfs.read(container_id)
             if record is not None:
                 return self._reprepare(record, image, image_id, volumes)
@@ -217,9 +220,11 @@ class StorageCore(ImagesMixin, RegistryMixin):
             )
         for layer in image.layers:
             if layer.diff_id in missing:
-                self.layers.ensure(
-                    layer.diff_id, lambda digest=layer.digest: self.images.content.open(digest), f'image "{record.image}"'
-                )
+                doing = f'unpacking layer {layer.diff_id[7:19]} of image "{record.image}"'
+                with nospace.converted(doing, self.paths.root):
+                    self.layers.ensure(
+                        layer.diff_id, lambda digest=layer.digest: self.images.content.open(digest), f'image "{record.image}"'
+                    )
 
     def _ensure_mounted(self, record: RootfsRecord) -> Rootfs:
         self._ensure_layers(record)

@@ -7,20 +7,17 @@ import logging
 import os
 import secrets
 import stat
-import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.common import faults, image_config
+from services.common import faults, image_config, nospace
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.storage import compression, diff
 from services.storage.archive_read import LayerRef
 from services.storage.archive_write import ArchiveImage, write_docker_archive
 from services.storage.imagedb import ImageRecord
 from services.storage.images import ImageStore, tag_reference
-from services.storage.model import Image, RemoveResult, RootfsRecord
-from services.storage.paths import validate_container_id
+from services.storage.model import Image, RemoveResult
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +76,7 @@ class ImagesMixin:
         path = self.paths.tmp / f"upload-{secrets.token_hex(6)}.tar"
         try:
             size = 0
-            with open(path, "xb") as out:
+            with nospace.converted(f"receiving {what}", self.paths.root), open(path, "xb") as out:
                 for chunk in chunks or ():
                     out.write(chunk)
                     size += len(chunk)
@@ -113,7 +110,8 @@ class ImagesMixin:
         missing = [layer for layer in record.layers if self.layers.get(layer.diff_id) is None]
 
         def unpack(layer: LayerRef) -> None:
-            self.layers.ensure(layer.diff_id, lambda: self.images.content.open(layer.digest), what)
+            with nospace.converted(f"unpacking layer {layer.diff_id[7:19]} of {what}", self.paths.root):
+                self.layers.ensure(layer.diff_id, lambda: self.images.content.open(layer.digest), what)
 
         if len(missing) <= 1:
             for layer in missing:
@@ -150,7 +148,8 @@ class ImagesMixin:
         for line in changes:
             image_config.parse_change(line)
         what = f'image "{name}"'
-        with self._upload(chunks, source_path, expected_size, what) as path, self._ingest.exclusive():
+        with nospace.converted(f"storing {what}", self.paths.root), \
+                self._upload(chunks, source_path, expected_size, what) as path, self._ingest.exclusive():
             before = set(self.images.db.ids())
             try:
                 record = self.images.import_rootfs(
@@ -166,7 +165,8 @@ class ImagesMixin:
         self, name: str, chunks: Iterable[bytes] | None, source_path: str = "", expected_size: int = 0
     ) -> tuple[list[Image], list[str]]:
         """Every image of a docker-archive, OCI archive or rootfs tar (then tagged `name`)."""
-        with self._upload(chunks, source_path, expected_size, "the archive") as path, self._ingest.exclusive():
+        with nospace.converted("storing the images of the archive", self.paths.root), \
+                self._upload(chunks, source_path, expected_size, "the archive") as path, self._ingest.exclusive():
             before = set(self.images.db.ids())
             try:
                 loaded, untagged = self.images.load(
@@ -181,7 +181,8 @@ class ImagesMixin:
         return images, untagged
 
     def tag_image(self, source: str, target: str) -> Image:
-        record = self.images.tag(source, target)
+        with nospace.converted(f'writing the tag file of "{target}"', self.paths.root):
+            record = self.images.tag(source, target)
         return self.get_image(tag_reference(target).familiar()) if record else self.get_image(source)
 
     def save_images(self, references: list[str]) -> Iterator[bytes]:
@@ -204,7 +205,8 @@ class ImagesMixin:
         try:
             path.unlink()  # the open file is all we need; nothing to clean up if we die
             images = [ArchiveImage(image_id, records[image_id].layers, tuple(tags)) for image_id, tags in chosen.items()]
-            write_docker_archive(out, images, self.images.content)
+            with nospace.converted("writing the archive to save", self.paths.tmp):
+                write_docker_archive(out, images, self.images.content)
             out.seek(0)
         except BaseException:
             out.close()
@@ -278,81 +280,6 @@ class ImagesMixin:
             with self.layers.lock(diff_id):
                 self.layers.delete(diff_id)
         log.info("deleted image %s", record.id)
-
-    # -- commit ------------------------------------------------------------------------------
-
-    def _parent_image(self, record: RootfsRecord) -> ImageRecord:
-        if record.image_id:
-            parent = self.images.db.get(record.image_id)
-            if parent is not None:
-                return parent
-        for image in self.images.db.records():
-            if image.diff_ids == record.layers:
-                return image
-        with contextlib.suppress(NotFound, InvalidArgument):
-            image = self.images.resolve(record.image)
-            if image.diff_ids == record.layers:
-                return image
-        raise FailedPrecondition(
-            f'container {record.container_id}: its image "{record.image}" is gone, so its layers cannot be '
-            "named in a new image: export the container instead (mydocker export)"
-        )
-
-    def commit(
-        self,
-        container_id: str,
-        image: str,
-        replace: bool,
-        changes: Iterable[str] = (),
-        comment: str = "",
-        author: str = "",
-        run_config: tuple[image_config.RunSpec, tuple[str, ...] | None] | None = None,
-    ) -> Image:
-        """The container's image plus one layer made from its upper dir, tagged `image`.
-
-        `run_config` (the container's argv, env, working dir and user, and its entrypoint) replaces the
-        image's run settings before `changes` apply, as docker commit keeps a container's config.
-        """
-        validate_container_id(container_id)
-        if not image:
-            raise InvalidArgument("the image name is required")
-        ref = tag_reference(image)
-        self.images.check_tag_free(ref, replace)
-        parsed = [image_config.parse_change(line) for line in changes]
-        started = time.monotonic()
-        with self._container_lock(container_id):
-            record = self._record(container_id)
-            parent = self._parent_image(record)
-            upper_fd = os.open(self.rootfs.paths(container_id).upper, _DIR_FLAGS)
-            try:
-                with self.images.content.writer() as blob:
-                    diff.write_layer(upper_fd, blob)
-                    digest = blob.commit()
-                    size = blob.size
-            finally:
-                os.close(upper_fd)
-            faults.step("CommitContainer", "layer-written")
-            layer = LayerRef(digest=digest, diff_id=digest, size=size, media_type=compression.DOCKER_LAYER)
-            self.layers.ensure(digest, lambda: self.images.content.open(digest), f'image "{image}"')
-            faults.step("CommitContainer", "unpacked")
-            parent_document = self.images.config_document(parent.id)
-            if run_config is not None:
-                parent_document = image_config.with_run_config(parent_document, *run_config)
-            document = image_config.child_config(
-                parent_document,
-                digest,
-                image_config.format_created(time.time()),
-                f"mydocker commit {container_id}",
-                comment=comment,
-                author=author,
-                changes=parsed,
-            )
-            new = self.images.store_new(image_config.config_bytes(document), parent.layers + (layer,))
-            faults.step("CommitContainer", "recorded")
-            # Thin: only the new layer is written now; the parent's blobs follow in the background.
-            self.images.write_tag(ref, new, replace, keep=frozenset({digest}))
-        log.info("committed %s as %s (%s): a %d-byte layer in %.3fs", container_id, image, new.id, size, time.monotonic() - started)
-        return self.get_image(ref.familiar())
 
 
 def _familiar(text: str, tags: list[str]) -> str:

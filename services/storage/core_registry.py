@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from services.common import faults, reference
-from services.common.errors import InvalidArgument, NotFound
+from services.common import faults, nospace, reference
+from services.common.errors import InvalidArgument, NoSpace, NotFound
 from services.storage import distribution, registry_auth
 from services.storage.archive_read import LoadedImage
 from services.storage.images import ImageStore, tag_reference
@@ -21,8 +21,25 @@ class RegistryMixin:
     images: ImageStore
 
     def pull_image(self, text: str, platform: str, report: distribution.Report) -> Image:
-        """Fetch an image from its registry, unpack its layers, then tag it (a digest reference: no tag)."""
+        """Fetch an image from its registry, unpack its layers, then tag it (a digest reference: no tag).
+
+        On a full disk the blobs it fetched that no image names are deleted at once (not at the next start),
+        so freeing space and pulling again works; a partial download stays, to be resumed.
+        """
         ref = reference.parse(text)
+        before = set(self.images.content.list())
+        try:
+            with nospace.converted(f'pulling image "{ref.familiar()}"', self.paths.root):
+                return self._pull(ref, platform, report)
+        except NoSpace:
+            with self._ingest.exclusive(), self._catalog:
+                used = self.images.blobs_in_use(self.images.db.records())
+                for digest in set(self.images.content.list()) - before - used:
+                    self.images.content.delete(digest)
+            raise
+
+    def _pull(self, ref: reference.Reference, platform: str, report: distribution.Report) -> Image:
+        """pull_image's work: fetch, record, unpack, tag."""
         with self._ingest.shared():
             pulled = distribution.pull(
                 self.paths.root, self.images.content, ref, platform, report, known=self.images.complete_layers

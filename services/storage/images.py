@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from services.common import image_config, reference
+from services.common import image_config, nospace, reference
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.reference import Reference
 from services.storage.archive_read import LayerRef, LoadedImage, read_archive
@@ -116,7 +116,8 @@ class ImageStore:
             record = self.db.get(image_id)
             if record is not None:
                 return record
-        return self._adopt(ref)
+        with nospace.converted(f'loading the image file of "{ref.familiar()}"', self._paths.root):
+            return self._adopt(ref)
 
     def _adopt(self, ref: Reference) -> ImageRecord | None:
         path = self.db.tag_path(ref)

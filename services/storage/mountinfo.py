@@ -80,3 +80,25 @@ def find(mounts: list[MountInfo], mount_point: str) -> MountInfo | None:
         if entry.mount_point == mount_point:
             found = entry
     return found
+
+
+def _escaped(path: str) -> str:
+    """`path` spelled as mountinfo spells it (octal escapes for backslash, space, tab, newline)."""
+    return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+
+
+def _candidates(text: str, directory: str) -> list[MountInfo]:
+    # Parsing every line costs time in proportion to all mounts (1,000 containers: 1,000 overlays);
+    # only lines that name `directory` can hold a mount point at or below it.
+    needle = " " + _escaped(directory.rstrip("/") or "/")
+    return [parse_line(line) for line in text.splitlines() if needle in line]
+
+
+def read_under(directory: str, path: Path = Path("/proc/self/mountinfo")) -> list[MountInfo]:
+    """mounts_under(read(), directory), parsing only the lines that can match."""
+    return mounts_under(_candidates(path.read_text(), directory), directory)
+
+
+def find_at(mount_point: str, path: Path = Path("/proc/self/mountinfo")) -> MountInfo | None:
+    """find(read(), mount_point), parsing only the lines that can match."""
+    return find(_candidates(path.read_text(), mount_point), mount_point)

@@ -165,8 +165,8 @@ class RootfsStore:
     # -- mounts ------------------------------------------------------------------------------
 
     def is_mounted(self, container_id: str, table: list[mountinfo.MountInfo] | None = None) -> bool:
-        table = mountinfo.read() if table is None else table
-        entry = mountinfo.find(table, str(self.paths(container_id).merged))
+        merged = str(self.paths(container_id).merged)
+        entry = mountinfo.find_at(merged) if table is None else mountinfo.find(table, merged)
         return entry is not None and entry.fstype == "overlay"
 
     def mount(self, record: RootfsRecord) -> list[Mount]:
@@ -177,7 +177,7 @@ class RootfsStore:
         performed = []
         view = lower_view_mount(paths, layer_dirs)
         if view is not None:
-            entry = mountinfo.find(mountinfo.read(), view.target)
+            entry = mountinfo.find_at(view.target)
             if entry is None or entry.fstype != "overlay":
                 mount_overlay(view)
             performed.append(view)
@@ -194,7 +194,7 @@ class RootfsStore:
         resolved = resolve_in_root(str(paths.merged), volume.container_path, make_file=not is_dir)
         try:
             planned = volume_mount(paths, volume, resolved.relative)
-            if mountinfo.find(mountinfo.read(), planned.target) is not None:
+            if mountinfo.find_at(planned.target) is not None:
                 return planned
             # Mount on the fd, not the path: nothing in the rootfs can redirect it between resolve and mount.
             linux.mount(volume.host_path, resolved.proc_path, None, linux.MS_BIND | linux.MS_REC)
@@ -213,7 +213,7 @@ class RootfsStore:
     def unmount_tree(directory: str) -> list[str]:
         """Unmount everything at or below `directory`, topmost first; lazily only if a mount is busy."""
         unmounted = []
-        for entry in reversed(mountinfo.mounts_under(mountinfo.read(), directory)):
+        for entry in reversed(mountinfo.read_under(directory)):
             try:
                 linux.umount2(entry.mount_point, linux.UMOUNT_NOFOLLOW)
             except OSError as err:
@@ -232,7 +232,7 @@ class RootfsStore:
 
     def _unmount_checked(self, directory: str, what: str) -> list[str]:
         unmounted = self.unmount_tree(directory)
-        left = mountinfo.mounts_under(mountinfo.read(), directory)
+        left = mountinfo.read_under(directory)
         if left:
             raise FailedPrecondition(
                 f"{what}: still mounted after unmounting: {', '.join(m.mount_point for m in left)}"

@@ -22,7 +22,8 @@ import tarfile
 import threading
 from collections.abc import Callable
 
-from services.common.errors import AlreadyExists, MydockerError
+from services.common import nospace
+from services.common.errors import AlreadyExists, MydockerError, NoSpace
 from services.common.reference import Reference
 from services.storage.archive_write import ArchiveImage, write_docker_archive
 from services.storage.content import ContentStore
@@ -33,6 +34,8 @@ from services.storage.paths import DIGEST_PATTERN, StoragePaths
 log = logging.getLogger(__name__)
 
 _STOP = None
+# How often a completion a full disk stopped looks for room again (no restart needed once space is freed).
+RETRY_SECONDS = 1.0
 
 
 class TagFiles:
@@ -132,12 +135,31 @@ class TagFiles:
             try:
                 self.complete(ref, image_id)
             except (MydockerError, OSError) as err:
-                # The marker stays: the next start tries again.
+                # The marker stays: the next start tries again (after a full disk, a timer does once there is room).
                 log.warning("could not complete the tag file of %s: %s", ref.familiar(), err)
+                if isinstance(err, NoSpace) or nospace.is_no_space(err):
+                    self._retry_when_room(ref, image_id)
             finally:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
+
+    def _retry_when_room(self, ref: Reference, image_id: str) -> None:
+        """Queue the completion again once the image's blobs would fit, checking every RETRY_SECONDS."""
+
+        def check() -> None:
+            record = self._db.get(image_id)
+            if record is None:
+                return
+            needed = sum(self._content.size(digest) or 0 for digest in record.blobs())
+            if nospace.free_bytes(self._paths.images) > needed:
+                self._enqueue(ref, image_id)
+            else:
+                self._retry_when_room(ref, image_id)
+
+        timer = threading.Timer(RETRY_SECONDS, check)
+        timer.daemon = True
+        timer.start()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no thin tag file waits to be completed (tests, a clean stop)."""

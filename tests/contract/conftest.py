@@ -42,3 +42,14 @@ def start_server(temp_config: Config) -> Iterator[Callable[[ServiceDefinition], 
         for running, channel in reversed(started):
             channel.close()
             running.stop(grace=1)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The cases test_fuzz_rpcs.py generated per RPC, when it ran: printed whether or not -s is given."""
+    from tests.fuzz_messages import report_lines
+
+    lines = report_lines()
+    if lines:
+        terminalreporter.section("generated requests per RPC (test_fuzz_rpcs.py)")
+        for line in lines:
+            terminalreporter.write_line(line)

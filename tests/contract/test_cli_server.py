@@ -87,7 +87,7 @@ def test_errors_exit_statuses_and_the_clients_environment(config: Config, server
     ps = same_both_ways(config, "ps")
     assert ps.returncode == 1
     assert ps.stderr.strip().splitlines() == [
-        f"mydocker: the state service is not reachable at {config.socket_path('state')} (no socket): run scripts/up to start it"
+        f"mydocker: the state service is not running (no socket at {config.socket_path('state')}): run scripts/up"
     ]
 
 
@@ -96,7 +96,7 @@ def test_the_worker_works_in_the_clients_directory(config: Config, server, tmp_p
     assert missing.stderr.strip() == "mydocker: cannot read here.tar: No such file or directory"
     (tmp_path / "here.tar").write_bytes(b"")
     found = same_both_ways(config, "import", "here.tar", "img", cwd=tmp_path)
-    assert "storage service is not reachable" in found.stderr
+    assert "the storage service is not running" in found.stderr
 
 
 def test_require_without_a_server_is_one_line(config: Config) -> None:
@@ -164,3 +164,30 @@ def test_a_source_change_restarts_the_server_with_the_new_code(tmp_path: Path) -
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+def test_a_deleted_socket_pidfile_and_lock_are_made_again(config: Config, server) -> None:
+    socket, log = config.socket_path("cli"), config.root / "cli.log"
+
+    def back() -> bool:
+        return (
+            cli_server_health(config) == "SERVING" and service_pid(config, "cli") == server.pid
+            and config.lock_path("cli").exists()
+        )
+
+    for path in (socket, config.pid_path("cli"), config.lock_path("cli")):
+        path.unlink()
+    _wait(back, server, log)
+    assert mydocker(config, "version", mode="require").stdout.startswith("mydocker ")
+    # A regular file put in its place is replaced, as a stale socket is at start.
+    socket.unlink()
+    socket.write_text("not a socket")
+    _wait(back, server, log)
+    assert mydocker(config, "version", mode="require").stdout.startswith("mydocker ")
+    said = [line for line in log.read_text().splitlines() if "again" in line]
+    assert said == [
+        f"cli: socket {socket} was deleted: bound it again",
+        f"cli: lock {config.lock_path('cli')} was deleted or replaced: locked it again",
+        f"cli: pidfile {config.pid_path('cli')} was deleted: wrote pid {server.pid} again",
+        f"cli: socket {socket} was replaced: bound it again",
+    ]

@@ -31,6 +31,7 @@ from services.executor.__main__ import build
 from services.executor.cgroup_layout import CgroupLayout
 from services.executor.cgroups import cgroup_from_record
 from tests.busybox import busybox_rootfs
+from tests.waiting import wait_until
 
 CODE = grpc.StatusCode
 REPO = Path(__file__).resolve().parents[2]
@@ -405,7 +406,9 @@ def test_cpu_quota_holds_a_busy_loop_to_its_share(executor, rootfs, temp_config)
         cpu_dir = cgroup.dir("cpu")
         assert (cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "50000"
         assert (cpu_dir / "cpu.cfs_period_us").read_text().strip() == "100000"
-    time.sleep(0.3)
+    # Measured from when the loop is seen burning CPU, not from an assumed start-up time.
+    first = cgroup.cpu_usage_ns()
+    wait_until(lambda: cgroup.cpu_usage_ns() > first + 10_000_000, what="the busy loop to use 10 ms of CPU")
     used_before, wall_before = cgroup.cpu_usage_ns(), time.monotonic()
     time.sleep(2.0)
     used = (cgroup.cpu_usage_ns() - used_before) / 1e9
@@ -533,8 +536,8 @@ def test_exec_joins_the_container_cgroup_and_gets_stdin(executor, rootfs, temp_c
     assert code == 0
     text = out.decode()
     assert text.startswith("line one\ntwo\n")
-    # In its own cgroup namespace the container's cgroup is the root.
-    assert any(line.endswith(":/") for line in text.splitlines() if "memory" in line)
+    # In its own cgroup namespace the container's cgroup is the root (v1's memory line, v2's "0::" line).
+    assert any(line.endswith(":/") for line in text.splitlines() if "memory" in line or line.startswith("0::"))
 
 
 def test_exec_with_a_terminal(executor, rootfs):
@@ -737,6 +740,7 @@ def test_the_shim_survives_the_executor_being_killed(cgroup_parent, executor_pro
     server.wait()
     # The launcher sees end of file on its control socket and exits; it never stops a shim.
     assert gone(launcher)
+    # Not a wait for a state: the shim must stay alive, and a shim that dies with its launcher takes a moment.
     time.sleep(0.2)
     shim_start = int(statefiles.parse_pid((temp_config.run / created.id / statefiles.SHIM_PID).read_text())[1])
     assert statefiles.is_alive(created.shim_pid, shim_start)
@@ -1151,7 +1155,9 @@ def test_network_rpcs_plumb_a_container_and_leave_iptables_as_they_were(executor
         assert reply.host_interface == veth_name(process.id)
         assert Path(f"/sys/class/net/{reply.host_interface}/master").resolve().name == bridge
         expect(CODE.ALREADY_EXISTS, executor.ConnectContainer, connect)
-        assert f"ctr={process.id} port={host_port}/tcp" in iptables_save()
+        # Tagged with this instance (a temp root), and so is the host end of the veth.
+        assert f"ctr={process.id}@{temp_config.instance} port={host_port}/tcp" in iptables_save()
+        assert Path(f"/sys/class/net/{reply.host_interface}/ifalias").read_text().strip() == f"mydocker {temp_config.instance}"
         expect(CODE.FAILED_PRECONDITION, executor.RemoveBridge, remove_request, "still has containers")
 
         executor.StartContainer(pb.StartContainerRequest(id=process.id), timeout=30)

@@ -10,6 +10,7 @@ import pytest
 from protos.state.v1 import state_pb2 as pb
 from protos.state.v1 import state_pb2_grpc
 from protos.types.v1 import types_pb2
+from services.common.netnames import bridge_name
 from services.common.config import VERSION
 from services.state.__main__ import build
 
@@ -294,10 +295,11 @@ def test_records_survive_a_server_restart_on_the_same_database(start_server, tem
     assert state.GetNetwork(pb.GetNetworkRequest(name="kept"), timeout=5).network.subnet == "10.93.0.0/24"
 
 
-def test_bridge_names_published_ports_and_addresses_freed_with_the_process(state):
+def test_bridge_names_published_ports_and_addresses_freed_with_the_process(state, temp_config):
     network = state.CreateNetwork(pb.CreateNetworkRequest(name="web", subnet="10.93.0.0/24"), timeout=5).network
-    assert network.bridge == "mdb-web"
-    assert state.GetNetwork(pb.GetNetworkRequest(name="web"), timeout=5).network.bridge == "mdb-web"
+    # A temp root is another instance than the default one: its bridges are its own.
+    assert temp_config.instance and network.bridge == bridge_name("web", temp_config.instance) != "mdb-web"
+    assert state.GetNetwork(pb.GetNetworkRequest(name="web"), timeout=5).network.bridge == network.bridge
 
     port = types_pb2.PortMapping(host_port=8080, container_port=80, protocol=types_pb2.PROTOCOL_TCP)
     web = create(state, "web1", network="web", ports=[port])

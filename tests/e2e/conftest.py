@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from services.common.config import Config
-from services.common.ctl import REPO, service_env
+from services.common.netnames import bridge_name
+from services.common.ctl import REPO, service_env, service_pid
 from services.executor.cgroup_layout import CgroupLayout
 from tests.conftest import ServiceTracker
 
@@ -53,6 +56,15 @@ class Host:
     root: Path
     cgroup_parent: str = ""
 
+    @property
+    def instance(self) -> str:
+        """This host's Config.instance: what its bridge names, link aliases and iptables tags carry."""
+        return Config(root=Path(self.env["MYDOCKER_ROOT"])).instance
+
+    def bridge(self, network: str) -> str:
+        """The bridge of network `network` on this host."""
+        return bridge_name(network, self.instance)
+
     def mydocker(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = mydocker_cli(self.env, *args, stdin=stdin)
         if check and result.returncode != 0:
@@ -81,6 +93,9 @@ def running_host(
     cgroup_parent = f"{cgroup_prefix}-{uuid.uuid4().hex[:8]}"
     env = service_env(config)
     env["MYDOCKER_CGROUP_PARENT"] = cgroup_parent
+    if "MYDOCKER_CGROUP_PARENT" in drop_env:
+        # The executor's own default then: one parent per instance, still unique to this host's temp root.
+        cgroup_parent = config.default_cgroup_parent()
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     for name in drop_env:
         env.pop(name, None)
@@ -110,8 +125,63 @@ def running_host(
         assert not leftover_mounts, f"the test left mounts behind: {leftover_mounts}"
 
 
+# How a test's ./mydocker runs, in modules that prove both paths (`pytestmark = both_cli_modes`):
+# through the warm CLI server (required: a fallback fails the command), or in-process
+# (MYDOCKER_CLI_SERVER=off) with the server running beside it.
+CLI_MODES = {"server": "require", "inprocess": "off"}
+both_cli_modes = pytest.mark.parametrize("cli_mode", tuple(CLI_MODES), indirect=True)
+SPARE_TIMEOUT = 20.0
+
+
 @pytest.fixture
-def host(mydocker_config: Config, service_tracker: ServiceTracker) -> Iterator[Host]:
-    """The three services up with the busybox image built, on this test's temp roots; everything removed after."""
+def cli_mode(request: pytest.FixtureRequest) -> str | None:
+    """"server" or "inprocess" where a module asks for both_cli_modes; None elsewhere (the server when one answers)."""
+    return getattr(request, "param", None)
+
+
+def cli_server_spare(config: Config) -> tuple[int, int]:
+    """(the CLI server's pid, its spare worker's pid), once the spare is its only child.
+
+    The server hands each command to its spare and forks a new one: a changed spare means a command
+    went through the server, the same one that none did. A health probe of the server (scripts/up,
+    scripts/status) takes the spare too, so a test that runs one is not given a cli_mode.
+    """
+    server = service_pid(config, "cli")
+    assert server is not None, "the CLI server is not running"
+    deadline = time.monotonic() + SPARE_TIMEOUT
+    while True:
+        children = Path(f"/proc/{server}/task/{server}/children").read_text().split()
+        if len(children) == 1:
+            return server, int(children[0])
+        assert time.monotonic() < deadline, f"the CLI server {server} has children {children}, not one spare worker"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def host(mydocker_config: Config, service_tracker: ServiceTracker, cli_mode: str | None) -> Iterator[Host]:
+    """The three services up with the busybox image built, on this test's temp roots; everything removed after.
+
+    With a `cli_mode`, ./mydocker runs only that way, and the test fails if a command went the other way.
+    """
     with running_host(mydocker_config, service_tracker) as started:
-        yield started
+        if cli_mode is None:
+            yield started
+            return
+        before = cli_server_spare(mydocker_config)
+        yield Host(dict(started.env, MYDOCKER_CLI_SERVER=CLI_MODES[cli_mode]), started.root, started.cgroup_parent)
+        after = cli_server_spare(mydocker_config)
+        if cli_mode == "server":
+            assert after[0] == before[0] and after[1] != before[1], f"no command went through the CLI server {before[0]}"
+        else:
+            assert after == before, f"a command went through the CLI server {before[0]} (spare {before[1]} -> {after[1]})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) tests marked `cgroup2` unless MYDOCKER_TEST_CGROUP2=1: scripts/test-cgroup2 runs them
+    in a guest with cgroup2 alone, and a cgroup v1 host cannot."""
+    if os.environ.get("MYDOCKER_TEST_CGROUP2") == "1":
+        return
+    deselected = [item for item in items if item.get_closest_marker("cgroup2") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker("cgroup2") is None]

@@ -46,10 +46,10 @@ RUN_RM = Command(
     ),
     already=("is already in use",),
 )
-# remove: resolve and sync, SIGKILL and wait, (unplug,) STOPPED, then remove_stopped: (unplug,) REMOVING, rootfs, ...
+# remove: resolve and sync (GetContainer: one container), SIGKILL and wait, (unplug,) STOPPED, then remove_stopped: (unplug,) REMOVING, rootfs, ...
 KILL = (
     Step("state", "GetContainer"),
-    Step("executor", "ListContainers"),
+    Step("executor", "GetContainer"),
     Step("executor", "KillContainer"),
     Step("executor", "WaitContainer"),
 )
@@ -81,7 +81,7 @@ COMMIT = Command(
 EXEC = Command(
     "exec",
     lambda i: ["exec", i.container, "true"],
-    (Step("state", "GetContainer"), Step("executor", "ListContainers"), Step("executor", "Exec", streaming=True)),
+    (Step("state", "GetContainer"), Step("executor", "GetContainer"), Step("executor", "Exec", streaming=True)),
     needs_container=True,
 )
 STOP = Command(
@@ -90,7 +90,7 @@ STOP = Command(
     lambda i: ["stop", "-t", "5", i.container],
     (
         Step("state", "GetContainer"),
-        Step("executor", "ListContainers"),
+        Step("executor", "GetContainer"),
         Step("executor", "KillContainer"),
         Step("executor", "WaitContainer"),
         Step("state", "UpdateContainerStatus"),  # STOPPED

@@ -30,9 +30,10 @@ import pytest
 from services.common.ctl import REPO
 from services.executor.cgroup_layout import CgroupLayout
 from services.executor.cgroups import parse_proc_cgroup
-from tests.e2e.conftest import one_line_error
+from tests.e2e.conftest import both_cli_modes, one_line_error
 
-pytestmark = pytest.mark.root
+# Every test twice: through the CLI server, and with the CLI in-process.
+pytestmark = [pytest.mark.root, both_cli_modes]
 
 MYDOCKER = str(REPO / "mydocker")
 CONTAINER_ID = re.compile(r"[0-9]{10}")
@@ -342,11 +343,9 @@ def test_detached_logs_and_ps(host):
     container_id = run_detached(host, "busybox", "sh", "-c", "echo one; sleep 1; echo two >&2; echo three")
     assert ps_table(host)[container_id]["STATUS"] == "running"
 
-    started = time.monotonic()
     followed = host.mydocker("logs", "-f", container_id)
     # It followed the container to its end, so the line printed after the sleep is there.
     assert followed.stdout == "one\nthree\n" and followed.stderr == "two\n"
-    assert time.monotonic() - started < 30
 
     logged = host.mydocker("logs", container_id)
     assert (logged.stdout, logged.stderr) == ("one\nthree\n", "two\n")
@@ -405,6 +404,15 @@ def test_exec_runs_inside_with_the_real_exit_code(host):
     assert "no such container" in one_line_error(host.mydocker("exec", "nosuch", "true", check=False))
 
 
+def test_exec_gives_the_command_only_its_stdio(host):
+    container_id = run_detached(host, "busybox", "top")
+    # 3 is ls's own listing of the directory: nothing of the exec helper's (its status pipe was 19).
+    assert host.mydocker("exec", container_id, "ls", "/proc/self/fd").stdout.split() == ["0", "1", "2", "3"]
+    # So a background process that closed its stdio does not keep exec waiting for its end.
+    detached = host.mydocker("exec", container_id, "sh", "-c", "sleep 1000 >/dev/null 2>&1 </dev/null & echo started")
+    assert detached.stdout == "started\n"
+
+
 # -- stop and rm -----------------------------------------------------------------------------
 
 
@@ -412,13 +420,13 @@ def test_stop_kills_a_pid1_that_ignores_term(host):
     stubborn = run_detached(host, "busybox", "sh", "-c", 'trap "" TERM; while true; do sleep 1; done')
     started = time.monotonic()
     assert host.mydocker("stop", "-t", "1", stubborn).stdout.strip() == stubborn
+    # Not a speed check: `-t 1` was honoured (the default would have waited 10 s before SIGKILL).
     assert time.monotonic() - started < 8
     assert ps_table(host, "-a")[stubborn]["STATUS"] == "stopped (137)"
 
     polite = run_detached(host, "busybox", "top")
-    started = time.monotonic()
     host.mydocker("stop", polite)
-    assert time.monotonic() - started < 8
+    # 143: SIGTERM ended it, without waiting for the SIGKILL after the timeout.
     assert ps_table(host, "-a")[polite]["STATUS"] == "stopped (143)"
     assert ps_ids(host) == []
 

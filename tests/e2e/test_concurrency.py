@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from services.common.config import Config
-from tests.e2e.conftest import Host, mounts_below, mydocker_cli
+from tests.e2e.conftest import Host, both_cli_modes, mounts_below, mydocker_cli
 from tests.invariants import read_host, violations
 
-pytestmark = pytest.mark.root
+# Every test twice: through the CLI server, and with the CLI in-process.
+pytestmark = [pytest.mark.root, both_cli_modes]
 
 LOOPS = 30
 ITERATIONS = 3

@@ -195,7 +195,7 @@ def capless_char_device() -> tuple[str, str]:
                 continue
             info = path.stat()
             return str(path), f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
-    pytest.skip("no /dev/loop-control or /dev/fuse on this host")
+    pytest.fail("needs /dev/loop-control or /dev/fuse that root can open: load the loop module (modprobe loop)")
 
 
 def openable_block_device() -> str:
@@ -214,7 +214,7 @@ def openable_block_device() -> str:
         except OSError:
             continue
         return f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
-    pytest.skip("no block device this host lets root open")
+    pytest.fail("needs a block device root can open (a loop device or a disk): load the loop module (modprobe loop)")
 
 
 # -- running things ------------------------------------------------------------------------------
@@ -696,7 +696,7 @@ def test_device_option_opens_exactly_that_device(host):
 def test_device_kmsg_needs_the_device_and_syslog(host):
     # /dev/kmsg is not a default device; reading it also needs CAP_SYSLOG where kernel.dmesg_restrict is 1.
     if not Path("/dev/kmsg").is_char_device():
-        pytest.skip("this host has no /dev/kmsg")
+        pytest.fail("needs /dev/kmsg (a kernel built with CONFIG_PRINTK): run the tests on a host that has it")
     syslog = ("--cap-add", "SYSLOG")
     assert probe(host, "open=/dev/mykmsg", "mknod_open_char_kmsg", options=syslog) == {
         "open=/dev/mykmsg": "ENOENT",

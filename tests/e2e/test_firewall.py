@@ -19,10 +19,13 @@ import pytest
 from services.common.errors import AlreadyExists, MydockerError
 from services.executor.firewall import BASELINE_FILE, IP_FORWARD, SEARCH_PATH, Firewall, Port, _delete_nft_tables, parse_save
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(shutil.which("iptables-restore", path=SEARCH_PATH) is None, reason="iptables is not installed"),
-]
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(autouse=True)
+def _iptables_installed() -> None:
+    if shutil.which("iptables-restore", path=SEARCH_PATH) is None:
+        pytest.fail("needs iptables-restore: apt-get install iptables (scripts/test installs it)")
 
 _COUNTERS = re.compile(r"\[[0-9]+:[0-9]+\]")
 

@@ -18,8 +18,8 @@ import pytest
 
 from services.common.config import Config
 from services.common.ctl import REPO, read_pidfile
-from services.common.netnames import bridge_name, veth_name
-from tests.e2e.conftest import one_line_error
+from services.common.netnames import veth_name
+from tests.e2e.conftest import both_cli_modes, one_line_error
 from tests.netutil import free_port, free_subnets, host_networks, iptables_save
 
 pytestmark = pytest.mark.root
@@ -143,6 +143,7 @@ def wait_for(what: str, probe, timeout: float = 10.0):
             time.sleep(0.1)
 
 
+@both_cli_modes
 def test_network_commands_and_clear_errors(host):
     name = unique("n")
     (subnet,) = free_subnets(1)
@@ -160,9 +161,9 @@ def test_network_commands_and_clear_errors(host):
         listed = host.mydocker("network", "ls").stdout.splitlines()
         assert listed[0].split() == ["NAME", "DRIVER", "SUBNET", "GATEWAY", "BRIDGE"]
         gateway = str(ipaddress.IPv4Network(subnet).network_address + 1)
-        assert [name, "bridge", subnet, gateway, bridge_name(name)] in [line.split() for line in listed[1:]]
+        assert [name, "bridge", subnet, gateway, host.bridge(name)] in [line.split() for line in listed[1:]]
         assert host.mydocker("network", "list").stdout.splitlines() == listed
-        assert link_exists(bridge_name(name))
+        assert link_exists(host.bridge(name))
         (record,) = json.loads(host.mydocker("network", "inspect", name).stdout)
         assert record["gateway"] == gateway and record["allocations"][0]["owner"] == "gateway"
         overlap = one_line_error(host.mydocker("network", "create", "--subnet", subnet, unique("n"), check=False))
@@ -185,7 +186,7 @@ def test_network_commands_and_clear_errors(host):
         refused = one_line_error(host.mydocker("network", "rm", name, check=False))
         assert f"in use by containers {container}" in refused
         host.mydocker("rm", "-f", container)
-    assert not link_exists(bridge_name(name))
+    assert not link_exists(host.bridge(name))
     assert name not in host.mydocker("network", "ls", "-q").stdout.split()
     # The seed's spelling removes several at once.
     first, second = unique("n"), unique("n")
@@ -194,6 +195,7 @@ def test_network_commands_and_clear_errors(host):
     assert host.mydocker("network", "remove", first, second).stdout.split() == [first, second]
 
 
+@both_cli_modes
 def test_containers_on_one_network_talk_and_two_networks_do_not(host):
     net_a, net_b = unique("a"), unique("b")
     subnet_a, subnet_b = free_subnets(2)
@@ -211,7 +213,7 @@ def test_containers_on_one_network_talk_and_two_networks_do_not(host):
         settings = inspect(host, first)["network_settings"]
         assert settings["network"] == net_a and settings["ip_address"] == ips[first]
         assert settings["gateway"] == str(ipaddress.IPv4Network(subnet_a).network_address + 1)
-        assert settings["bridge"] == bridge_name(net_a) and settings["host_interface"] == veth_name(first)
+        assert settings["bridge"] == host.bridge(net_a) and settings["host_interface"] == veth_name(first)
 
         # eth0, address, default route and lo inside; the files docker writes.
         shell = "ip addr show eth0; ip route; cat /etc/hosts /etc/hostname /etc/resolv.conf; ip link show lo"
@@ -238,6 +240,7 @@ def test_containers_on_one_network_talk_and_two_networks_do_not(host):
         assert [a["owner"] for a in record["allocations"]] == ["gateway"]
 
 
+# Once only: its scripts/up probes the CLI server, which the host fixture would count as a command.
 def test_published_ports_over_tcp_and_udp_and_iptables_restored(host):
     net = unique("p")
     subnet, client_subnet = free_subnets(2, prefix=24)
@@ -294,6 +297,7 @@ def test_published_ports_over_tcp_and_udp_and_iptables_restored(host):
         assert iptables_save() == before
 
 
+@both_cli_modes
 def test_twenty_parallel_runs_get_distinct_addresses(host):
     net = unique("q")
     (subnet,) = free_subnets(1)
@@ -313,6 +317,7 @@ def test_twenty_parallel_runs_get_distinct_addresses(host):
         assert [a["owner"] for a in record["allocations"]] == ["gateway"]
 
 
+@both_cli_modes
 def test_publish_all_maps_the_image_exposed_ports_to_free_host_ports(host):
     net = unique("pa")
     (subnet,) = free_subnets(1, prefix=24)

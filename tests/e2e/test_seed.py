@@ -7,7 +7,10 @@ import re
 
 import pytest
 
-pytestmark = pytest.mark.root
+from tests.e2e.conftest import both_cli_modes
+
+# Every test twice: through the CLI server, and with the CLI in-process.
+pytestmark = [pytest.mark.root, both_cli_modes]
 
 
 def ls(path) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import grpc
@@ -22,8 +21,11 @@ from protos.storage.v1 import storage_pb2_grpc
 from services.common import procinfo
 from services.common.config import Config, unix_target
 from services.executor.cgroup_layout import CgroupLayout
+from tests.e2e.conftest import both_cli_modes
+from tests.waiting import wait_gone, wait_until
 
-pytestmark = pytest.mark.root
+# Every test twice: through the CLI server, and with the CLI in-process.
+pytestmark = [pytest.mark.root, both_cli_modes]
 
 
 def config_of(host) -> Config:
@@ -42,6 +44,16 @@ def dead_owner() -> st.Owner:
     child.kill()
     child.wait()
     return st.Owner(pid=child.pid, pid_start_time=start)
+
+
+def wait_exited(host, container_id: str) -> None:
+    """Until `ps -a` (which records exits it finds) shows the container as exited."""
+
+    def exited() -> bool:
+        rows = [line for line in host.mydocker("ps", "-a").stdout.splitlines() if line.startswith(container_id)]
+        return bool(rows) and " exited" in rows[0]
+
+    wait_until(exited, what=f"container {container_id} to exit")
 
 
 def check(host, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -88,8 +100,7 @@ def test_work_in_progress_is_not_touched(host) -> None:
 
 def test_half_removed_container_is_finished(host) -> None:
     container_id = host.mydocker("run", "-d", "busybox", "true").stdout.strip()
-    time.sleep(0.5)
-    host.mydocker("ps", "-a")  # records the exit
+    wait_exited(host, container_id)
     state = stub(host, "state")
     state.UpdateContainerStatus(
         st.UpdateContainerStatusRequest(id=container_id, status=st.CONTAINER_STATUS_REMOVING, owner=dead_owner()), timeout=10
@@ -115,7 +126,7 @@ def test_a_running_record_whose_process_died_gets_its_exit(host) -> None:
     record = stub(host, "state").GetContainer(st.GetContainerRequest(reference=container_id), timeout=10).container
     os.kill(record.shim_pid, signal.SIGKILL)
     os.kill(record.pid, signal.SIGKILL)
-    time.sleep(0.5)
+    wait_gone(record.shim_pid, record.pid)
     assert_found_then_repaired(host, "recorded as running")
     status = stub(host, "state").GetContainer(st.GetContainerRequest(reference=container_id), timeout=10).container.status
     assert status == st.CONTAINER_STATUS_EXITED
@@ -134,7 +145,7 @@ def test_df_reports_images_layers_containers_and_volumes(host, tmp_path: Path) -
 def test_container_prune_removes_stopped_containers_only(host) -> None:
     running = host.mydocker("run", "-d", "busybox", "top").stdout.strip()
     exited = host.mydocker("run", "-d", "busybox", "true").stdout.strip()
-    time.sleep(0.5)
+    wait_exited(host, exited)
     refused = host.mydocker("container", "prune", check=False)
     assert refused.returncode == 1 and "nothing removed" in refused.stderr
     assert sorted(host.mydocker("ps", "-a", "-q").stdout.split()) == sorted([running, exited])
@@ -147,7 +158,7 @@ def test_system_prune_removes_stopped_containers_and_unused_layers(host) -> None
     (image / "copy.tar").write_bytes((image / "busybox.tar").read_bytes() + b"\0" * 1024)
     host.mydocker("run", "--rm", "copy", "true")
     exited = host.mydocker("run", "-d", "busybox", "true").stdout.strip()
-    time.sleep(0.5)
+    wait_exited(host, exited)
     layers = config_of(host).root / "layers" / "sha256"
     assert len([p for p in layers.iterdir() if p.is_dir()]) == 2
     # rmi deletes the image's layer at once: no container uses it and no other image has it.
@@ -164,24 +175,22 @@ def test_system_prune_removes_stopped_containers_and_unused_layers(host) -> None
 
 
 def test_a_bridge_lost_to_a_reboot_is_made_again(host) -> None:
-    from services.common.netnames import bridge_name
     from tests.netutil import free_subnets
 
     host.mydocker("network", "create", "--subnet", free_subnets(1)[0], "lost")
-    subprocess.run(["ip", "link", "del", bridge_name("lost")], check=True)
-    assert_found_then_repaired(host, f"network lost: its bridge {bridge_name('lost')} is missing")
-    assert os.path.exists(f"/sys/class/net/{bridge_name('lost')}")
+    subprocess.run(["ip", "link", "del", host.bridge("lost")], check=True)
+    assert_found_then_repaired(host, f"network lost: its bridge {host.bridge('lost')} is missing")
+    assert os.path.exists(f"/sys/class/net/{host.bridge('lost')}")
 
 
 def test_a_bridge_without_a_record_is_removed_with_its_rules(host) -> None:
-    from services.common.netnames import bridge_name
     from tests.netutil import free_subnets, iptables_save
 
     host.mydocker("network", "create", "--subnet", free_subnets(1)[0], "orphan")
     # What a `network create` killed after its bridge, whose undo deleted the record, leaves.
     stub(host, "state").DeleteNetwork(st.DeleteNetworkRequest(name="orphan"), timeout=10)
-    assert_found_then_repaired(host, f"network orphan: its bridge {bridge_name('orphan')} exists without a network record")
-    assert not os.path.exists(f"/sys/class/net/{bridge_name('orphan')}")
+    assert_found_then_repaired(host, f"network orphan: its bridge {host.bridge('orphan')} exists without a network record")
+    assert not os.path.exists(f"/sys/class/net/{host.bridge('orphan')}")
     assert "mydocker net=orphan" not in iptables_save()
 
 
@@ -193,7 +202,7 @@ def test_a_networked_container_that_died_is_unplugged_and_its_address_freed(host
     record = stub(host, "state").GetContainer(st.GetContainerRequest(reference=container_id), timeout=10).container
     os.kill(record.shim_pid, signal.SIGKILL)
     os.kill(record.pid, signal.SIGKILL)
-    time.sleep(0.5)
+    wait_gone(record.shim_pid, record.pid)
     assert f"ctr={container_id}" in iptables_save()
     assert_found_then_repaired(host, "recorded as running")
     assert f"ctr={container_id}" not in iptables_save()

@@ -65,3 +65,12 @@ def test_cgroup_mode_detection(tmp_path):
     assert detect_cgroup_mode(tmp_path) == "hybrid"
     (tmp_path / "cgroup.controllers").write_text("cpu memory")
     assert detect_cgroup_mode(tmp_path) == "v2"
+
+
+def test_each_root_is_an_instance_of_its_own():
+    default = Config()
+    assert (default.instance, default.default_cgroup_parent()) == ("", "mydocker")
+    first, second = Config(root=Path("/tmp/a/root")), Config(root=Path("/tmp/b/root"))
+    assert len(first.instance) == 8 and first.instance != second.instance
+    assert first.instance == Config(root=Path("/tmp/a/root"), run=Path("/elsewhere")).instance
+    assert first.default_cgroup_parent() == f"mydocker-{first.instance}"

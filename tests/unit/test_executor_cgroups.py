@@ -8,6 +8,7 @@ import pytest
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.executor.cgroup_layout import CgroupLayout
+from services.executor.cgroup_tree import subtree
 from services.executor.cgroups import (
     CgroupV1,
     CgroupV2,
@@ -237,6 +238,25 @@ def test_v1_pids_reads_cgroup_procs_of_every_hierarchy(v1_root):
     cgroup.dir("memory").mkdir(parents=True)
     (cgroup.dir("memory") / "cgroup.procs").write_text("11\n12\n")
     assert cgroup.pids() == [10, 11, 12]
+
+
+def test_cgroups_nested_below_a_container_count_as_its_own_and_go_first(v1_root, v2_root):
+    """A privileged container can mount cgroupfs (its own cgroup is the root there) and nest cgroups: their
+    members are the container's, and they are removed before it (a cgroup with children is EBUSY)."""
+    for cgroup, top in (
+        (CgroupV2(v2_root, "/mydocker/5"), v2_root / "mydocker" / "5"),
+        (CgroupLayout(v1_root, "v1", {c: "/" for c in V1}).container("5"), v1_root / "pids" / "mydocker" / "5"),
+    ):
+        deeper = top / "inner" / "deeper"
+        deeper.mkdir(parents=True)
+        (top / "cgroup.procs").write_text("10\n")
+        (deeper / "cgroup.procs").write_text("11\n12\n")
+        assert cgroup.pids() == [10, 11, 12]
+        assert subtree(top) == [deeper, deeper.parent, top]
+        (top / "cgroup.procs").unlink()
+        (deeper / "cgroup.procs").unlink()
+        cgroup.remove()
+        assert not top.exists() and subtree(top) == []
 
 
 def test_layout_lists_container_cgroups_of_any_hierarchy_but_not_the_shims(v1_root):

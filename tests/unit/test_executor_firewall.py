@@ -5,32 +5,31 @@ from __future__ import annotations
 import pytest
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from services.executor.firewall import (
-    Baseline,
+from services.executor.firewall import Baseline, baseline_from_json, baseline_to_json, tables_to_delete
+from services.executor.firewall_plan import (
     Op,
     Plan,
-    Port,
-    baseline_from_json,
-    baseline_to_json,
     find_conflict,
+    plan_add_network,
+    plan_publish,
+    plan_remove_network,
+    plan_unpublish,
+    render,
+    validate_network,
+    validate_plan,
+    validate_ports,
+)
+from services.executor.firewall_rules import (
+    Port,
     has_our_chains,
     net_tag,
     network_names,
     parse_net_tag,
     parse_port_tag,
     parse_save,
-    plan_add_network,
-    plan_publish,
-    plan_remove_network,
-    plan_unpublish,
     port_tag,
     published_ports,
-    render,
     table_is_empty,
-    tables_to_delete,
-    validate_network,
-    validate_plan,
-    validate_ports,
 )
 
 HOST_ONLY = """\
@@ -420,3 +419,57 @@ def test_only_tables_we_created_and_that_are_empty_again_are_deleted() -> None:
     assert tables_to_delete(both_empty, Baseline("b", (), "0")) == ["nat", "filter"]
     assert tables_to_delete(both_empty, Baseline("b", ("filter",), "0")) == ["nat"]
     assert tables_to_delete(parse_save(HOST_ONLY), Baseline("b", (), "0")) == []
+
+
+# ---- two instances sharing the chains (issue #12: instances apart)
+
+OTHER = "0123abcd"
+# TWO_NETWORKS as another instance would see it: its own "beta" (bridge mdkz0) beside the default instance's.
+WITH_OTHER_INSTANCE = TWO_NETWORKS.replace('"mydocker net=beta"', f'"mydocker net=beta@{OTHER}"').replace(
+    "mdkb0", "mdkz0"
+)
+
+
+def test_tags_of_another_instance_name_it() -> None:
+    assert net_tag("beta", OTHER) == f"mydocker net=beta@{OTHER}" and net_tag("beta", "") == "mydocker net=beta"
+    assert parse_port_tag(port_tag("1234567890", PUBLISHED[0], OTHER)) == (f"1234567890@{OTHER}", 18080, "tcp")
+    assert network_names(parse_save(WITH_OTHER_INSTANCE)) == {"alpha", f"beta@{OTHER}"}
+
+
+def test_a_network_of_the_same_name_in_another_instance_is_left_alone() -> None:
+    ruleset = parse_save(WITH_OTHER_INSTANCE)
+    # The default instance's "beta" is not the other's: adding it touches none of the other's rules.
+    plan = plan_add_network(ruleset, "beta", "mdkb0", "10.30.0.0/24")
+    assert plan.ops and not any(op.line.startswith("-D") for op in plan.ops)
+    assert all("net=beta@" not in op.line for op in plan.ops)
+    # Removing it changes nothing of the other's, and the other's network keeps the shared chains.
+    assert plan_remove_network(ruleset, "beta", "mdkb0", "10.30.0.0/24") == Plan()
+
+
+def test_the_last_network_of_one_instance_keeps_the_chains_another_instance_uses() -> None:
+    ruleset = parse_save(WITH_OTHER_INSTANCE)
+    plan = plan_remove_network(ruleset, "alpha", "mdka0", "10.10.0.0/24")
+    assert not plan.last and all(op.line.startswith("-D ") and "@" not in op.line for op in plan.ops)
+    last = plan_remove_network(ruleset, "beta", "mdkz0", "10.20.0.0/24", OTHER)
+    assert not last.last and all(f"beta@{OTHER}" in op.line for op in last.ops)
+
+
+def test_published_ports_and_unpublish_are_per_instance() -> None:
+    ruleset = parse_save(WITH_OTHER_INSTANCE.replace("ctr=1234567890", f"ctr=1234567890@{OTHER}"))
+    assert published_ports(ruleset, "") == {}
+    assert list(published_ports(ruleset, OTHER)) == ["1234567890"]
+    assert list(published_ports(ruleset)) == [f"1234567890@{OTHER}"]
+    assert plan_unpublish(ruleset, "1234567890") == Plan()
+    assert len(plan_unpublish(ruleset, "1234567890", OTHER).ops) == 4
+
+
+def test_a_host_port_another_instance_holds_is_refused_naming_its_container() -> None:
+    ruleset = parse_save(WITH_OTHER_INSTANCE.replace("ctr=1234567890", f"ctr=1234567890@{OTHER}"))
+    assert find_conflict(ruleset, "2222222222", PUBLISHED[0]) == "1234567890"
+    with pytest.raises(AlreadyExists, match="already published by container 1234567890:"):
+        plan_publish(ruleset, "2222222222", "mdka0", "10.10.0.9", [PUBLISHED[0]])
+
+
+def test_a_bad_instance_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="invalid mydocker instance"):
+        plan_add_network(parse_save(""), "alpha", "mdka0", "10.10.0.0/24", "x y")

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from services.common.errors import AlreadyExists, InvalidArgument
-from services.executor.firewall import Port
+from services.executor.firewall_rules import Port
 from services.executor.networking import BridgeSpec, ConnectSpec, ensure_port_is_free, validate_bridge, validate_connect
 
 GOOD = ConnectSpec("5341624332", "mdb-web", "10.20.0.2", 24, "10.20.0.1", (Port("", 8080, 80, "tcp"),))

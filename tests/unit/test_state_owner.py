@@ -14,7 +14,9 @@ from services.common.errors import InvalidArgument, InvalidTransition
 from services.state.core import StateCore
 from services.state.model import ContainerSpec, ContainerStatus, Owner, validate_owner
 from services.common.security import SecurityOptions
-from services.state.store import MIGRATIONS, SCHEMA_VERSION, Store, _container_to_row
+from services.state.rows import container_to_row as _container_to_row
+from services.state.schema import MIGRATIONS, SCHEMA_VERSION
+from services.state.store import Store
 
 S = ContainerStatus
 ME = Owner(pid=4242, pid_start_time=987654)

@@ -59,3 +59,21 @@ def test_find_returns_the_topmost():
 
 def test_read_this_process():
     assert any(entry.mount_point == "/" for entry in mountinfo.read())
+
+
+def test_read_under_and_find_at_parse_only_what_can_match(tmp_path):
+    lines = [
+        r"22 1 0:21 / / rw - ext4 /dev/vda1 rw",
+        r"40 22 0:40 / /tmp/my\040root/overlay2/1/merged rw - overlay overlay rw,lowerdir=/l",
+        r"41 40 0:41 / /tmp/my\040root/overlay2/1/merged/data rw - ext4 /dev/vda1 rw",
+        r"42 22 0:42 / /tmp/my\040root/overlay2/12/merged rw - overlay overlay rw",
+        r"43 22 0:43 / /tmp/other rw - tmpfs tmpfs rw",
+    ]
+    table = tmp_path / "mountinfo"
+    table.write_text("\n".join(lines) + "\n")
+    directory = "/tmp/my root/overlay2/1"
+    assert mountinfo.read_under(directory, table) == mountinfo.mounts_under(mountinfo.read(table), directory)
+    assert [m.mount_id for m in mountinfo.read_under(directory, table)] == [40, 41]
+    assert mountinfo.find_at("/tmp/my root/overlay2/12/merged", table).mount_id == 42
+    assert mountinfo.find_at("/tmp/my root/overlay2/1", table) is None
+    assert len(mountinfo.read_under("/", table)) == 5

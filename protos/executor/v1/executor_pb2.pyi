@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from protos.types.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
@@ -75,7 +76,7 @@ class ProcessSpec(_message.Message):
     def __init__(self, args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., cwd: _Optional[str] = ..., terminal: _Optional[bool] = ..., stdin: _Optional[bool] = ...) -> None: ...
 
 class CreateContainerRequest(_message.Message):
-    __slots__ = ("id", "hostname", "rootfs_path", "process", "resources", "stdio_mode", "network_namespace", "window_size", "ip_address", "security")
+    __slots__ = ("id", "hostname", "rootfs_path", "process", "resources", "stdio_mode", "network_namespace", "window_size", "ip_address", "security", "record")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     ROOTFS_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +87,7 @@ class CreateContainerRequest(_message.Message):
     WINDOW_SIZE_FIELD_NUMBER: _ClassVar[int]
     IP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SECURITY_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     id: str
     hostname: str
     rootfs_path: str
@@ -96,7 +98,8 @@ class CreateContainerRequest(_message.Message):
     window_size: WindowSize
     ip_address: str
     security: _types_pb2.SecurityOptions
-    def __init__(self, id: _Optional[str] = ..., hostname: _Optional[str] = ..., rootfs_path: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., stdio_mode: _Optional[_Union[StdioMode, str]] = ..., network_namespace: _Optional[bool] = ..., window_size: _Optional[_Union[WindowSize, _Mapping]] = ..., ip_address: _Optional[str] = ..., security: _Optional[_Union[_types_pb2.SecurityOptions, _Mapping]] = ...) -> None: ...
+    record: _any_pb2.Any
+    def __init__(self, id: _Optional[str] = ..., hostname: _Optional[str] = ..., rootfs_path: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., stdio_mode: _Optional[_Union[StdioMode, str]] = ..., network_namespace: _Optional[bool] = ..., window_size: _Optional[_Union[WindowSize, _Mapping]] = ..., ip_address: _Optional[str] = ..., security: _Optional[_Union[_types_pb2.SecurityOptions, _Mapping]] = ..., record: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
 
 class ContainerProcess(_message.Message):
     __slots__ = ("id", "status", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "exited_at", "cgroup_path", "log_path", "security")
@@ -409,19 +412,51 @@ class ListBridgesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Bridge(_message.Message):
-    __slots__ = ("network", "bridge_name", "subnet", "present")
+    __slots__ = ("network", "bridge_name", "subnet", "present", "gateway")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     BRIDGE_NAME_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
     PRESENT_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
     network: str
     bridge_name: str
     subnet: str
     present: bool
-    def __init__(self, network: _Optional[str] = ..., bridge_name: _Optional[str] = ..., subnet: _Optional[str] = ..., present: _Optional[bool] = ...) -> None: ...
+    gateway: str
+    def __init__(self, network: _Optional[str] = ..., bridge_name: _Optional[str] = ..., subnet: _Optional[str] = ..., present: _Optional[bool] = ..., gateway: _Optional[str] = ...) -> None: ...
 
 class ListBridgesResponse(_message.Message):
     __slots__ = ("bridges",)
     BRIDGES_FIELD_NUMBER: _ClassVar[int]
     bridges: _containers.RepeatedCompositeFieldContainer[Bridge]
     def __init__(self, bridges: _Optional[_Iterable[_Union[Bridge, _Mapping]]] = ...) -> None: ...
+
+class ListContainerRecordsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ContainerRecord(_message.Message):
+    __slots__ = ("id", "request", "request_from_plan", "process", "bridge_name", "address", "ports", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FROM_PLAN_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    request: CreateContainerRequest
+    request_from_plan: bool
+    process: ContainerProcess
+    bridge_name: str
+    address: str
+    ports: _containers.RepeatedCompositeFieldContainer[_types_pb2.PortMapping]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., request: _Optional[_Union[CreateContainerRequest, _Mapping]] = ..., request_from_plan: _Optional[bool] = ..., process: _Optional[_Union[ContainerProcess, _Mapping]] = ..., bridge_name: _Optional[str] = ..., address: _Optional[str] = ..., ports: _Optional[_Iterable[_Union[_types_pb2.PortMapping, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListContainerRecordsResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[ContainerRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[ContainerRecord, _Mapping]]] = ...) -> None: ...

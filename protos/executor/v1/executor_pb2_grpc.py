@@ -121,6 +121,11 @@ class ExecutorServiceStub:
                 request_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesRequest.SerializeToString,
                 response_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesResponse.FromString,
                 _registered_method=True)
+        self.ListContainerRecords = channel.unary_unary(
+                '/mydocker.executor.v1.ExecutorService/ListContainerRecords',
+                request_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListContainerRecordsRequest.SerializeToString,
+                response_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListContainerRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -270,6 +275,16 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListContainerRecords(self, request, context):
+        """ListContainerRecords returns, for every container with a state dir, the
+        CreateContainer request it was made from (with the caller's `record`),
+        its live state and its network connection: what `system check --repair
+        --rebuild-state` rebuilds lost state records from. Reads files only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -357,6 +372,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.ListBridges,
                     request_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesRequest.FromString,
                     response_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesResponse.SerializeToString,
+            ),
+            'ListContainerRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContainerRecords,
+                    request_deserializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListContainerRecordsRequest.FromString,
+                    response_serializer=protos_dot_executor_dot_v1_dot_executor__pb2.ListContainerRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -820,6 +840,33 @@ class ExecutorService:
             '/mydocker.executor.v1.ExecutorService/ListBridges',
             protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesRequest.SerializeToString,
             protos_dot_executor_dot_v1_dot_executor__pb2.ListBridgesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContainerRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mydocker.executor.v1.ExecutorService/ListContainerRecords',
+            protos_dot_executor_dot_v1_dot_executor__pb2.ListContainerRecordsRequest.SerializeToString,
+            protos_dot_executor_dot_v1_dot_executor__pb2.ListContainerRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -110,20 +110,22 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("version", "database_path", "schema_version", "containers", "networks", "pid")
+    __slots__ = ("version", "database_path", "schema_version", "containers", "networks", "pid", "damaged_database")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DATABASE_PATH_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_DATABASE_FIELD_NUMBER: _ClassVar[int]
     version: str
     database_path: str
     schema_version: int
     containers: int
     networks: int
     pid: int
-    def __init__(self, version: _Optional[str] = ..., database_path: _Optional[str] = ..., schema_version: _Optional[int] = ..., containers: _Optional[int] = ..., networks: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+    damaged_database: str
+    def __init__(self, version: _Optional[str] = ..., database_path: _Optional[str] = ..., schema_version: _Optional[int] = ..., containers: _Optional[int] = ..., networks: _Optional[int] = ..., pid: _Optional[int] = ..., damaged_database: _Optional[str] = ...) -> None: ...
 
 class CreateContainerRequest(_message.Message):
     __slots__ = ("name", "image", "command", "env", "volumes", "resources", "network", "ports", "labels", "hostname", "working_dir", "tty", "stdin_open", "auto_remove", "owner", "security", "image_id", "stop_signal")
@@ -250,6 +252,18 @@ class DeleteContainerRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class DeleteContainerResponse(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: Container
+    def __init__(self, container: _Optional[_Union[Container, _Mapping]] = ...) -> None: ...
+
+class RestoreContainerRequest(_message.Message):
+    __slots__ = ("container",)
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    container: Container
+    def __init__(self, container: _Optional[_Union[Container, _Mapping]] = ...) -> None: ...
+
+class RestoreContainerResponse(_message.Message):
     __slots__ = ("container",)
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     container: Container

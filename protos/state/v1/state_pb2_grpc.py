@@ -66,6 +66,11 @@ class StateServiceStub:
                 request_serializer=protos_dot_state_dot_v1_dot_state__pb2.DeleteContainerRequest.SerializeToString,
                 response_deserializer=protos_dot_state_dot_v1_dot_state__pb2.DeleteContainerResponse.FromString,
                 _registered_method=True)
+        self.RestoreContainer = channel.unary_unary(
+                '/mydocker.state.v1.StateService/RestoreContainer',
+                request_serializer=protos_dot_state_dot_v1_dot_state__pb2.RestoreContainerRequest.SerializeToString,
+                response_deserializer=protos_dot_state_dot_v1_dot_state__pb2.RestoreContainerResponse.FromString,
+                _registered_method=True)
         self.CreateNetwork = channel.unary_unary(
                 '/mydocker.state.v1.StateService/CreateNetwork',
                 request_serializer=protos_dot_state_dot_v1_dot_state__pb2.CreateNetworkRequest.SerializeToString,
@@ -153,6 +158,20 @@ class StateServiceServicer:
     def DeleteContainer(self, request, context):
         """DeleteContainer removes a record and releases its IP addresses.
         FAILED_PRECONDITION while the record says RUNNING.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreContainer(self, request, context):
+        """RestoreContainer stores a record exactly as given (id, name, status,
+        pids, times), for `system check --repair --rebuild-state` rebuilding the
+        records of a lost database from what the executor and storage hold. A
+        record with an `ip` gets that address of `network` reserved in the same
+        transaction. ALREADY_EXISTS when the id or name is taken or the address
+        is held; NOT_FOUND when `ip` is set and `network` has no record;
+        INVALID_ARGUMENT as for CreateContainer, or for an id that is not ten
+        digits, an unspecified status or an address outside the subnet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -246,6 +265,11 @@ def add_StateServiceServicer_to_server(servicer, server):
                     servicer.DeleteContainer,
                     request_deserializer=protos_dot_state_dot_v1_dot_state__pb2.DeleteContainerRequest.FromString,
                     response_serializer=protos_dot_state_dot_v1_dot_state__pb2.DeleteContainerResponse.SerializeToString,
+            ),
+            'RestoreContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreContainer,
+                    request_deserializer=protos_dot_state_dot_v1_dot_state__pb2.RestoreContainerRequest.FromString,
+                    response_serializer=protos_dot_state_dot_v1_dot_state__pb2.RestoreContainerResponse.SerializeToString,
             ),
             'CreateNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateNetwork,
@@ -447,6 +471,33 @@ class StateService:
             '/mydocker.state.v1.StateService/DeleteContainer',
             protos_dot_state_dot_v1_dot_state__pb2.DeleteContainerRequest.SerializeToString,
             protos_dot_state_dot_v1_dot_state__pb2.DeleteContainerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mydocker.state.v1.StateService/RestoreContainer',
+            protos_dot_state_dot_v1_dot_state__pb2.RestoreContainerRequest.SerializeToString,
+            protos_dot_state_dot_v1_dot_state__pb2.RestoreContainerResponse.FromString,
             options,
             channel_credentials,
             insecure,
