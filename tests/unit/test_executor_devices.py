@@ -20,7 +20,7 @@ import pytest
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.executor.cgroups import CgroupV1, CgroupV2
 from services.common.security import DeviceMapping, parse_device
-from services.executor.cgroups import rmdir_when_empty
+from services.executor.cgroup_tree import rmdir_when_empty
 from services.executor.devices import (
     ALLOW_ALL,
     DEFAULT_ALLOWED,
