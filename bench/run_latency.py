@@ -50,6 +50,13 @@ def install_hooks(marks: list) -> None:
             finally:
                 mark(f"{service}.{method}", begin)
 
+        def call_together(self, calls):
+            begin = time.monotonic()
+            try:
+                return super().call_together(calls)
+            finally:
+                mark(" and ".join(f"{service}.{method}" for _, service, method, _, _ in calls) + " (at once)", begin)
+
     containers.Services = TimedServices
     attach_stream = cli.streams.attach_stream
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf import any_pb2
 
-from cli.services import DEFAULT_TIMEOUT, CliError, Services
+from cli.services import DEFAULT_TIMEOUT, CliError, Refused, Services
 from protos.executor.v1 import executor_pb2 as ex
 from protos.state.v1 import state_pb2 as st
 from protos.storage.v1 import storage_pb2 as sto
@@ -96,17 +96,25 @@ def resolve(services: Services, reference: str) -> st.Container:
 
 
 def record_exit(services: Services, container: st.Container, process: ex.ContainerProcess, stopped: bool = False) -> st.Container:
-    """Move a RUNNING record to EXITED (or STOPPED) with what the executor saw.
+    """Move a RUNNING record to EXITED (or STOPPED) with what the executor saw; the record as it is if another CLI did first.
 
     The network is torn down first: the state service frees the address with the move, and it
-    must not be handed out while rules still send a host port to it.
+    must not be handed out while rules still send a host port to it. No read before the move: the
+    state service refuses it once the record is no longer running (an attached `run` and a `stop`
+    both saw the same exit), and then the other party's record stands.
     """
     disconnect(services, container)
     status = st.CONTAINER_STATUS_STOPPED if stopped else st.CONTAINER_STATUS_EXITED
     request = st.UpdateContainerStatusRequest(
         id=container.id, status=status, exit_code=process.exit_code, oom_killed=process.oom_killed
     )
-    return services.call("state", "UpdateContainerStatus", request).container
+    try:
+        return services.call("state", "UpdateContainerStatus", request).container
+    except Refused:
+        current = resolve(services, container.id)
+        if current.status == st.CONTAINER_STATUS_RUNNING:
+            raise
+        return current
 
 
 def sync(services: Services, containers: list[st.Container], auto_remove: bool = True) -> list[st.Container]:
@@ -288,12 +296,9 @@ def disconnect(services: Services, container: st.Container) -> None:
 
 
 def finish_foreground(services: Services, container: st.Container) -> st.Container:
-    """After an attached run ends: record how it exited (unless `stop` already did)."""
+    """After an attached run ends: record how it exited (unless `stop` or a repair already did)."""
     process = services.call("executor", "WaitContainer", ex.WaitContainerRequest(id=container.id), timeout=30).process
-    current = resolve(services, container.id)
-    if current.status == st.CONTAINER_STATUS_RUNNING:
-        return record_exit(services, current, process)
-    return current
+    return record_exit(services, container, process)
 
 
 def stop(services: Services, reference: str, timeout: float) -> st.Container:
@@ -373,13 +378,16 @@ def remove_stopped(services: Services, container: st.Container) -> None:
     if container.status != st.CONTAINER_STATUS_REMOVING:
         removing = st.UpdateContainerStatusRequest(id=container.id, status=st.CONTAINER_STATUS_REMOVING, owner=this_process())
         services.call("state", "UpdateContainerStatus", removing)
-    step(
-        "removing the rootfs",
-        lambda: services.call("storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container.id), timeout=120),
-    )
-    step(
-        "deleting the process state",
-        lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)),
+    # The process is gone, so neither needs the other: both at once (each is idempotent, and a REMOVING
+    # record whose remover died is finished by the next rm or repair).
+    services.call_together(
+        [
+            ("removing the rootfs", "storage", "RemoveRootfs", sto.RemoveRootfsRequest(container_id=container.id), 120),
+            (
+                "deleting the process state", "executor", "DeleteContainer",
+                ex.DeleteContainerRequest(id=container.id, force=True), DEFAULT_TIMEOUT,
+            ),
+        ]
     )
     # Already gone is fine: a concurrent `system check --repair` may have finished this removal.
     services.call("state", "DeleteContainer", st.DeleteContainerRequest(id=container.id), missing_ok=True)

@@ -13,6 +13,10 @@ class CliError(Exception):
     """A failure to show the user as one line; the CLI exits 1."""
 
 
+class Refused(CliError):
+    """A service refused the call as things stand (FAILED_PRECONDITION), e.g. a record another CLI moved on."""
+
+
 class Services:
     """Stubs for the state, storage and executor services, each on its own unix socket.
 
@@ -61,4 +65,28 @@ class Services:
         except grpc.RpcError as err:
             if missing_ok and err.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise CliError(describe_rpc_error(service, self.config, err)) from None
+            failure = Refused if err.code() == grpc.StatusCode.FAILED_PRECONDITION else CliError
+            raise failure(describe_rpc_error(service, self.config, err)) from None
+
+    def call_together(self, calls: list[tuple[str, str, str, object, float]]):
+        """Calls to different services at once, each (step, service, method, request, timeout): their replies in order.
+
+        Every call runs to its end; failures, each named by its step, become one CliError.
+        """
+        import grpc
+
+        from services.common.client import describe_rpc_error
+
+        started = [
+            (what, service, getattr(getattr(self, service), method).future(request, timeout=timeout))
+            for what, service, method, request, timeout in calls
+        ]
+        replies, failures = [], []
+        for what, service, future in started:
+            try:
+                replies.append(future.result())
+            except grpc.RpcError as err:
+                failures.append(f"{what} failed: {describe_rpc_error(service, self.config, err)}")
+        if failures:
+            raise CliError("; ".join(failures))
+        return replies

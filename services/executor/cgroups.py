@@ -252,6 +252,10 @@ class CgroupV1:
     def procs_files(self) -> list[str]:
         return [str(directory / "cgroup.procs") for directory in self.dirs()]
 
+    def join_files(self) -> list[str]:
+        """What a single-threaded process writes "0" into to join: `tasks`, no global lock (cgroup_join.py)."""
+        return [str(directory / "tasks") for directory in self.dirs()]
+
     def pids(self) -> list[int]:
         """Members in any hierarchy and any cgroup nested below: a half-made or half-removed cgroup may exist
         in some hierarchies only."""
@@ -337,6 +341,10 @@ class CgroupV2:
 
     def procs_files(self) -> list[str]:
         return [str(self.path() / "cgroup.procs")]
+
+    def join_files(self) -> list[str]:
+        """What a process writes "0" into to join (v2 has no per-thread file outside threaded cgroups)."""
+        return self.procs_files()
 
     def pids(self) -> list[int]:
         """Members of the cgroup and of any cgroup nested below it."""

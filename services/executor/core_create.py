@@ -42,7 +42,7 @@ class CreateMixin:
                 stdin=spec.process.stdin,
                 stdio_mode=spec.stdio_mode.value,
                 limits=spec.limits,
-                cgroup_procs=cgroup.procs_files(),
+                cgroup_procs=cgroup.join_files(),
                 cgroup_namespace=os.path.exists("/proc/self/ns/cgroup"),
                 extra_mounts=[tmpfs_mount(mount) for mount in spec.security.tmpfs],
                 security=confinement.profile,
@@ -130,7 +130,7 @@ class CreateMixin:
             "terminal": plan.terminal,
             "stdin": plan.stdin,
             "oom": cgroup.oom_file(),
-            "shim_procs": self._layout.shims().procs_files(),
+            "shim_procs": self._layout.shims().join_files(),
             "window": (window[0], window[1]) if window and plan.terminal else None,
             # JSON's types only (dicts, lists, str, int, bool, None), so the init's marshal.loads sees what json would.
             "plan": marshal.dumps(json.loads(plan_json)),

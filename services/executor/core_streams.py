@@ -110,7 +110,7 @@ class StreamsMixin:
         spec = {
             "pid": state.pid,
             "start_time": state.pid_start_time,
-            "cgroup_procs": self._cgroup(directory, container_id).procs_files(),
+            "cgroup_procs": self._cgroup(directory, container_id).join_files(),
             "args": list(process.args),
             "env": list(env),
             "cwd": process.cwd or plan.get("cwd") or "/",

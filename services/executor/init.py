@@ -11,7 +11,7 @@ import stat
 import termios
 
 from services.common import linux
-from services.executor import confine, statefiles, users
+from services.executor import cgroup_join, confine, statefiles, users
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # exec keeps ignored signals ignored (Python ignores SIGPIPE and SIGXFSZ): give every one its default back.
@@ -120,9 +120,7 @@ def make_file_target(path: str) -> None:
 
 def join_cgroups(plan: dict) -> None:
     # Before unsharing the cgroup namespace, so the container's cgroup becomes its root.
-    for procs in plan["cgroup_procs"]:
-        with open(procs, "w") as handle:
-            handle.write("0")
+    cgroup_join.join(plan["cgroup_procs"])
 
 
 def unshare_namespaces(plan: dict) -> None:

@@ -12,7 +12,7 @@ import socket
 import sys
 
 from services.common import linux
-from services.executor import confine, statefiles
+from services.executor import cgroup_join, confine, statefiles
 from services.executor.init import ExecError, confined_identity, exec_command, report, resolve_executable, setup_stdio
 
 BOOTSTRAP = "import sys; from services.executor.nsexec import main; main(sys.argv[1:])"
@@ -50,9 +50,7 @@ def open_namespaces(pid: int, start_time: int) -> list[tuple[str, int]]:
 def enter(spec: dict) -> None:
     namespaces = open_namespaces(spec["pid"], spec["start_time"])
     # The cgroup first, through the host's /sys, before our view of it changes.
-    for procs in spec["cgroup_procs"]:
-        with open(procs, "w") as handle:
-            handle.write("0")
+    cgroup_join.join(spec["cgroup_procs"])
     for name, fd in namespaces:
         linux.setns(fd, linux.NAMESPACE_FLAGS[name])
         os.close(fd)

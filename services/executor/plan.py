@@ -81,7 +81,7 @@ class ContainerPlan:
     devices: tuple[DeviceSpec, ...] = ()
     # (link path, target) pairs.
     symlinks: tuple[tuple[str, str], ...] = ()
-    # cgroup.procs files init writes itself into before unsharing its cgroup namespace.
+    # The files init writes itself into before unsharing its cgroup namespace (v1 `tasks`, v2 cgroup.procs).
     cgroup_procs: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     # None only in a plan written before security profiles existed: that container runs unconfined.

@@ -7,7 +7,7 @@ import posix
 import sys
 
 from services.common import linux
-from services.executor import framing, shim, statefiles
+from services.executor import cgroup_join, framing, shim, statefiles
 
 # Loaded once here, before any fork, so no shim or container init pays an interpreter start or an import:
 # they share these pages copy-on-write with the launcher and with each other.
@@ -35,7 +35,7 @@ class RequestError(ValueError):
 def encode_request(options: dict) -> bytes:
     """A 4-byte big-endian length, then the shim's options in marshal format.
 
-    The options: state, log, stdio, oom (str), terminal, stdin (bool), shim_procs (list of str),
+    The options: state, log, stdio, oom (str), terminal, stdin (bool), shim_procs (the files joining the shims' cgroups),
     window ((rows, cols) or None) and plan (the container init's plan, marshal bytes).
     marshal because it is built in: the launcher decodes without importing json.
     """
@@ -178,9 +178,7 @@ def _run_shim(options) -> None:
     try:
         statefiles.set_comm(f"shim {state_dir.rsplit('/', 1)[-1]}")
         # Out of the executor's cgroups, so stopping or limiting the executor leaves shims alone.
-        for procs in options["shim_procs"]:
-            with open(procs, "w") as handle:
-                handle.write("0")
+        cgroup_join.join(options["shim_procs"])
         # Our next child, the container's init, is PID 1 of a new pid namespace.
         linux.unshare(linux.CLONE_NEWPID)
     except OSError as err:

@@ -34,11 +34,10 @@ RUN_RM = Command(
         Step("executor", "Attach", streaming=True),
         Step("executor", "StartContainer"),
         Step("state", "UpdateContainerStatus", 1),  # RUNNING
-        # finish_foreground: the exit, the record again, EXITED.
+        # finish_foreground: the exit, then EXITED (no read first).
         Step("executor", "WaitContainer"),
-        Step("state", "GetContainer"),
         Step("state", "UpdateContainerStatus", 2),  # EXITED
-        # remove_stopped: REMOVING, rootfs, process state, record.
+        # remove_stopped: REMOVING, rootfs and process state at once, record.
         Step("state", "UpdateContainerStatus", 3),
         Step("storage", "RemoveRootfs"),
         Step("executor", "DeleteContainer"),

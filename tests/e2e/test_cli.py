@@ -31,6 +31,7 @@ from services.common.ctl import REPO
 from services.executor.cgroup_layout import CgroupLayout
 from services.executor.cgroups import parse_proc_cgroup
 from tests.e2e.conftest import both_cli_modes, one_line_error
+from tests.waiting import wait_until
 
 # Every test twice: through the CLI server, and with the CLI in-process.
 pytestmark = [pytest.mark.root, both_cli_modes]
@@ -79,15 +80,6 @@ def inspect(host, *references: str) -> list[dict]:
 
 def live_pid(host, reference: str) -> int:
     return int(inspect(host, reference)[0]["live"]["pid"])
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def cgroup_value(pid: int, controller: str, v1_file: str, v2_file: str) -> str:
@@ -360,7 +352,7 @@ def test_a_container_whose_process_died_is_never_shown_running(host):
     pid = int(row["PID"])
     assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"top\0"
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: killed not in ps_ids(host))
+    wait_until(lambda: killed not in ps_ids(host), what="the killed container to leave ps")
     assert ps_table(host, "-a")[killed]["STATUS"] == "exited (137)"
 
     # Shim and process both gone: the record is still not "running".
@@ -371,7 +363,7 @@ def test_a_container_whose_process_died_is_never_shown_running(host):
     assert Path(f"/proc/{shim_pid}/comm").read_text() == f"shim {orphaned}"[:15] + "\n"
     os.kill(shim_pid, signal.SIGKILL)
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: orphaned not in ps_ids(host))
+    wait_until(lambda: orphaned not in ps_ids(host), what="the orphaned container to leave ps")
     assert ps_table(host, "-a")[orphaned]["STATUS"].startswith("exited (")
     assert inspect(host, orphaned)[0]["status"] != "CONTAINER_STATUS_RUNNING"
 
@@ -429,6 +421,34 @@ def test_stop_kills_a_pid1_that_ignores_term(host):
     # 143: SIGTERM ended it, without waiting for the SIGKILL after the timeout.
     assert ps_table(host, "-a")[polite]["STATUS"] == "stopped (143)"
     assert ps_ids(host) == []
+
+
+def test_a_foreground_run_stopped_from_elsewhere_ends_quietly_with_one_exit_record(host):
+    # Both CLIs see the same exit and record it without reading the record first: whichever comes
+    # second is refused by the state service and keeps the first one's record, without an error.
+    name = f"fg-{uuid.uuid4().hex[:8]}"
+    foreground = subprocess.Popen(
+        [MYDOCKER, "run", "--name", name, "busybox", "sleep", "1000"],
+        env=host.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: name in host.mydocker("ps").stdout, what=f"{name} to run")
+        host.mydocker("stop", "-t", "1", name)
+        _, stderr = foreground.communicate(timeout=30)
+    finally:
+        if foreground.poll() is None:
+            foreground.kill()
+            foreground.wait()
+    # sleep as PID 1 has no handler for TERM: the KILL after `-t 1` ends it.
+    assert foreground.returncode == 137, stderr
+    assert stderr == ""
+    (row,) = [row for row in ps_table(host, "-a").values() if row["NAME"] == name]
+    assert row["STATUS"] in ("stopped (137)", "exited (137)")
+    host.mydocker("rm", name)
 
 
 def shortest_unique_prefix(container_id: str, others: list[str]) -> str:
@@ -499,7 +519,7 @@ def test_volumes(host):
         container_id = run_detached(
             host, "-v", f"{data}:/data", "busybox", "sh", "-c", "echo again > /data/h; echo layer > /layer.txt; exec top"
         )
-        assert wait_until(lambda: (data / "h").exists())
+        wait_until(lambda: (data / "h").exists(), what="the file written through the volume")
         assert host.mydocker("commit", container_id, "withvol").stdout.strip() == "withvol"
         host.mydocker("rm", "-f", container_id)
         assert sorted(os.listdir(data)) == ["f", "h"]
@@ -699,7 +719,7 @@ def test_an_image_of_sixty_layers_runs_and_commits(host):
     assert out == "59\n59\n"
     container = host.mydocker("run", "-d", "deep:v1", "sh", "-c", "echo changed > /etc/top; exec sleep 60").stdout.strip()
     try:
-        assert wait_until(lambda: host.mydocker("exec", container, "cat", "/etc/top").stdout == "changed\n")
+        wait_until(lambda: host.mydocker("exec", container, "cat", "/etc/top").stdout == "changed\n", what="the change seen inside")
         host.mydocker("commit", container, "deeper")
         assert host.mydocker("run", "--rm", "deeper", "cat", "/etc/top").stdout == "changed\n"
         assert len(json.loads(host.mydocker("image", "inspect", "deeper").stdout)[0]["layers"]) == 61

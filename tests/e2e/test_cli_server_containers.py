@@ -5,26 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from services.common.config import Config
 from services.common.ctl import REPO, service_pid
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
 
 def _children(pid: int) -> set[int]:
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
-def _wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _start(host, *args: str) -> subprocess.Popen:
@@ -68,7 +61,7 @@ def test_a_killed_client_takes_its_worker_with_it(host) -> None:
     server = service_pid(config, "cli")
     assert server is not None
     # The spare waiting now is the worker that will serve the next command.
-    _wait_for(lambda: len(_children(server)) == 1, what="one spare worker")
+    wait_until(lambda: len(_children(server)) == 1, 20.0, "one spare worker")
     (worker,) = _children(server)
     client = _start(host, "run", "--name", "orphaned", "busybox", "sh", "-c", "echo ready; sleep 60")
     try:
@@ -76,7 +69,7 @@ def test_a_killed_client_takes_its_worker_with_it(host) -> None:
         assert worker in _children(server)
         client.kill()
         client.wait()
-        _wait_for(lambda: worker not in _children(server), what="the worker to end")
+        wait_until(lambda: worker not in _children(server), 20.0, "the worker to end")
     finally:
         if client.poll() is None:
             client.kill()

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.e2e.conftest import Host, one_line_error, running_host
 from tests.imagetools import HandImage, compress, docker_archive_members, sha256, tar_bytes, write_tar
 from tests.invariants import violations
 from tests.registry import docker_registry
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -152,16 +152,6 @@ def _logged_until(host: Host, container: str, last: str) -> list[str] | None:
     return lines if lines and lines[-1] == last else None
 
 
-def wait_for(what: str, condition, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.05)
-
-
 # -- images ----------------------------------------------------------------------------------------
 
 
@@ -254,7 +244,7 @@ def test_commit_of_an_upper_bigger_than_the_free_space(full_host: Host, small_fs
     name = f"fd-commit-{uuid.uuid4().hex[:6]}"
     full_host.mydocker("run", "-d", "--name", name, "busybox", "sh", "-c",
                        "head -c 3000000 /dev/urandom > /data && touch /ready && sleep 600")
-    wait_for("the upper written", lambda: exists_inside(full_host, name, "/ready"))
+    wait_until(lambda: exists_inside(full_host, name, "/ready"), WAIT, "the upper written")
     try:
         # No room for the layer blob; then room for the blob but not for unpacking it (its undo runs).
         for leave, step in ((MIB, "writing the new layer"), (4 * MIB, "unpacking the new layer")):
@@ -277,14 +267,14 @@ def test_a_thin_tag_file_is_completed_once_space_is_freed(full_host: Host, small
     root = Path(full_host.env["MYDOCKER_ROOT"])
     name = f"fd-thin-{uuid.uuid4().hex[:6]}"
     full_host.mydocker("run", "-d", "--name", name, "busybox", "sh", "-c", "echo changed > /changed && sleep 600")
-    wait_for("the upper written", lambda: exists_inside(full_host, name, "/changed"))
+    wait_until(lambda: exists_inside(full_host, name, "/changed"), WAIT, "the upper written")
     markers = root / "imagedb" / "thin"
     try:
         with disk_full(small_fs, leave=MIB):
             full_host.mydocker("commit", name, "fd-thin")
             assert list(markers.rglob("*.json")), "the tag file is complete already: the disk was not full enough"
             assert full_host.mydocker("run", "--rm", "fd-thin", "cat", "/changed").stdout == "changed\n"
-        wait_for("the tag file completed", lambda: not list(markers.rglob("*.json")))
+        wait_until(lambda: not list(markers.rglob("*.json")), WAIT, "the tag file completed")
         assert_healthy(full_host)
     finally:
         full_host.mydocker("rm", "-f", name, check=False)
@@ -305,7 +295,7 @@ def test_a_container_filling_its_upper_gets_enospc(full_host: Host, small_fs: Pa
     name = f"fd-fill-{uuid.uuid4().hex[:6]}"
     full_host.mydocker("run", "-d", "--name", name, "busybox", "sh", "-c",
                        "dd if=/dev/zero of=/big bs=1M count=1000; touch /done; sleep 600")
-    wait_for("the disk filled", lambda: exists_inside(full_host, name, "/done"))
+    wait_until(lambda: exists_inside(full_host, name, "/done"), WAIT, "the disk filled")
     assert free_bytes(small_fs) < 64 * 1024
     assert name in full_host.mydocker("ps").stdout
     full_host.mydocker("rm", "-f", name)
@@ -323,15 +313,14 @@ def test_log_lines_at_a_full_disk_are_dropped_and_logs_still_work(full_host: Hos
     container = full_host.mydocker("run", "-d", "--name", name, "busybox", "sh", "-c", script).stdout.strip()
     shim_log = Path(full_host.env["MYDOCKER_RUN"]) / container / "shim.log"
     try:
-        wait_for("the first line logged", lambda: "before" in full_host.mydocker("logs", name).stdout)
+        wait_until(lambda: "before" in full_host.mydocker("logs", name).stdout, WAIT, "the first line logged")
         with disk_full(small_fs, leave=0):
             full_host.mydocker("exec", name, "touch", "/go1")  # an empty file needs no data page on tmpfs
-            wait_for("the shim noting the drop",
-                     lambda: shim_log.is_file() and "dropping output" in shim_log.read_text())
+            wait_until(lambda: shim_log.is_file() and "dropping output" in shim_log.read_text(), WAIT, "the shim noting the drop")
             logs = full_host.mydocker("logs", name)
             assert logs.stdout.startswith("before\n"), logs.stdout[:200]
         full_host.mydocker("exec", name, "touch", "/go2")
-        lines = wait_for("the line after space was freed", lambda: _logged_until(full_host, name, "after"))
+        lines = wait_until(lambda: _logged_until(full_host, name, "after"), WAIT, "the line after space was freed")
         # Whole lines only: a line cut by the full disk was taken back, never left half-written.
         whole = [line for line in lines if line.startswith("while-full-") and line.endswith("-padding")]
         assert lines == ["before", *whole, "after"], lines

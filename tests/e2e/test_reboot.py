@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from services.common.ctl import PROCESSES, REPO, is_service_process, running_ser
 from services.executor import statefiles
 from tests.e2e.conftest import mounts_below
 from tests.invariants import hierarchy_parents, violations
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -37,14 +37,6 @@ def ps_status(host) -> dict[str, str]:
     """Container id -> its whole `ps -a` line (a status such as "exited (0)" spans two words)."""
     lines = host.mydocker("ps", "-a").stdout.splitlines()[1:]
     return {line.split()[0]: line for line in lines}
-
-
-def wait_until(done, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def kill_exact(pid: int, start_time: int, signum: int = signal.SIGKILL) -> bool:

@@ -184,6 +184,8 @@ def test_v1_create_copies_cpuset_down_and_applies_limits(v1_root):
     assert (cgroup.dir("cpuset") / "cpuset.mems").read_text() == "0"
     assert (cgroup.dir("pids") / "pids.max").read_text() == "7"
     assert cgroup.procs_files() == [str(cgroup.dir(c) / "cgroup.procs") for c in V1]
+    # A container's init and its shim join through `tasks` (one thread, no global lock: cgroup_join.py).
+    assert cgroup.join_files() == [str(cgroup.dir(c) / "tasks") for c in V1]
     assert cgroup.oom_file() == str(cgroup.dir("memory") / "memory.oom_control")
 
 
@@ -314,6 +316,7 @@ def test_v2_enables_controllers_along_the_path_and_applies_limits(v2_root):
     assert (cgroup.path() / "cpuset.cpus").read_text() == "0"
     assert (cgroup.path() / "pids.max").read_text() == "20"
     assert cgroup.procs_files() == [str(cgroup.path() / "cgroup.procs")]
+    assert cgroup.join_files() == cgroup.procs_files()
     assert cgroup.oom_file() == str(cgroup.path() / "memory.events")
     (cgroup.path() / "cpu.stat").write_text("usage_usec 2500\nuser_usec 2000\n")
     assert cgroup.cpu_usage_ns() == 2_500_000
