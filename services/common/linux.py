@@ -7,6 +7,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import struct
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -108,6 +109,18 @@ _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 _libc.capset.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
 _libc.syscall.restype = ctypes.c_long
 _libc.syncfs.argtypes = (ctypes.c_int,)
+_libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+_libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_NO_AUTOMOUNT = 0x800
+STATX_ATTR_MOUNT_ROOT = 0x2000
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+# struct statx: stx_attributes at 8, stx_attributes_mask at 56, 256 bytes in all; struct statfs starts
+# with f_type (a long), 120 bytes on 64-bit Linux.
+_STATX_SIZE = 256
+_STATFS_SIZE = 120
 
 
 def _encode(value: str | bytes | None) -> bytes | None:
@@ -141,6 +154,27 @@ def mount(
 
 def umount2(target: str | os.PathLike, flags: int = 0) -> None:
     _check(_libc.umount2(_encode(target), flags), f"umount {os.fsdecode(target)}", target)
+
+
+def mount_root_type(path: str | os.PathLike) -> int | None:
+    """The filesystem type (statfs f_type) of the mount whose root `path` is, or None when `path` is no mount point.
+
+    statx's STATX_ATTR_MOUNT_ROOT looks at one path, where reading /proc/self/mountinfo costs the kernel
+    ~7 ms with 1,000 mounts. A symlink is not followed. OSError ENOTSUP where the kernel does not report
+    mount roots (before Linux 5.8).
+    """
+    buffer = ctypes.create_string_buffer(_STATX_SIZE)
+    _check(_libc.statx(AT_FDCWD, _encode(path), AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, 0, buffer), "statx", path)
+    attributes, = struct.unpack_from("=Q", buffer, 8)
+    known, = struct.unpack_from("=Q", buffer, 56)
+    if not known & STATX_ATTR_MOUNT_ROOT:
+        raise OSError(errno.ENOTSUP, "statx does not report mount roots on this kernel", os.fsdecode(path))
+    if not attributes & STATX_ATTR_MOUNT_ROOT:
+        return None
+    filesystem = ctypes.create_string_buffer(_STATFS_SIZE)
+    _check(_libc.statfs(_encode(path), filesystem), "statfs", path)
+    fs_type, = struct.unpack_from("=q", filesystem, 0)
+    return fs_type & 0xFFFFFFFF
 
 
 def syncfs(path: str | os.PathLike) -> None:

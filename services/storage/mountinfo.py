@@ -1,10 +1,13 @@
-"""Parse /proc/self/mountinfo (a pure parser plus a reader) to know what is mounted where."""
+"""What is mounted where: /proc/self/mountinfo (a pure parser plus a reader), and one path through statx."""
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.common import linux
 
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -102,3 +105,33 @@ def read_under(directory: str, path: Path = Path("/proc/self/mountinfo")) -> lis
 def find_at(mount_point: str, path: Path = Path("/proc/self/mountinfo")) -> MountInfo | None:
     """find(read(), mount_point), parsing only the lines that can match."""
     return find(_candidates(path.read_text(), mount_point), mount_point)
+
+
+# -- one path, without reading the whole table --------------------------------------------------
+
+
+def mount_type_at(path: str) -> int | None:
+    """The filesystem type (statfs magic) mounted at exactly `path`, None when `path` is no mount point or is missing.
+
+    One statx and one statfs instead of mountinfo, which the kernel formats whole (~7 ms with 1,000
+    containers' overlays). Kernels that cannot say (before Linux 5.8) are asked through mountinfo.
+    """
+    try:
+        return linux.mount_root_type(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        if err.errno != errno.ENOTSUP:
+            raise
+    entry = find_at(path)
+    if entry is None:
+        return None
+    return linux.OVERLAYFS_SUPER_MAGIC if entry.fstype == "overlay" else 0
+
+
+def is_mount_point(path: str) -> bool:
+    return mount_type_at(path) is not None
+
+
+def is_overlay_mount(path: str) -> bool:
+    return mount_type_at(path) == linux.OVERLAYFS_SUPER_MAGIC

@@ -166,7 +166,9 @@ class RootfsStore:
 
     def is_mounted(self, container_id: str, table: list[mountinfo.MountInfo] | None = None) -> bool:
         merged = str(self.paths(container_id).merged)
-        entry = mountinfo.find_at(merged) if table is None else mountinfo.find(table, merged)
+        if table is None:
+            return mountinfo.is_overlay_mount(merged)
+        entry = mountinfo.find(table, merged)
         return entry is not None and entry.fstype == "overlay"
 
     def mount(self, record: RootfsRecord) -> list[Mount]:
@@ -177,8 +179,7 @@ class RootfsStore:
         performed = []
         view = lower_view_mount(paths, layer_dirs)
         if view is not None:
-            entry = mountinfo.find_at(view.target)
-            if entry is None or entry.fstype != "overlay":
+            if not mountinfo.is_overlay_mount(view.target):
                 mount_overlay(view)
             performed.append(view)
         if not self.is_mounted(record.container_id):
@@ -194,7 +195,7 @@ class RootfsStore:
         resolved = resolve_in_root(str(paths.merged), volume.container_path, make_file=not is_dir)
         try:
             planned = volume_mount(paths, volume, resolved.relative)
-            if mountinfo.find_at(planned.target) is not None:
+            if mountinfo.is_mount_point(planned.target):
                 return planned
             # Mount on the fd, not the path: nothing in the rootfs can redirect it between resolve and mount.
             linux.mount(volume.host_path, resolved.proc_path, None, linux.MS_BIND | linux.MS_REC)
@@ -232,6 +233,11 @@ class RootfsStore:
 
     def _unmount_checked(self, directory: str, what: str) -> list[str]:
         unmounted = self.unmount_tree(directory)
+        # What unmount_tree found is all there was (the caller holds the id's lock, and only this service
+        # mounts there): a look at those points is the check, and the whole table is read again only
+        # when one of them is still a mount point, to say what is left.
+        if not any(mountinfo.is_mount_point(point) for point in unmounted):
+            return unmounted
         left = mountinfo.read_under(directory)
         if left:
             raise FailedPrecondition(

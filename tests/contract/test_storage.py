@@ -989,15 +989,17 @@ def test_start_cleans_leftovers_of_a_crash(temp_config):
     core = StorageCore(temp_config)
     core.start()
     root = core.paths.root
+    # A temp tar's tag is its writer's pid: one above pid_max can never be a live process (1234 once was).
+    dead_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     leftovers = [
-        root / "layers" / "tmp" / ("ab" * 32 + "-1234"),
+        root / "layers" / "tmp" / ("ab" * 32 + f"-{dead_pid}"),
         root / "overlay2" / f".{ID1}.creating-abcd",
         root / "overlay2" / f".{ID2}.removing-abcd",
     ]
     for path in leftovers:
         (path / "fs").mkdir(parents=True)
         (path / "fs" / "file").write_text("half")
-    (root / "image" / ".base.tar.tmp-1234").write_bytes(b"half")
+    (root / "image" / f".base.tar.tmp-{dead_pid}").write_bytes(b"half")
     StorageCore(temp_config).start()
     assert not any(path.exists() for path in leftovers)
     assert os.listdir(root / "image") == []

@@ -77,3 +77,40 @@ def test_read_under_and_find_at_parse_only_what_can_match(tmp_path):
     assert mountinfo.find_at("/tmp/my root/overlay2/12/merged", table).mount_id == 42
     assert mountinfo.find_at("/tmp/my root/overlay2/1", table) is None
     assert len(mountinfo.read_under("/", table)) == 5
+
+
+# -- one path through statx ------------------------------------------------------------------------
+
+PROC_SUPER_MAGIC = 0x9FA0
+TMPFS_MAGIC = 0x01021994
+
+
+def test_mount_roots_and_their_types_without_the_table(tmp_path):
+    from services.common import linux
+
+    assert linux.mount_root_type("/proc") == PROC_SUPER_MAGIC
+    (tmp_path / "plain").mkdir()
+    assert linux.mount_root_type(str(tmp_path / "plain")) is None
+    with pytest.raises(FileNotFoundError):
+        linux.mount_root_type(str(tmp_path / "missing"))
+    assert mountinfo.mount_type_at(str(tmp_path / "missing")) is None
+    assert not mountinfo.is_mount_point(str(tmp_path / "plain"))
+
+
+@pytest.mark.root
+def test_a_tmpfs_is_a_mount_point_but_no_overlay_and_a_symlink_to_it_is_neither(tmp_path):
+    from services.common import linux
+
+    target = tmp_path / "mnt"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    linux.mount("tmpfs", str(target), "tmpfs", 0, "size=1m")
+    try:
+        assert mountinfo.mount_type_at(str(target)) == TMPFS_MAGIC
+        assert mountinfo.is_mount_point(str(target)) and not mountinfo.is_overlay_mount(str(target))
+        # Agrees with the table, which it stands in for.
+        assert mountinfo.find_at(str(target)).fstype == "tmpfs"
+        assert not mountinfo.is_mount_point(str(tmp_path / "link"))
+    finally:
+        linux.umount2(str(target))
+    assert not mountinfo.is_mount_point(str(target))
