@@ -1,4 +1,4 @@
-"""Small filesystem helpers: atomic JSON files, fsync of directories, disk usage, and file locks."""
+"""Small filesystem helpers: atomic JSON files, fsync of directories, tree removal, disk usage, and file locks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+from services.common import linux
 
 
 def fsync_dir(directory: Path) -> None:
@@ -114,6 +116,59 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+class MountBelow(OSError):
+    """remove_tree_within met a mount point: nothing below it was touched."""
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree_within(top: Path) -> None:
+    """rm -rf of `top` that never enters a mount point below it (MountBelow, naming it); a missing `top` is fine.
+
+    Symlinks are removed, never followed. Depth-first with a stack of directory fds, so a deep tree
+    cannot exhaust Python's recursion limit and no path is looked up twice.
+    """
+    try:
+        info = os.lstat(top)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        top.unlink()
+        return
+    if linux.mount_root_type(top) is not None:
+        raise MountBelow(16, "a mount point: not deleting through it", str(top))
+    # Each frame: directory fd, its path (for errors), the names left to look at.
+    stack = [(os.open(top, _DIRECTORY_FLAGS), str(top), None)]
+    try:
+        while stack:
+            fd, path, names = stack[-1]
+            if names is None:
+                names = os.listdir(fd)
+                stack[-1] = (fd, path, names)
+            descended = False
+            while names:
+                name = names.pop()
+                if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=fd)
+                    continue
+                if linux.mount_root_type(name, dir_fd=fd) is not None:
+                    raise MountBelow(16, "a mount point: not deleting through it", f"{path}/{name}")
+                stack.append((os.open(name, _DIRECTORY_FLAGS, dir_fd=fd), f"{path}/{name}", None))
+                descended = True
+                break
+            if descended:
+                continue
+            stack.pop()
+            os.close(fd)
+            if stack:
+                os.rmdir(path.rsplit("/", 1)[1], dir_fd=stack[-1][0])
+        os.rmdir(top)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from pathlib import Path
 from services.common import linux
 from services.common.errors import FailedPrecondition
 from services.storage import mountinfo
-from services.storage.fsutil import fsync_dir, read_json, remove_tree, write_json_atomic
+from services.storage.fsutil import MountBelow, fsync_dir, read_json, remove_tree, remove_tree_within, write_json_atomic
 from services.storage.model import Mount, RootfsRecord, Volume
 from services.storage.paths import CONTAINER_ID_PATTERN, DIGEST_PATTERN, RootfsPaths, StoragePaths
 from services.storage.mountplan import (
@@ -39,6 +39,8 @@ from services.storage.volumes import mount_order, prepare_host_path, resolve_in_
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 2
+# More mounts stacked on one `merged` than this is not ours: the full scan handles it.
+MAX_STACKED_MOUNTS = 8
 
 
 def record_to_json(record: RootfsRecord) -> dict:
@@ -229,7 +231,39 @@ class RootfsStore:
 
     def unmount(self, container_id: str) -> list[str]:
         """Unmount the volumes, then the overlay, of one rootfs; verify nothing stays mounted."""
-        return self._unmount_checked(str(self.paths(container_id).dir), f"container {container_id}")
+        paths = self.paths(container_id)
+        unmounted = self._unmount_known(paths)
+        if unmounted is not None:
+            return unmounted
+        return self._unmount_checked(str(paths.dir), f"container {container_id}")
+
+    @staticmethod
+    def _unmount_known(paths: RootfsPaths) -> list[str] | None:
+        """The usual rootfs without reading the mount table: `merged`, then a `lower` view; None when unsure.
+
+        A plain umount of `merged` fails (EBUSY) while volumes are mounted below it or a process uses
+        it: then, or when `dir`, `upper` or `work` is a mount point, the caller's full scan decides, as
+        it does from every other state. A mount deeper in `upper` or `work`, which only a hand could
+        make, stops the deletion instead (remove_tree_within).
+        """
+        unmounted = []
+        for target in (str(paths.merged), str(paths.lower)):
+            # Stacked mounts: each umount takes off the top one.
+            for _ in range(MAX_STACKED_MOUNTS):
+                if not mountinfo.is_mount_point(target):
+                    break
+                try:
+                    linux.umount2(target, linux.UMOUNT_NOFOLLOW)
+                except OSError as err:
+                    if err.errno in (errno.EBUSY, errno.EINVAL):
+                        return None
+                    raise
+                unmounted.append(target)
+            else:
+                return None
+        if any(mountinfo.is_mount_point(str(path)) for path in (paths.dir, paths.upper, paths.work)):
+            return None
+        return unmounted
 
     def _unmount_checked(self, directory: str, what: str) -> list[str]:
         unmounted = self.unmount_tree(directory)
@@ -257,7 +291,7 @@ class RootfsStore:
         for leftover in leftovers:
             # Never delete through a mount: a volume's host data would go with it.
             self._unmount_checked(str(leftover), f"container {container_id}")
-            remove_tree(leftover)
+            remove_tree_within(leftover)
             log.info("removed %s, left by an interrupted creation or removal", leftover)
         if not os.path.lexists(paths.dir):
             return bool(leftovers)
@@ -266,7 +300,13 @@ class RootfsStore:
         doomed = self._paths.overlay / f".{container_id}.removing-{secrets.token_hex(4)}"
         os.rename(paths.dir, doomed)
         fsync_dir(self._paths.overlay)
-        remove_tree(doomed)
+        try:
+            remove_tree_within(doomed)
+        except MountBelow as err:
+            # Mounted by hand where unmount() does not look without the table: the full scan takes it off.
+            log.warning("%s: unmounting what the table shows below it", err)
+            self._unmount_checked(str(doomed), f"container {container_id}")
+            remove_tree_within(doomed)
         log.info("removed rootfs %s", container_id)
         return True
 

@@ -1133,6 +1133,35 @@ def test_remove_rootfs_from_every_half_state(storage, tmp_path):
 
 
 @root_test
+def test_removal_never_deletes_through_a_mount_it_did_not_make(storage, tmp_path):
+    # Removal unmounts `merged` without reading the mount table; a bind mount made by hand deeper
+    # in `upper` is met by the deletion, which stops there, has the table's scan take it off, and
+    # goes on: the host's files stay.
+    drop_image(storage, "base", tar_bytes())
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "precious").write_text("host data")
+    rootfs = storage.prepare(ID1)
+    Path(rootfs.path, "made").mkdir()
+    upper = storage.root / "overlay2" / ID1 / "upper"
+    bind(host, upper / "made")
+    assert storage.remove(ID1) is True
+    assert (host / "precious").read_text() == "host data"
+    assert storage.mounts_under_root() == [] and os.listdir(storage.root / "overlay2") == []
+
+
+@root_test
+def test_a_busy_or_volume_holding_merged_is_left_to_the_full_scan(storage, tmp_path):
+    drop_image(storage, "base", tar_bytes())
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "kept").write_text("host data")
+    storage.prepare(ID1, volumes=[vol(volume, "/data")])
+    assert storage.remove(ID1) is True
+    assert (volume / "kept").read_text() == "host data" and storage.mounts_under_root() == []
+
+
+@root_test
 def test_prepare_again_returns_the_same_rootfs_or_refuses_without_touching_it(storage, tmp_path):
     drop_image(storage, "base", tar_bytes())
     drop_image(storage, "other", tar_bytes({"etc/other": "1"}))
