@@ -1151,17 +1151,6 @@ def test_removal_never_deletes_through_a_mount_it_did_not_make(storage, tmp_path
 
 
 @root_test
-def test_a_busy_or_volume_holding_merged_is_left_to_the_full_scan(storage, tmp_path):
-    drop_image(storage, "base", tar_bytes())
-    volume = tmp_path / "volume"
-    volume.mkdir()
-    (volume / "kept").write_text("host data")
-    storage.prepare(ID1, volumes=[vol(volume, "/data")])
-    assert storage.remove(ID1) is True
-    assert (volume / "kept").read_text() == "host data" and storage.mounts_under_root() == []
-
-
-@root_test
 def test_prepare_again_returns_the_same_rootfs_or_refuses_without_touching_it(storage, tmp_path):
     drop_image(storage, "base", tar_bytes())
     drop_image(storage, "other", tar_bytes({"etc/other": "1"}))
