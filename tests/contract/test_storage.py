@@ -1062,6 +1062,13 @@ def bind(source: Path, target: Path) -> None:
     subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
 
 
+def host_data(directory: Path) -> Path:
+    """A host directory holding `kept` ("host data"): what a removal must never delete."""
+    directory.mkdir()
+    (directory / "kept").write_text("host data")
+    return directory
+
+
 @root_test
 def test_start_removes_incomplete_rootfs_and_their_mounts_but_never_a_complete_one(storage, tmp_path):
     drop_image(storage, "base", tar_bytes())
@@ -1103,9 +1110,7 @@ def test_start_removes_incomplete_rootfs_and_their_mounts_but_never_a_complete_o
 @root_test
 def test_remove_rootfs_from_every_half_state(storage, tmp_path):
     drop_image(storage, "base", tar_bytes())
-    volume = tmp_path / "volume"
-    volume.mkdir()
-    (volume / "kept").write_text("host data")
+    volume = host_data(tmp_path / "volume")
     overlay2 = storage.root / "overlay2"
     # After a reboot: nothing mounted.
     storage.prepare(ID1, volumes=[vol(volume, "/data")])
@@ -1138,15 +1143,13 @@ def test_removal_never_deletes_through_a_mount_it_did_not_make(storage, tmp_path
     # in `upper` is met by the deletion, which stops there, has the table's scan take it off, and
     # goes on: the host's files stay.
     drop_image(storage, "base", tar_bytes())
-    host = tmp_path / "host"
-    host.mkdir()
-    (host / "precious").write_text("host data")
+    host = host_data(tmp_path / "host")
     rootfs = storage.prepare(ID1)
     Path(rootfs.path, "made").mkdir()
     upper = storage.root / "overlay2" / ID1 / "upper"
     bind(host, upper / "made")
     assert storage.remove(ID1) is True
-    assert (host / "precious").read_text() == "host data"
+    assert (host / "kept").read_text() == "host data"
     assert storage.mounts_under_root() == [] and os.listdir(storage.root / "overlay2") == []
 
 
