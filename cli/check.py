@@ -78,7 +78,13 @@ def snapshot(services: Services) -> reconcile.Snapshot:
         reconcile.NetworkBridge(n.name, n.bridge, os.path.exists(f"/sys/class/net/{n.bridge}"))
         for n in services.call("state", "ListNetworks", st.ListNetworksRequest()).networks
     )
-    return reconcile.Snapshot(records, processes, rootfs, cgroups, images, networks, bridges)
+    known = {record.id for record in records}
+    rebuildable = frozenset()
+    if any(p.id not in known and p.status in ("running", "exited") for p in processes):
+        # Only then: it reads every container's saved record.
+        saved = services.call("executor", "ListContainerRecords", ex.ListContainerRecordsRequest(), timeout=60).records
+        rebuildable = frozenset(record.id for record in saved)
+    return reconcile.Snapshot(records, processes, rootfs, cgroups, images, networks, bridges, rebuildable)
 
 
 def apply(services: Services, finding: reconcile.Finding) -> None:

@@ -65,6 +65,8 @@ class Snapshot:
     networks: tuple["NetworkBridge", ...] = ()
     # Bridges the executor made (ListBridges): one whose network has no record is an orphan.
     bridges: tuple["ExecutorBridge", ...] = ()
+    # Ids of record-less processes whose executor state can rebuild their record (ListContainerRecords).
+    rebuildable: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -239,14 +241,38 @@ def _check_record(record: Record, process: Process | None, rootfs: Rootfs | None
     return findings
 
 
+def lost_records(snapshot: Snapshot, known: set[str]) -> set[str]:
+    """Containers whose record is gone while the rest of them is whole: a process that was started (running or
+    exited), its rootfs, and an executor state that can rebuild the record. A rolled-back `run` removes its
+    rootfs before its record, and one cut short never started: those are leftovers, not containers."""
+    rootfs = {r.id for r in snapshot.rootfs}
+    return {
+        p.id
+        for p in snapshot.processes
+        if p.id not in known and p.status in ("running", "exited") and p.id in rootfs and p.id in snapshot.rebuildable
+    }
+
+
 def _orphans(snapshot: Snapshot, known: set[str]) -> Iterable[Finding]:
     """What carries a container id no record has: never a run in progress, which creates its record first
-    (the snapshot reads records last); at worst an `rm` in progress, whose removals are idempotent."""
+    (the snapshot reads records last); at worst an `rm` in progress, whose removals are idempotent.
+
+    A container that lost only its record (a state database deleted while the services were down starts
+    empty) is never removed by --repair: `--rebuild-state` brings its record back from the executor.
+    """
     processes = {p.id for p in snapshot.processes}
+    lost = lost_records(snapshot, known)
     for process in snapshot.processes:
-        if process.id not in known:
+        if process.id in lost:
+            yield Finding(
+                process.id, "", f"a container ({process.status}) whose record is missing "
+                "(its saved record brings it back: mydocker system check --repair --rebuild-state)", "",
+            )
+        elif process.id not in known:
             yield Finding(process.id, "", f"a process state ({process.status}) without a record", "delete it", (DeleteProcess(),))
     for rootfs in snapshot.rootfs:
+        if rootfs.id in lost:
+            continue
         if rootfs.id not in known:
             state = "a mounted rootfs" if rootfs.mounted else "a rootfs directory"
             yield Finding(rootfs.id, "", f"{state} without a record", "unmount and delete it", (RemoveRootfs(),))

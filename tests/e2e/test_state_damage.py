@@ -17,6 +17,7 @@ from protos.storage.v1 import storage_pb2 as sto
 from protos.storage.v1 import storage_pb2_grpc
 from services.common.config import Config, unix_target
 from services.common.ctl import REPO
+from services.executor import statefiles
 from tests.e2e.conftest import one_line_error, scripts_up
 from tests.netutil import free_port, free_subnets
 from tests.waiting import wait_until
@@ -206,4 +207,31 @@ def test_a_container_of_an_older_version_gets_back_what_its_state_dir_tells(host
     assert [(v["host_path"], v["container_path"]) for v in record["volumes"]] == [(str(volume), "/data")]
     assert host.mydocker("exec", old, "sh", "-c", "echo $OLD").stdout == "yes\n"
     host.mydocker("rm", "-f", old)
+    assert host.mydocker("system", "check").stdout == "no problems found\n"
+
+
+def test_a_database_deleted_while_the_services_were_down_loses_no_container(host):
+    # The state service starts on an empty database, and scripts/up runs `system check --repair`: the
+    # containers whose records are gone must stay (running and exited) until --rebuild-state.
+    worker = host.mydocker("run", "-d", "busybox", "top").stdout.strip()
+    done = host.mydocker("run", "-d", "busybox", "sh", "-c", "exit 3").stdout.strip()
+    wait_until(lambda: "exited (3)" in host.mydocker("ps", "-a").stdout, what="the second container to exit")
+    before = inspect(host, worker, done)
+    pid, start = before[worker]["live"]["pid"], before[worker]["live"]["pid_start_time"]
+    assert ctl(host, "down").returncode == 0
+    path = config_of(host).state_db_path()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    up = scripts_up(host.env)
+    assert up.returncode != 0, "the repair must say it left something: " + up.stdout + up.stderr
+    for container in (worker, done):
+        assert f"check: {container}: a container (" in up.stdout and "--rebuild-state" in up.stdout, up.stdout
+    assert statefiles.is_alive(int(pid), int(start)), "the running container was killed"
+    assert host.mydocker("ps", "-a", "-q").stdout == ""
+
+    rebuild(host)
+    assert inspect(host, worker, done) == before
+    assert host.mydocker("exec", worker, "true").returncode == 0
+    host.mydocker("rm", "-f", worker, done)
     assert host.mydocker("system", "check").stdout == "no problems found\n"

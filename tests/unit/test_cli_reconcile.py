@@ -104,6 +104,31 @@ def test_orphans_of_each_kind() -> None:
     assert all(f.name == "" for f in findings)
 
 
+def test_a_container_that_lost_only_its_record_is_kept_for_rebuild_state() -> None:
+    # A state database deleted while the services were down comes back empty: --repair (which
+    # scripts/up runs) must not take the running or exited containers whose executor state can
+    # rebuild their records.
+    exited = rc.Process(id="2222222222", status="exited", exit_code=3)
+    lost = rc.Snapshot(
+        (), (running_process(), exited), (mounted(), mounted("2222222222")), ("1111111111", "2222222222"), IMAGES,
+        rebuildable=frozenset({"1111111111", "2222222222"}),
+    )
+    findings = rc.plan(lost)
+    assert [(f.container_id, f.actions) for f in findings] == [("1111111111", ()), ("2222222222", ())]
+    assert findings[0].problem.startswith("a container (running) whose record is missing")
+    assert findings[1].problem.startswith("a container (exited) whose record is missing")
+    assert "mydocker system check --repair --rebuild-state" in findings[0].problem
+    # Leftovers stay leftovers: never started (a run cut short), rootfs gone (a rolled-back run), or
+    # nothing to rebuild from.
+    parked = rc.Process(id="1111111111", status="created")
+    for snapshot in (
+        rc.Snapshot((), (parked,), (mounted(),), (), IMAGES, rebuildable=frozenset({"1111111111"})),
+        rc.Snapshot((), (running_process(),), (), (), IMAGES, rebuildable=frozenset({"1111111111"})),
+        rc.Snapshot((), (running_process(),), (mounted(),), (), IMAGES),
+    ):
+        assert rc.DeleteProcess() in rc.plan(snapshot)[0].actions
+
+
 def test_a_missing_image_is_reported_without_a_repair() -> None:
     findings = rc.plan(snap(records=[record("exited", image="gone")], rootfs=[mounted()]))
     assert [(f.problem, f.actions) for f in findings] == [('its image "gone" is missing', ())]
