@@ -80,7 +80,7 @@ def snapshot(services: Services) -> reconcile.Snapshot:
     )
     known = {record.id for record in records}
     rebuildable = frozenset()
-    if any(p.id not in known and p.status in ("running", "exited") for p in processes):
+    if any(p.id not in known and p.status in reconcile.STARTED for p in processes):
         # Only then: it reads every container's saved record.
         saved = services.call("executor", "ListContainerRecords", ex.ListContainerRecordsRequest(), timeout=60).records
         rebuildable = frozenset(record.id for record in saved)

@@ -241,6 +241,10 @@ def _check_record(record: Record, process: Process | None, rootfs: Rootfs | None
     return findings
 
 
+# Process states of a container that ran: only these can be one whose record was lost.
+STARTED = ("running", "exited")
+
+
 def lost_records(snapshot: Snapshot, known: set[str]) -> set[str]:
     """Containers whose record is gone while the rest of them is whole: a process that was started (running or
     exited), its rootfs, and an executor state that can rebuild the record. A rolled-back `run` removes its
@@ -249,7 +253,7 @@ def lost_records(snapshot: Snapshot, known: set[str]) -> set[str]:
     return {
         p.id
         for p in snapshot.processes
-        if p.id not in known and p.status in ("running", "exited") and p.id in rootfs and p.id in snapshot.rebuildable
+        if p.id not in known and p.status in STARTED and p.id in rootfs and p.id in snapshot.rebuildable
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -139,7 +140,7 @@ def remove_tree_within(top: Path) -> None:
         top.unlink()
         return
     if linux.mount_root_type(top) is not None:
-        raise MountBelow(16, "a mount point: not deleting through it", str(top))
+        raise MountBelow(errno.EBUSY, "a mount point: not deleting through it", str(top))
     # Each frame: directory fd, its path (for errors), the names left to look at.
     stack = [(os.open(top, _DIRECTORY_FLAGS), str(top), None)]
     try:
@@ -152,10 +153,16 @@ def remove_tree_within(top: Path) -> None:
             while names:
                 name = names.pop()
                 if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                    os.unlink(name, dir_fd=fd)
+                    try:
+                        os.unlink(name, dir_fd=fd)
+                    except OSError as err:
+                        # A file bind-mounted here: the kernel refuses, and the caller's scan unmounts it.
+                        if err.errno == errno.EBUSY:
+                            raise MountBelow(errno.EBUSY, "a mount point: not deleting through it", f"{path}/{name}") from None
+                        raise
                     continue
                 if linux.mount_root_type(name, dir_fd=fd) is not None:
-                    raise MountBelow(16, "a mount point: not deleting through it", f"{path}/{name}")
+                    raise MountBelow(errno.EBUSY, "a mount point: not deleting through it", f"{path}/{name}")
                 stack.append((os.open(name, _DIRECTORY_FLAGS, dir_fd=fd), f"{path}/{name}", None))
                 descended = True
                 break

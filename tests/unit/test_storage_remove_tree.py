@@ -68,3 +68,23 @@ def test_a_mount_below_stops_it_and_nothing_inside_the_mount_is_touched(tmp_path
         linux.umount2(str(mount_point))
     remove_tree_within(top)
     assert not top.exists()
+
+
+@pytest.mark.root
+def test_a_file_bind_mounted_below_stops_it_too(tmp_path: Path):
+    host_file = tmp_path / "host.conf"
+    host_file.write_text("host data")
+    top = tmp_path / "top"
+    (top / "etc").mkdir(parents=True)
+    target = top / "etc" / "app.conf"
+    target.write_text("")
+    linux.mount(str(host_file), str(target), None, linux.MS_BIND)
+    try:
+        with pytest.raises(MountBelow) as raised:
+            remove_tree_within(top)
+        assert raised.value.filename == str(target)
+    finally:
+        linux.umount2(str(target))
+    assert host_file.read_text() == "host data"
+    remove_tree_within(top)
+    assert not top.exists()
