@@ -85,7 +85,10 @@ class Spare:
 
 
 class ForkServer:
-    def __init__(self, config: Config, listener: socket.socket, keep_fds: list[int], run_files: RunFiles | None = None):
+    def __init__(
+        self, config: Config, listener: socket.socket, keep_fds: list[int], run_files: RunFiles | None = None,
+        source: SourceWatch | None = None,
+    ):
         self.config = config
         self.listener = listener
         # fds only the server may hold (e.g. its lock): workers close them.
@@ -95,7 +98,7 @@ class ForkServer:
         self.keeper = SocketKeeper(SERVICE, path, identity_of(path), self._rebind, kind=socket.SOCK_SEQPACKET)
         self.run_files = run_files
         self.next_watch = time.monotonic() + WATCH_SECONDS
-        self.source = SourceWatch()
+        self.source = source or SourceWatch()
         self.clients: dict[int, socket.socket] = {}  # worker pid -> its client's connection
         self.spare: Spare | None = None
         self.stopping = False
@@ -295,6 +298,8 @@ def main() -> int:
     config = Config.from_env()
     config.run.mkdir(parents=True, exist_ok=True)
     os.chmod(config.run, 0o700)
+    # Stamped before the imports: a file edited while they run is then seen as changed, not missed.
+    source = SourceWatch()
     preload()
     with single_instance(config.lock_path(SERVICE), SERVICE) as lock_fd:
         socket_path = config.socket_path(SERVICE)
@@ -302,7 +307,7 @@ def main() -> int:
         write_pidfile(config.pid_path(SERVICE))
         print(f"cli server: pid {os.getpid()} serving on {socket_path} ({time.strftime('%Y-%m-%d %H:%M:%S')})", flush=True)
         run_files = RunFiles(SERVICE, config.pid_path(SERVICE), config.lock_path(SERVICE), lock_fd)
-        server = ForkServer(config, listener, [lock_fd], run_files)
+        server = ForkServer(config, listener, [lock_fd], run_files, source)
         try:
             server.serve()
         finally:

@@ -69,7 +69,8 @@ class Worker:
                 raise ValueError(f"unexpected request {message[:2]!r} with {len(fds)} fds")
             _, _, argv, environ, umask = message
             return (
-                [str(arg) for arg in argv],
+                # str from cli/forkclient.py, bytes from the compiled front (cli/front.c): the same once decoded.
+                [os.fsdecode(arg) if isinstance(arg, bytes) else str(arg) for arg in argv],
                 {os.fsdecode(key): os.fsdecode(value) for key, value in environ.items()},
                 int(umask),
                 fds,

@@ -232,28 +232,40 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
             # Kept by the executor, so `system check --repair --rebuild-state` can rebuild a lost record.
             record=packed(container),
         )
-        step("creating the process", lambda: services.call("executor", "CreateContainer", create))
+        created = step("creating the process", lambda: services.call("executor", "CreateContainer", create)).process
         undo.add("deleting the process", lambda: services.call("executor", "DeleteContainer", ex.DeleteContainerRequest(id=container.id, force=True)))
         if address is not None:
             # Before the start, so the command finds its network ready from its first instruction.
             step("connecting to the network", lambda: connect(services, container, address))
             undo.add("disconnecting from the network", lambda: disconnect(services, container))
         wait = attach(container.id) if attach is not None else None
-        process = step(
-            "starting the process",
-            lambda: services.call("executor", "StartContainer", ex.StartContainerRequest(id=container.id)).process,
-        )
+        # The start and its record at once: the parked init already has the pid it will run as.
+        # A failed start leaves the record RUNNING or CREATED; either may move to EXITED before its deletion.
+        undo.add("recording the failed start", lambda: record_failed_start(services, container.id))
         running = st.UpdateContainerStatusRequest(
             id=container.id,
             status=st.CONTAINER_STATUS_RUNNING,
-            pid=process.pid,
-            pid_start_time=process.pid_start_time,
-            shim_pid=process.shim_pid,
+            pid=created.pid,
+            pid_start_time=created.pid_start_time,
+            shim_pid=created.shim_pid,
         )
-        container = step(
-            "recording the start", lambda: services.call("state", "UpdateContainerStatus", running).container
+        _, recorded = services.call_together(
+            [
+                ("starting the process", "executor", "StartContainer", ex.StartContainerRequest(id=container.id), DEFAULT_TIMEOUT),
+                ("recording the start", "state", "UpdateContainerStatus", running, DEFAULT_TIMEOUT),
+            ]
         )
+        container = recorded.container
     return container, wait
+
+
+def record_failed_start(services: Services, container_id: str) -> None:
+    """A start that failed: its record EXITED (if the start was recorded meanwhile), so it can be deleted."""
+    failed = st.UpdateContainerStatusRequest(id=container_id, status=st.CONTAINER_STATUS_EXITED, exit_code=LOST_EXIT_CODE)
+    try:
+        services.call("state", "UpdateContainerStatus", failed)
+    except Refused:
+        pass
 
 
 def packed(container: st.Container) -> any_pb2.Any:

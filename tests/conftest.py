@@ -97,6 +97,31 @@ def run_ctl(config: Config, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+COMPILED_FRONT = REPO / ".venv" / "bin" / "mydocker-front"
+FRONTS = ("compiled", "python")
+
+
+@pytest.fixture(scope="session")
+def compiled_front() -> Path:
+    """./mydocker's compiled front (cli/front.c), built as scripts/up builds it; fails saying what is missing."""
+    built = subprocess.run(
+        ["bash", "-c", 'source scripts/lib/bootstrap.sh && ensure_front'],
+        cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert built.returncode == 0, f"cannot build cli/front.c (apt-get install gcc libc6-dev): {built.stderr}"
+    return COMPILED_FRONT
+
+
+def front_env(front: str) -> dict[str, str]:
+    """The environment that makes ./mydocker use `front` ("compiled" or "python")."""
+    return {"MYDOCKER_FRONT": front}
+
+
+def front_executable(front: str) -> str:
+    """What /proc/PID/exe of a ./mydocker process using `front` names."""
+    return str(COMPILED_FRONT) if front == "compiled" else os.path.realpath(REPO / ".venv" / "bin" / "python")
+
+
 @pytest.fixture
 def mydocker_config() -> Iterator[Config]:
     """A Config with fresh temp root and run dirs, removed afterwards."""

@@ -84,6 +84,21 @@ ensure_python_env() {
     || say "some files did not compile to bytecode (a syntax error?)"
 }
 
+# Compiles ./mydocker's compiled front (cli/front.c) into the venv when it is missing or older than its
+# source: it hands commands to the warm CLI server without starting Python (~10 ms less per command).
+ensure_front() {
+  local source=$repo/cli/front.c target=$venv/bin/mydocker-front
+  [ "$target" -nt "$source" ] && return 0
+  # Built aside and renamed: a concurrent scripts/up or a running ./mydocker never sees half a file.
+  local partial=$target.partial.$$
+  if ! cc -O2 -Wall -Wextra -Werror -o "$partial" "$source"; then
+    rm -f "$partial"
+    say "cannot compile $source (is gcc installed?): ./mydocker falls back to its Python front"
+    return 1
+  fi
+  mv -f "$partial" "$target"
+}
+
 # Regenerates protos/ when a generated module is missing or older than its .proto.
 ensure_protos() {
   local proto base generated

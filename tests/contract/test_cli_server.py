@@ -15,6 +15,7 @@ import pytest
 
 from services.common.config import Config
 from services.common.ctl import REPO, cli_server_health, is_service_process, service_pid
+from tests.conftest import FRONTS, front_env
 
 START_TIMEOUT = 30.0
 
@@ -54,10 +55,15 @@ def server(config: Config) -> Iterator[subprocess.Popen]:
         log.close()
 
 
-def mydocker(config: Config, *args: str, mode: str, cwd: Path = REPO, stdin=subprocess.DEVNULL, **kwargs):
+@pytest.fixture(autouse=True)
+def _both_fronts_built(compiled_front: Path) -> None:
+    """Every test here may run either front of ./mydocker."""
+
+
+def mydocker(config: Config, *args: str, mode: str, front: str = "compiled", cwd: Path = REPO, stdin=subprocess.DEVNULL, env=None, **kwargs):
     return subprocess.run(
         [str(REPO / "mydocker"), *args],
-        env=_env(config, MYDOCKER_CLI_SERVER=mode),
+        env=_env(config, MYDOCKER_CLI_SERVER=mode, **front_env(front), **(env or {})),
         cwd=cwd,
         stdin=stdin,
         capture_output=True,
@@ -67,11 +73,16 @@ def mydocker(config: Config, *args: str, mode: str, cwd: Path = REPO, stdin=subp
     )
 
 
-def same_both_ways(config: Config, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    served = mydocker(config, *args, mode="require", cwd=cwd)
-    alone = mydocker(config, *args, mode="off", cwd=cwd)
-    assert (served.returncode, served.stdout, served.stderr) == (alone.returncode, alone.stdout, alone.stderr)
-    return served
+def same_both_ways(config: Config, *args: str, cwd: Path = REPO, env=None) -> subprocess.CompletedProcess[str]:
+    """Through the server from each front, and in-process from each: four times the same answer."""
+    answers = {
+        (front, mode): mydocker(config, *args, mode=mode, front=front, cwd=cwd, env=env)
+        for front in FRONTS
+        for mode in ("require", "off")
+    }
+    outcomes = {key: (result.returncode, result.stdout, result.stderr) for key, result in answers.items()}
+    assert len(set(outcomes.values())) == 1, outcomes
+    return answers["compiled", "require"]
 
 
 def test_commands_answer_the_same_through_the_server(config: Config, server) -> None:
@@ -99,13 +110,30 @@ def test_the_worker_works_in_the_clients_directory(config: Config, server, tmp_p
     assert "the storage service is not running" in found.stderr
 
 
-def test_require_without_a_server_is_one_line(config: Config) -> None:
-    result = mydocker(config, "version", mode="require")
+@pytest.mark.parametrize("front", FRONTS)
+def test_require_without_a_server_is_one_line(config: Config, front: str) -> None:
+    result = mydocker(config, "version", mode="require", front=front)
     assert result.returncode == 1
     assert result.stderr == (
         f"mydocker: no CLI server answers at {config.socket_path('cli')} (MYDOCKER_CLI_SERVER=require): run scripts/up\n"
     )
-    assert mydocker(config, "version", mode="").stdout.startswith("mydocker ")
+    assert mydocker(config, "version", mode="", front=front).stdout.startswith("mydocker ")
+
+
+def test_bytes_that_are_not_utf8_get_the_same_line_from_every_front(config: Config, server) -> None:
+    refused = same_both_ways(config, "run", "busybox", "echo", os.fsdecode(b"caf\xe9"))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("mydocker: argument 4 'caf\\xe9' is not valid UTF-8")
+
+
+def test_a_command_too_big_for_one_packet_runs_in_process(config: Config, server) -> None:
+    # The environment travels in the request: 100 KiB of it cannot go through the server's 64 KiB packets.
+    big = {"MYDOCKER_TEST_PADDING": "x" * 100_000}
+    for front in FRONTS:
+        result = mydocker(config, "version", mode="", front=front, env=big)
+        assert (result.returncode, result.stderr) == (0, ""), front
+        assert result.stdout.startswith("mydocker ")
+        assert mydocker(config, "version", mode="require", front=front, env=big).returncode == 1
 
 
 def test_a_killed_server_leaves_commands_working(config: Config, server) -> None:

@@ -21,7 +21,7 @@ CREATE = (
 RUN_DETACHED = Command(
     "run -d",
     lambda i: ["run", "-d", "--name", i.name, "busybox", "top"],
-    # create_and_start: record, rootfs, process, start, RUNNING.
+    # create_and_start: record, rootfs, process, then the start and RUNNING at once.
     (*CREATE, Step("executor", "StartContainer"), Step("state", "UpdateContainerStatus")),
     already=("is already in use",),
 )
@@ -32,6 +32,7 @@ RUN_RM = Command(
         *CREATE,
         # The attach stream opens before the start, so no output is lost.
         Step("executor", "Attach", streaming=True),
+        # The start and its record at once (RUNNING takes the pid the create reported).
         Step("executor", "StartContainer"),
         Step("state", "UpdateContainerStatus", 1),  # RUNNING
         # finish_foreground: the exit, then EXITED (no read first).

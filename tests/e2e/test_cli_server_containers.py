@@ -11,6 +11,7 @@ import pytest
 
 from services.common.config import Config
 from services.common.ctl import REPO, service_pid
+from tests.conftest import FRONTS, front_env, front_executable
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
@@ -20,10 +21,16 @@ def _children(pid: int) -> set[int]:
     return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
-def _start(host, *args: str) -> subprocess.Popen:
+@pytest.fixture(params=FRONTS)
+def front(request, compiled_front: Path) -> str:
+    """Each test runs from both fronts of ./mydocker: the compiled one (cli/front.c) and Python's."""
+    return request.param
+
+
+def _start(host, front: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [str(REPO / "mydocker"), *args],
-        env=dict(host.env, MYDOCKER_CLI_SERVER="require"),
+        env=dict(host.env, MYDOCKER_CLI_SERVER="require", **front_env(front)),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -31,10 +38,10 @@ def _start(host, *args: str) -> subprocess.Popen:
     )
 
 
-def test_scripts_up_starts_the_server_and_commands_go_through_it(host) -> None:
+def test_scripts_up_starts_the_server_and_commands_go_through_it(host, front) -> None:
     config = Config(root=Path(host.env["MYDOCKER_ROOT"]), run=Path(host.env["MYDOCKER_RUN"]))
     assert service_pid(config, "cli") is not None
-    env = dict(host.env, MYDOCKER_CLI_SERVER="require")
+    env = dict(host.env, MYDOCKER_CLI_SERVER="require", **front_env(front))
     run = subprocess.run(
         [str(REPO / "mydocker"), "run", "-i", "--rm", "busybox", "sh", "-c", "cat; exit 3"],
         env=env, input="through the server\n", capture_output=True, text=True, timeout=60,
@@ -42,11 +49,13 @@ def test_scripts_up_starts_the_server_and_commands_go_through_it(host) -> None:
     assert (run.returncode, run.stdout, run.stderr) == (3, "through the server\n", "")
 
 
-def test_sigterm_to_the_client_reaches_the_container(host) -> None:
+def test_sigterm_to_the_client_reaches_the_container(host, front) -> None:
     script = 'trap "echo got-term; exit 7" TERM; echo ready; while :; do sleep 0.1; done'
-    client = _start(host, "run", "--name", "termed", "busybox", "sh", "-c", script)
+    client = _start(host, front, "run", "--name", f"termed-{front}", "busybox", "sh", "-c", script)
     try:
         assert client.stdout.readline() == "ready\n"
+        # The launcher became the front asked for (it execs it), and that front forwards the signal.
+        assert os.readlink(f"/proc/{client.pid}/exe") == front_executable(front)
         client.send_signal(signal.SIGTERM)
         out, err = client.communicate(timeout=30)
     finally:
@@ -56,14 +65,14 @@ def test_sigterm_to_the_client_reaches_the_container(host) -> None:
     assert (client.returncode, out, err) == (7, "got-term\n", "")
 
 
-def test_a_killed_client_takes_its_worker_with_it(host) -> None:
+def test_a_killed_client_takes_its_worker_with_it(host, front) -> None:
     config = Config(root=Path(host.env["MYDOCKER_ROOT"]), run=Path(host.env["MYDOCKER_RUN"]))
     server = service_pid(config, "cli")
     assert server is not None
     # The spare waiting now is the worker that will serve the next command.
     wait_until(lambda: len(_children(server)) == 1, 20.0, "one spare worker")
     (worker,) = _children(server)
-    client = _start(host, "run", "--name", "orphaned", "busybox", "sh", "-c", "echo ready; sleep 60")
+    client = _start(host, front, "run", "--name", f"orphaned-{front}", "busybox", "sh", "-c", "echo ready; sleep 60")
     try:
         assert client.stdout.readline() == "ready\n"
         assert worker in _children(server)
@@ -75,4 +84,4 @@ def test_a_killed_client_takes_its_worker_with_it(host) -> None:
             client.kill()
             client.wait()
     # As with a killed in-process CLI, the container itself runs on until stopped.
-    host.mydocker("rm", "-f", "orphaned")
+    host.mydocker("rm", "-f", f"orphaned-{front}")

@@ -86,3 +86,23 @@ def test_source_watch_ignores_bytecode(tmp_path: Path) -> None:
     _later(tmp_path / "cli")
     _later(tmp_path / "protos")
     assert not watch.changed()
+
+
+def test_a_file_edited_while_the_server_imports_the_cli_counts_as_changed(tmp_path: Path, monkeypatch) -> None:
+    """The source is stamped before the imports: an edit during them restarts the server at its first command."""
+    tree = tmp_path / "src"
+    _tree(tree)
+    watch_tree = forkserver.SourceWatch
+    monkeypatch.setattr(forkserver, "SourceWatch", lambda: watch_tree(tree, ("cli", "protos")))
+
+    def edit_while_importing() -> None:
+        (tree / "cli" / "main.py").write_text("x = 10\n")
+        _later(tree / "cli" / "main.py")
+
+    monkeypatch.setattr(forkserver, "preload", edit_while_importing)
+    seen = []
+    monkeypatch.setattr(forkserver.ForkServer, "serve", lambda server: seen.append(server.source.changed()))
+    monkeypatch.setenv("MYDOCKER_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("MYDOCKER_RUN", str(tmp_path / "run"))
+    assert forkserver.main() == 0
+    assert seen == [True]
