@@ -130,12 +130,12 @@ def run(
     container, wait = lifecycle.create_and_start(
         services, request, attach=lambda container_id: attach_stream(services, container_id, interactive, tty)
     )
-    exit_code = wait()
-    container = lifecycle.finish_foreground(services, container)
+    exited = wait()
+    container = lifecycle.record_exit(services, container, exited, then_removing=auto_remove)
     if auto_remove:
         # Its process is gone and its exit recorded: straight to the removal steps.
         lifecycle.remove_stopped(services, container)
-    raise typer.Exit(exit_code)
+    raise typer.Exit(exited.exit_code)
 
 
 def ps(

@@ -95,8 +95,13 @@ def resolve(services: Services, reference: str) -> st.Container:
     return services.call("state", "GetContainer", st.GetContainerRequest(reference=reference)).container
 
 
-def record_exit(services: Services, container: st.Container, process: ex.ContainerProcess, stopped: bool = False) -> st.Container:
+def record_exit(
+    services: Services, container: st.Container, process: ex.ContainerProcess, stopped: bool = False, then_removing: bool = False
+) -> st.Container:
     """Move a RUNNING record to EXITED (or STOPPED) with what the executor saw; the record as it is if another CLI did first.
+
+    With `then_removing`, the same write starts the removal (REMOVING, owned by this CLI), for
+    remove_stopped to finish.
 
     The network is torn down first: the state service frees the address with the move, and it
     must not be handed out while rules still send a host port to it. No read before the move: the
@@ -106,7 +111,8 @@ def record_exit(services: Services, container: st.Container, process: ex.Contain
     disconnect(services, container)
     status = st.CONTAINER_STATUS_STOPPED if stopped else st.CONTAINER_STATUS_EXITED
     request = st.UpdateContainerStatusRequest(
-        id=container.id, status=status, exit_code=process.exit_code, oom_killed=process.oom_killed
+        id=container.id, status=status, exit_code=process.exit_code, oom_killed=process.oom_killed,
+        then_removing=then_removing, owner=this_process() if then_removing else None,
     )
     try:
         return services.call("state", "UpdateContainerStatus", request).container
@@ -134,7 +140,7 @@ def sync(services: Services, containers: list[st.Container], auto_remove: bool =
             process = ex.ContainerProcess(id=container.id, exit_code=LOST_EXIT_CODE)
         elif process.status != ex.PROCESS_STATUS_EXITED:
             continue
-        exited = record_exit(services, container, process)
+        exited = record_exit(services, container, process, then_removing=auto_remove and container.auto_remove)
         if auto_remove and exited.auto_remove:
             remove_stopped(services, exited)
             fresh[container.id] = None
@@ -170,11 +176,11 @@ def resolve_synced(services: Services, reference: str) -> st.Container:
     return synced[0]
 
 
-def create_and_start(services: Services, request: RunRequest, attach: Callable[[str], Callable[[], int]] | None):
-    """Record, rootfs, process, start: returns (container, wait) where wait() blocks for the exit code.
+def create_and_start(services: Services, request: RunRequest, attach: Callable[[str], Callable[[], ex.ContainerProcess]] | None):
+    """Record, rootfs, process, start: returns (container, wait) where wait() blocks for the exit (a ContainerProcess).
 
     `attach(id)` is called after the process exists but before it starts, so no output is lost;
-    it returns the function that pumps the stream until the exit code arrives.
+    it returns the function that pumps the stream until the exit arrives.
     """
     from cli.image_run import apply_image_config
 
@@ -307,12 +313,6 @@ def disconnect(services: Services, container: st.Container) -> None:
         services.call("executor", "DisconnectContainer", ex.DisconnectContainerRequest(container_id=container.id))
 
 
-def finish_foreground(services: Services, container: st.Container) -> st.Container:
-    """After an attached run ends: record how it exited (unless `stop` or a repair already did)."""
-    process = services.call("executor", "WaitContainer", ex.WaitContainerRequest(id=container.id), timeout=30).process
-    return record_exit(services, container, process)
-
-
 def stop(services: Services, reference: str, timeout: float) -> st.Container:
     """SIGTERM, wait up to `timeout`, then SIGKILL: a PID 1 that ignores TERM still stops.
 
@@ -322,7 +322,7 @@ def stop(services: Services, reference: str, timeout: float) -> st.Container:
     if container.status != st.CONTAINER_STATUS_RUNNING:
         return container
     process = _terminate(services, container.id, timeout, stop_signal_number(container.stop_signal))
-    container = record_exit(services, container, process, stopped=True)
+    container = record_exit(services, container, process, stopped=True, then_removing=container.auto_remove)
     if container.auto_remove:
         remove_stopped(services, container)
     return container
@@ -378,7 +378,7 @@ def remove(services: Services, reference: str, force: bool) -> st.Container:
             )
         _kill(services, container.id, signals.SIGKILL)
         process = _wait(services, container.id, STOP_KILL_WAIT)
-        container = record_exit(services, container, process, stopped=True)
+        container = record_exit(services, container, process, stopped=True, then_removing=True)
     remove_stopped(services, container)
     return container
 

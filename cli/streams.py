@@ -24,9 +24,17 @@ def _copy_output(message) -> int | None:
     return None
 
 
-def _pump(services: Services, session: StreamSession) -> int:
+def _copy_attach_output(message) -> ex.ContainerProcess | None:
+    """As _copy_output; the container's exit, as WaitContainer would report it, when it arrives."""
+    code = _copy_output(message)
+    if code is None:
+        return None
+    return ex.ContainerProcess(status=ex.PROCESS_STATUS_EXITED, exit_code=code, oom_killed=message.oom_killed)
+
+
+def _pump(services: Services, session: StreamSession, copy: Callable = _copy_output):
     try:
-        return session.pump(_copy_output)
+        return session.pump(copy)
     except grpc.RpcError as err:
         raise CliError(describe_rpc_error("executor", services.config, err)) from None
     except ConnectionError as err:
@@ -62,8 +70,12 @@ def exec_stream(
     return _pump(services, session)
 
 
-def attach_stream(services: Services, container_id: str, stdin: bool, tty: bool) -> Callable[[], int]:
-    """Open the attach stream now, before the container starts, and return the function that pumps it to the exit code."""
+def attach_stream(services: Services, container_id: str, stdin: bool, tty: bool) -> Callable[[], ex.ContainerProcess]:
+    """Open the attach stream now, before the container starts; returns the function that pumps it to the exit.
+
+    The exit comes with the OOM verdict (the shim records both before its last frame), so no
+    WaitContainer is needed after it.
+    """
     codec = StreamCodec(
         first=ex.AttachRequest(container_id=container_id),
         stdin=lambda data: ex.AttachRequest(stdin=data),
@@ -73,4 +85,4 @@ def attach_stream(services: Services, container_id: str, stdin: bool, tty: bool)
     )
     session = StreamSession(codec, attach_stdin=stdin, tty=tty)
     session.open(services.executor.Attach)
-    return lambda: _pump(services, session)
+    return lambda: _pump(services, session, _copy_attach_output)

@@ -164,7 +164,7 @@ def exec_response(event: OutputEvent) -> pb.ExecResponse:
 
 def attach_response(event: OutputEvent) -> pb.AttachResponse | None:
     if isinstance(event, Exited):
-        return pb.AttachResponse(exit_code=event.exit_code)
+        return pb.AttachResponse(exit_code=event.exit_code, oom_killed=event.oom_killed)
     if isinstance(event, Output):
         if event.stream == "stderr":
             return pb.AttachResponse(stderr=event.data)

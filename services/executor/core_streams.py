@@ -161,7 +161,7 @@ class StreamsMixin:
             except OSError:
                 state = self._state(container_id)
                 if state.status == ProcessStatus.EXITED:
-                    yield Exited(state.exit_code)
+                    yield Exited(state.exit_code, state.oom_killed)
                     return
                 raise FailedPrecondition(f"container {container_id} has no attach socket: its shim is gone") from None
             threading.Thread(target=_feed_shim, args=(sock, events), name=f"attach-in-{container_id}", daemon=True).start()
@@ -178,16 +178,21 @@ class StreamsMixin:
                     break
                 for kind, payload in reader.feed(data):
                     if kind == framing.EXIT:
-                        yield Exited(framing.decode_int(payload))
+                        yield self._attach_exit(container_id, framing.decode_int(payload))
                         return
                     yield Output("stdout" if kind == framing.STDOUT else "stderr", payload)
             if is_active():
                 state = self.wait(container_id, SHIM_EXIT_WAIT)
                 if state is None:
                     raise FailedPrecondition(f"lost the attach socket of container {container_id}")
-                yield Exited(state.exit_code)
+                yield Exited(state.exit_code, state.oom_killed)
         finally:
             sock.close()
+
+    def _attach_exit(self, container_id: str, exit_code: int) -> Exited:
+        """The exit frame's code, with what the shim recorded before sending it (its OOM verdict)."""
+        state = self._state(container_id)
+        return Exited(exit_code, state.status == ProcessStatus.EXITED and state.oom_killed)
 
 
 def _feed_shim(sock: socket.socket, events: Iterator[InputEvent]) -> None:

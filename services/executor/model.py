@@ -128,6 +128,8 @@ class Started:
 @dataclass(frozen=True)
 class Exited:
     exit_code: int
+    # Attach reports it (the shim recorded it before the exit frame); exec sessions never set it.
+    oom_killed: bool = False
 
 
 InputEvent = Stdin | CloseStdin | Resize | Signal

@@ -218,11 +218,20 @@ class StateCore(NetworksMixin):
         oom_killed: bool = False,
         error: str = "",
         owner: Owner | None = None,
+        then_removing: bool = False,
     ) -> Container:
-        """Move a record to `status`; `owner` is kept only for REMOVING, and every other move clears it."""
+        """Move a record to `status`; `owner` is kept only for REMOVING, and every other move clears it.
+
+        `then_removing` (with STOPPED or EXITED) makes a second legal move, on to REMOVING with `owner`,
+        in the same transaction: the exit and the start of its removal are one write (`run --rm`, `rm -f`).
+        """
         _require(container_id, "container id")
         validate_owner(owner)
         target = _parse_status(status)
+        if then_removing and target not in (ContainerStatus.STOPPED, ContainerStatus.EXITED):
+            raise InvalidArgument(
+                f"container {container_id}: then_removing follows only a move to stopped or exited, not to {target.value}"
+            )
         if target is ContainerStatus.RUNNING and (pid <= 0 or pid_start_time <= 0):
             raise InvalidArgument(
                 f"container {container_id} cannot be marked running with pid {pid} and pid start time "
@@ -249,6 +258,9 @@ class StateCore(NetworksMixin):
                     transaction.delete_allocations_of_owner(container_id)
                     current = dataclasses.replace(current, ip="")
                 updated = dataclasses.replace(current, status=target, owner=owner)
+            if then_removing:
+                check_transition(updated.status, ContainerStatus.REMOVING, f"container {container_id}")
+                updated = dataclasses.replace(updated, status=ContainerStatus.REMOVING, owner=owner)
             transaction.update_container(updated)
         return updated
 

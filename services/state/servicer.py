@@ -51,6 +51,7 @@ class StateServicer(state_pb2_grpc.StateServiceServicer):
             oom_killed=request.oom_killed,
             error=request.error,
             owner=convert.owner_of(request),
+            then_removing=request.then_removing,
         )
         return state_pb2.UpdateContainerStatusResponse(container=convert.container_to_proto(container))
 

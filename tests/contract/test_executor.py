@@ -654,6 +654,31 @@ def test_attach_signal_reaches_pid_1(executor, rootfs):
     assert code == 9 and b"got-int" in output
 
 
+def attached_exit(stub, container_id: str) -> pb.AttachResponse:
+    """Attach, start, and return the stream's last message: the exit."""
+    requests: queue.Queue = queue.Queue()
+    requests.put(pb.AttachRequest(container_id=container_id))
+    responses = stub.Attach(until_none(requests), timeout=60)
+    try:
+        stub.StartContainer(pb.StartContainerRequest(id=container_id), timeout=30)
+        return next(response for response in responses if response.WhichOneof("event") == "exit_code")
+    finally:
+        requests.put(None)
+        responses.cancel()
+
+
+def test_the_attached_exit_carries_the_oom_verdict_wait_would_give(executor, rootfs):
+    hog = create(
+        executor, rootfs, ["sh", "-c", 'x=$(head -c 200m /dev/zero | tr "\\0" a); echo survived'],
+        stdio_mode=pb.STDIO_MODE_ATTACH, resources=types_pb2.Resources(memory_bytes=32 << 20),
+    )
+    calm = create(executor, rootfs, ["sh", "-c", "exit 3"], stdio_mode=pb.STDIO_MODE_ATTACH)
+    for created, code, oom in ((hog, 137, True), (calm, 3, False)):
+        last = attached_exit(executor, created.id)
+        waited = executor.WaitContainer(pb.WaitContainerRequest(id=created.id), timeout=30).process
+        assert (last.exit_code, last.oom_killed) == (waited.exit_code, waited.oom_killed) == (code, oom)
+
+
 def test_attach_to_a_detached_container_is_refused(executor, rootfs):
     created = create(executor, rootfs, ["sleep", "100"])
 

@@ -160,6 +160,28 @@ def test_status_updates_follow_the_state_machine(state):
     assert stopped.finished_at.seconds > 0
 
 
+def test_an_exit_can_start_its_removal_in_the_same_write(state):
+    container = create(state, "rm-at-exit")
+    to_running(state, container.id)
+    owner = pb.Owner(pid=4242, pid_start_time=99)
+    expect(
+        CODE.INVALID_ARGUMENT,
+        state.UpdateContainerStatus,
+        pb.UpdateContainerStatusRequest(
+            id=container.id, status=pb.CONTAINER_STATUS_RUNNING, pid=1, pid_start_time=1, then_removing=True
+        ),
+        "then_removing follows only a move to stopped or exited",
+    )
+    removing = state.UpdateContainerStatus(
+        pb.UpdateContainerStatusRequest(
+            id=container.id, status=pb.CONTAINER_STATUS_EXITED, exit_code=3, owner=owner, then_removing=True
+        ),
+        timeout=5,
+    ).container
+    assert (removing.status, removing.exit_code, removing.owner) == (pb.CONTAINER_STATUS_REMOVING, 3, owner)
+    assert removing.finished_at.seconds > 0
+
+
 def test_status_update_errors(state):
     container = create(state)
     expect(

@@ -35,18 +35,18 @@ RUN_RM = Command(
         # The start and its record at once (RUNNING takes the pid the create reported).
         Step("executor", "StartContainer"),
         Step("state", "UpdateContainerStatus", 1),  # RUNNING
-        # finish_foreground: the exit, then EXITED (no read first).
-        Step("executor", "WaitContainer"),
-        Step("state", "UpdateContainerStatus", 2),  # EXITED
-        # remove_stopped: REMOVING, rootfs and process state at once, record.
-        Step("state", "UpdateContainerStatus", 3),
+        # The exit (and its OOM verdict) comes over Attach; then EXITED and on to REMOVING in one write,
+        # with no read first.
+        Step("state", "UpdateContainerStatus", 2),
+        # remove_stopped: rootfs and process state at once, record.
         Step("storage", "RemoveRootfs"),
         Step("executor", "DeleteContainer"),
         Step("state", "DeleteContainer"),
     ),
     already=("is already in use",),
 )
-# remove: resolve and sync (GetContainer: one container), SIGKILL and wait, (unplug,) STOPPED, then remove_stopped: (unplug,) REMOVING, rootfs, ...
+# remove: resolve and sync (GetContainer: one container), SIGKILL and wait, (unplug,) STOPPED and on to REMOVING in one
+# write, then remove_stopped: (unplug,) rootfs, ...
 KILL = (
     Step("state", "GetContainer"),
     Step("executor", "GetContainer"),
@@ -54,7 +54,6 @@ KILL = (
     Step("executor", "WaitContainer"),
 )
 REMOVE = (
-    Step("state", "UpdateContainerStatus", 2),  # REMOVING
     Step("storage", "RemoveRootfs"),
     Step("executor", "DeleteContainer"),
     Step("state", "DeleteContainer"),
@@ -62,7 +61,7 @@ REMOVE = (
 RM_FORCE = Command(
     "rm -f",
     lambda i: ["rm", "-f", i.container],
-    (*KILL, Step("state", "UpdateContainerStatus", 1), *REMOVE),  # 1: STOPPED
+    (*KILL, Step("state", "UpdateContainerStatus", 1), *REMOVE),  # 1: STOPPED, then REMOVING
     needs_container=True,
     already=("no such container",),
 )
@@ -130,7 +129,7 @@ RUN_NETWORK = Command(
 RM_NETWORK = Command(
     "rm -f --network",
     lambda i: ["rm", "-f", i.container],
-    # Unplugged before STOPPED (which frees the address), and again by remove_stopped.
+    # Unplugged before STOPPED (which frees the address; REMOVING in the same write), and again by remove_stopped.
     (
         *KILL,
         Step("executor", "DisconnectContainer", 1),

@@ -145,3 +145,33 @@ def test_start_reports_records_in_progress(core, caplog):
     assert [c.id for c in pending[S.REMOVING]] == [removing.id]
     assert "4 container record(s); 3 in progress: 2 created, 1 removing" in caplog.text
     assert f"container {created.id} (c) is created, owner pid 4242" in caplog.text
+
+
+def test_an_exit_and_the_start_of_its_removal_are_one_move(core) -> None:
+    """then_removing: EXITED (or STOPPED) and on to REMOVING in one transaction, each move a legal one."""
+    core.create_network("net1", subnet="10.0.0.0/24")
+    for first in (S.EXITED, S.STOPPED):
+        container = core.create_container(ContainerSpec(image="busybox", command=("top",), network="net1"))
+        core.allocate_address("net1", container.id)
+        core.update_container_status(container.id, S.RUNNING, pid=10, pid_start_time=20)
+        removing = core.update_container_status(
+            container.id, first, exit_code=137, oom_killed=True, owner=ME, then_removing=True
+        )
+        assert (removing.status, removing.owner, removing.exit_code, removing.oom_killed) == (S.REMOVING, ME, 137, True)
+        assert removing.finished_at is not None and removing.pid == 0 and removing.ip == ""
+        assert core.get_container(container.id) == removing
+        assert [a.owner for a in core.list_addresses("net1")] == ["gateway"]
+        core.delete_container(container.id)
+
+
+def test_then_removing_goes_only_with_an_exit_and_changes_nothing_otherwise(core) -> None:
+    container = core.create_container(spec())
+    for status in (S.RUNNING, S.REMOVING, S.CREATED):
+        with pytest.raises(InvalidArgument, match="then_removing follows only a move to stopped or exited"):
+            core.update_container_status(container.id, status, pid=1, pid_start_time=1, owner=ME, then_removing=True)
+    assert core.get_container(container.id).status is S.CREATED
+    removing = core.update_container_status(container.id, S.REMOVING, owner=OTHER)
+    # Already being removed: the exit is an illegal move, and the record stays as it was.
+    with pytest.raises(InvalidTransition):
+        core.update_container_status(container.id, S.EXITED, owner=ME, then_removing=True)
+    assert core.get_container(container.id) == removing

@@ -218,7 +218,7 @@ class ListContainersResponse(_message.Message):
     def __init__(self, containers: _Optional[_Iterable[_Union[Container, _Mapping]]] = ...) -> None: ...
 
 class UpdateContainerStatusRequest(_message.Message):
-    __slots__ = ("id", "status", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "error", "owner")
+    __slots__ = ("id", "status", "pid", "pid_start_time", "shim_pid", "exit_code", "oom_killed", "error", "owner", "then_removing")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class UpdateContainerStatusRequest(_message.Message):
     OOM_KILLED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    THEN_REMOVING_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: ContainerStatus
     pid: int
@@ -237,7 +238,8 @@ class UpdateContainerStatusRequest(_message.Message):
     oom_killed: bool
     error: str
     owner: Owner
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ...) -> None: ...
+    then_removing: bool
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[ContainerStatus, str]] = ..., pid: _Optional[int] = ..., pid_start_time: _Optional[int] = ..., shim_pid: _Optional[int] = ..., exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ..., owner: _Optional[_Union[Owner, _Mapping]] = ..., then_removing: _Optional[bool] = ...) -> None: ...
 
 class UpdateContainerStatusResponse(_message.Message):
     __slots__ = ("container",)
