@@ -342,6 +342,55 @@ def decode(program: bytes) -> list[tuple[int, int, int, int]]:
     return [struct.unpack("=HBBI", program[at:at + 8]) for at in range(0, len(program), 8)]
 
 
+def run_classic_bpf(program: bytes, data: bytes) -> int:
+    """The verdict of a seccomp program on one seccomp_data, for the opcodes libseccomp emits."""
+    code, accumulator, at = decode(program), 0, 0
+    while True:
+        op, jump_true, jump_false, k = code[at]
+        at += 1
+        if op == 0x20:  # A = data[k:k+4]
+            accumulator = struct.unpack_from("=I", data, k)[0]
+        elif op == 0x54:  # A &= k
+            accumulator &= k
+        elif op == 0x05:  # jump k
+            at += k
+        elif op in (0x15, 0x25, 0x35, 0x45):  # ==, >, >=, & k
+            test = {0x15: accumulator == k, 0x25: accumulator > k, 0x35: accumulator >= k, 0x45: accumulator & k}[op]
+            at += jump_true if test else jump_false
+        elif op == 0x06:
+            return k
+        else:
+            raise AssertionError(f"opcode {op:#x} at {at - 1}: extend run_classic_bpf")
+
+
+def seccomp_data(nr: int, arch: int, first_arg: int) -> bytes:
+    return struct.pack("=iIQ6Q", nr, arch, 0, first_arg, *([first_arg if first_arg == 2**64 - 1 else 0] * 5))
+
+
+def test_the_binary_tree_program_gives_the_linear_ones_verdicts(monkeypatch):
+    """libseccomp's tree layout is only a speed-up: every syscall of every arch gets the same verdict."""
+    caps = frozenset({"CAP_CHOWN", "CAP_KILL", "CAP_SETUID"})
+    monkeypatch.setattr(seccomp, "BINARY_TREE", 2)
+    tree = seccomp.compile_main_program(default_profile(), seccomp.effective_rules(default_profile(), caps, "x86_64", NEW_KERNEL), "x86_64", False)
+    monkeypatch.setattr(seccomp, "BINARY_TREE", 1)
+    linear = seccomp.compile_main_program(default_profile(), seccomp.effective_rules(default_profile(), caps, "x86_64", NEW_KERNEL), "x86_64", False)
+    assert tree != linear
+    # clone's namespace flags, personality's values, socket's AF_VSOCK, everything set
+    first_args = (0, 0x7E020000, 0x10000000, 0x0008, 0x20000, 40, 0xFFFFFFFF, 2**64 - 1)
+    x86_64, i386, x32 = 0xC000003E, 0x40000003, 0x40000000
+    cases = [(nr, x86_64) for nr in range(0, 520)] + [(x32 | nr, x86_64) for nr in range(0, 560)]
+    cases += [(nr, i386) for nr in range(0, 460)] + [(nr, 0xC00000B7) for nr in range(0, 4)]
+    verdicts = set()
+    for nr, arch in cases:
+        for first_arg in first_args:
+            data = seccomp_data(nr, arch, first_arg)
+            verdict = run_classic_bpf(tree, data)
+            assert verdict == run_classic_bpf(linear, data), (nr, hex(arch), hex(first_arg))
+            verdicts.add(verdict)
+    # Allowed, refused with an errno, and the foreign arch killed: the comparison covered each kind.
+    assert {0x7FFF0000, 0x00050000 | 1} <= verdicts and len(verdicts) >= 3
+
+
 def test_enosys_stub_instructions_on_x86_64():
     assert decode(seccomp.enosys_program(449, "x86_64")) == [
         (0x20, 0, 0, 4),  # A = seccomp_data.arch
