@@ -405,7 +405,7 @@ def breakdown(env: dict[str, str], mode: str, served: bool, runs: int, warmup: i
         marks = [(label, a, b) for label, a, b in trace["marks"]]
         main_start, main_end = trace["main"]
         if served:
-            steps = [("client start (python -S), hand-off to a forked worker", trace["t0"] - spawned)]
+            steps = [("client start (the compiled front), hand-off to a forked worker", trace["t0"] - spawned)]
         else:
             steps = [("interpreter start (python -m, up to the module's first line)", trace["t0"] - spawned)]
         counts: dict[str, int] = {}

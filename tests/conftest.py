@@ -119,7 +119,7 @@ def front_env(front: str) -> dict[str, str]:
 
 def front_executable(front: str) -> str:
     """What /proc/PID/exe of a ./mydocker process using `front` names."""
-    return str(COMPILED_FRONT) if front == "compiled" else os.path.realpath(REPO / ".venv" / "bin" / "python")
+    return os.path.realpath(COMPILED_FRONT if front == "compiled" else REPO / ".venv" / "bin" / "python")
 
 
 @pytest.fixture
