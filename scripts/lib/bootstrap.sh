@@ -93,8 +93,9 @@ ensure_front() {
   local partial=$target.partial.$$
   if ! cc -O2 -Wall -Wextra -Werror -o "$partial" "$source"; then
     rm -f "$partial"
-    say "cannot compile $source (is gcc installed?): ./mydocker falls back to its Python front"
-    return 1
+    # Not fatal: ./mydocker works without it, ~10 ms slower per command (the tests of the front fail).
+    say "cannot compile $source (apt-get install gcc libc6-dev): ./mydocker uses its Python front meanwhile"
+    return 0
   fi
   mv -f "$partial" "$target"
 }
