@@ -7,6 +7,8 @@ The worker the server forks is a copy of the CLI and runs the command with our s
 directory, umask and environment; we forward our signals to it and exit with its status.
 Without a server (none started, `MYDOCKER_CLI_SERVER=off`, or one serving older code) the CLI runs
 here, in-process, exactly as before; `MYDOCKER_CLI_SERVER=require` makes that an error instead.
+cli/front.c is this module compiled by hand (no interpreter start): ./mydocker prefers it once built,
+and any change to the protocol here must be made there too (tests run both).
 """
 
 import _signal
@@ -28,6 +30,7 @@ FORWARDED_SIGNALS = (
 )
 
 # Requests (client -> server) and replies (server -> client), one marshal-encoded tuple per packet.
+# argv: str here, bytes from cli/front.c (the worker decodes both alike).
 RUN = "run"  # (RUN, PROTOCOL, argv, environ, umask) with fds [cwd, stdin, stdout, stderr]
 PID = "pid"  # (PID, pid): the worker that runs the command; signals go to it
 EXIT = "exit"  # (EXIT, status)
