@@ -126,8 +126,16 @@ def delegate(argv) -> int | None:
         return None
     try:
         cwd_fd = posix.open(".", posix.O_RDONLY | posix.O_DIRECTORY | posix.O_CLOEXEC)
+    except OSError:
+        return None
+    if cwd_fd < 3:
+        # The lowest free fd: one of our stdio is closed, which the in-process CLI copes with.
+        posix.close(cwd_fd)
+        return None
+    try:
         conn = connect(socket_path(environ, posix.getcwdb()))
     except OSError:
+        posix.close(cwd_fd)
         return None
     forwarder = Forwarder()
     forwarder.install()
@@ -137,7 +145,7 @@ def delegate(argv) -> int | None:
     try:
         conn.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, pack_fds((cwd_fd, 0, 1, 2)))])
     except OSError:
-        # EBADF: one of our stdio is closed; the in-process CLI copes with that.
+        # The server cannot take it (EMSGSIZE: more than the socket's buffer): the CLI runs here.
         return forwarder.nothing_ran()
     posix.close(cwd_fd)
     started = False

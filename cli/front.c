@@ -211,7 +211,8 @@ static int delegate(int argc, char **argv) {
     struct sockaddr_un address = {.sun_family = AF_UNIX};
     if (!socket_path(address.sun_path, sizeof address.sun_path)) return -1;
     int cwd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (cwd < 0) return -1;
+    /* The lowest free fd: 0, 1 or 2 when one of our stdio is closed, which the in-process CLI copes with. */
+    if (cwd < 3) return -1;
     int conn = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (conn < 0 || connect(conn, (struct sockaddr *)&address, sizeof address) < 0) return -1;
     install_forwarders();
@@ -233,7 +234,7 @@ static int delegate(int argc, char **argv) {
     ssize_t sent;
     do sent = sendmsg(conn, &message, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
-    if (sent < 0) return -1; /* EBADF: one of our stdio is closed; the in-process CLI copes with that */
+    if (sent < 0) return -1; /* the server cannot take it: the CLI runs here */
     close(cwd);
 
     static unsigned char packet[MAX_PACKET];

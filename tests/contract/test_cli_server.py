@@ -126,6 +126,17 @@ def test_bytes_that_are_not_utf8_get_the_same_line_from_every_front(config: Conf
     assert refused.stderr.startswith("mydocker: argument 4 'caf\\xe9' is not valid UTF-8")
 
 
+def test_a_closed_stdin_runs_the_command_in_process(config: Config, server) -> None:
+    """The front's directory fd would take the closed fd's number and reach the worker as its stdin."""
+    for front in FRONTS:
+        result = subprocess.run(
+            ["sh", "-c", 'exec "$0" version <&-', str(REPO / "mydocker")],
+            env=_env(config, **front_env(front)), capture_output=True, text=True, timeout=60,
+        )
+        assert (result.returncode, result.stderr) == (0, ""), front
+        assert result.stdout.startswith("mydocker ")
+
+
 def test_a_command_too_big_for_one_packet_runs_in_process(config: Config, server) -> None:
     # The environment travels in the request: 100 KiB of it cannot go through the server's 64 KiB packets.
     big = {"MYDOCKER_TEST_PADDING": "x" * 100_000}
