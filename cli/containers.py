@@ -134,7 +134,7 @@ def run(
     container = lifecycle.record_exit(services, container, exited, then_removing=auto_remove)
     if auto_remove:
         # Its process is gone and its exit recorded: straight to the removal steps.
-        lifecycle.remove_stopped(services, container)
+        lifecycle.remove_stopped(services, container, unplugged=True)
     raise typer.Exit(exited.exit_code)
 
 

@@ -142,7 +142,7 @@ def sync(services: Services, containers: list[st.Container], auto_remove: bool =
             continue
         exited = record_exit(services, container, process, then_removing=auto_remove and container.auto_remove)
         if auto_remove and exited.auto_remove:
-            remove_stopped(services, exited)
+            remove_stopped(services, exited, unplugged=True)
             fresh[container.id] = None
         else:
             fresh[container.id] = exited
@@ -324,7 +324,7 @@ def stop(services: Services, reference: str, timeout: float) -> st.Container:
     process = _terminate(services, container.id, timeout, stop_signal_number(container.stop_signal))
     container = record_exit(services, container, process, stopped=True, then_removing=container.auto_remove)
     if container.auto_remove:
-        remove_stopped(services, container)
+        remove_stopped(services, container, unplugged=True)
     return container
 
 
@@ -371,6 +371,7 @@ def _wait(services: Services, container_id: str, timeout: float) -> ex.Container
 def remove(services: Services, reference: str, force: bool) -> st.Container:
     """Kill (with force), then rootfs, process state and record; each step is idempotent, so a retry finishes a half-done rm."""
     container = sync(services, [resolve(services, reference)], auto_remove=False)[0]
+    unplugged = False
     if container.status == st.CONTAINER_STATUS_RUNNING:
         if not force:
             raise CliError(
@@ -379,14 +380,19 @@ def remove(services: Services, reference: str, force: bool) -> st.Container:
         _kill(services, container.id, signals.SIGKILL)
         process = _wait(services, container.id, STOP_KILL_WAIT)
         container = record_exit(services, container, process, stopped=True, then_removing=True)
-    remove_stopped(services, container)
+        unplugged = True
+    remove_stopped(services, container, unplugged=unplugged)
     return container
 
 
-def remove_stopped(services: Services, container: st.Container) -> None:
-    """The removal steps for a container whose process is gone: REMOVING, rootfs, process state, record."""
-    # A repair may have recorded the exit without unplugging the network.
-    step("disconnecting from the network", lambda: disconnect(services, container))
+def remove_stopped(services: Services, container: st.Container, unplugged: bool = False) -> None:
+    """The removal steps for a container whose process is gone: REMOVING, rootfs, process state, record.
+
+    `unplugged` says the caller's record_exit has just torn the network down.
+    """
+    if not unplugged:
+        # A repair may have recorded the exit without unplugging the network.
+        step("disconnecting from the network", lambda: disconnect(services, container))
     if container.status != st.CONTAINER_STATUS_REMOVING:
         removing = st.UpdateContainerStatusRequest(id=container.id, status=st.CONTAINER_STATUS_REMOVING, owner=this_process())
         services.call("state", "UpdateContainerStatus", removing)

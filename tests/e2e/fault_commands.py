@@ -129,12 +129,11 @@ RUN_NETWORK = Command(
 RM_NETWORK = Command(
     "rm -f --network",
     lambda i: ["rm", "-f", i.container],
-    # Unplugged before STOPPED (which frees the address; REMOVING in the same write), and again by remove_stopped.
+    # Unplugged before STOPPED (which frees the address; REMOVING in the same write), once.
     (
         *KILL,
-        Step("executor", "DisconnectContainer", 1),
-        Step("state", "UpdateContainerStatus", 1),
-        Step("executor", "DisconnectContainer", 2),
+        Step("executor", "DisconnectContainer"),
+        Step("state", "UpdateContainerStatus"),
         *REMOVE,
     ),
     needs_container=True,
