@@ -184,6 +184,8 @@ def create_and_start(services: Services, request: RunRequest, attach: Callable[[
     """
     from cli.image_run import apply_image_config
 
+    # The image comes from storage first; the record's and the process's services connect meanwhile.
+    services.connect_ahead("state", "executor")
     image_id, stop_signal, _ = apply_image_config(services, request)
     spec = st.CreateContainerRequest(
         image_id=image_id,

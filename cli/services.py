@@ -26,11 +26,26 @@ class Services:
 
     def __init__(self, config: Config | None = None):
         self.config = config or Config.from_env()
+        self._channels: dict[str, object] = {}
 
     def _channel(self, service: str):
         from services.common.client import open_channel
 
-        return open_channel(self.config, service)
+        if service not in self._channels:
+            self._channels[service] = open_channel(self.config, service)
+        return self._channels[service]
+
+    def connect_ahead(self, *services: str) -> None:
+        """Start connecting to `services` now, so their first calls, made later, find a ready connection.
+
+        A fresh channel's first call waits for the connection and its HTTP/2 handshake (~1 ms here);
+        started at once for every service a command needs, those waits overlap each other and the
+        command's first calls.
+        """
+        from services.common.client import start_connecting
+
+        for service in services:
+            start_connecting(self._channel(service))
 
     @cached_property
     def state(self):

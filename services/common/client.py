@@ -49,6 +49,19 @@ def open_channel(config: Config, service: str) -> grpc.Channel:
     )
 
 
+def start_connecting(channel: grpc.Channel) -> None:
+    """Have an idle channel start connecting now, without waiting and without a thread.
+
+    grpc's public way (subscribe with try_to_connect) starts a polling thread per channel; the
+    core channel's own check does the same in one call. A grpcio without it leaves the channel
+    to connect on its first call, as it would anyway (tests/unit/test_common.py notices).
+    """
+    core = getattr(channel, "_channel", None)
+    check = getattr(core, "check_connectivity_state", None)
+    if check is not None:
+        check(True)
+
+
 @dataclass(frozen=True)
 class Health:
     service: str

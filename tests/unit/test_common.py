@@ -74,3 +74,34 @@ def test_each_root_is_an_instance_of_its_own():
     assert len(first.instance) == 8 and first.instance != second.instance
     assert first.instance == Config(root=Path("/tmp/a/root"), run=Path("/elsewhere")).instance
     assert first.default_cgroup_parent() == f"mydocker-{first.instance}"
+
+
+def test_start_connecting_readies_a_channel_without_a_call(tmp_path: Path):
+    """The CLI's connect-ahead leans on a private grpc attribute: an upgrade that drops it fails here."""
+    import threading
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    from services.common.client import start_connecting
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    server.add_insecure_port(unix_target(tmp_path / "s.sock"))
+    server.start()
+    ready = threading.Event()
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        if state == grpc.ChannelConnectivity.READY:
+            ready.set()
+
+    try:
+        with grpc.insecure_channel(unix_target(tmp_path / "s.sock")) as channel:
+            channel.subscribe(watch)  # only watches: no try_to_connect
+            try:
+                start_connecting(channel)
+                assert ready.wait(10), "the channel never connected"
+            finally:
+                channel.unsubscribe(watch)
+    finally:
+        server.stop(None)
