@@ -7,7 +7,7 @@ import posix
 import sys
 
 from services.common import linux
-from services.executor import cgroup_join, framing, shim, statefiles
+from services.executor import cgroup_join, framing, shim, shim_standby, statefiles
 
 # Loaded once here, before any fork, so no shim or container init pays an interpreter start or an import:
 # they share these pages copy-on-write with the launcher and with each other.
@@ -49,7 +49,7 @@ def encode_request(options: dict) -> bytes:
 
 
 class RequestReader:
-    """Turns the control stream into requests; feed() returns the option dicts completed so far."""
+    """Turns the control stream into requests; feed() returns the (option dict, its marshal bytes) completed so far."""
 
     def __init__(self):
         self._buffer = b""
@@ -71,7 +71,7 @@ class RequestReader:
                 raise RequestError(f"undecodable request: {err}") from None
             if not isinstance(options, dict):
                 raise RequestError(f"a request is a dict of options, not {type(options).__name__}")
-            requests.append(options)
+            requests.append((options, payload))
         return requests
 
 
@@ -93,17 +93,44 @@ def main() -> None:
     reader = RequestReader()
     if not _reply(READY):
         return
-    while True:
-        try:
-            data = posix.read(CONTROL_FD, READ_SIZE)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            # The executor closed its end or died: nothing more will come. Shims are not ours to stop.
-            return
-        for options in reader.feed(data):
-            if not _reply(spawn(options)):
+    standby = None
+    try:
+        while True:
+            try:
+                data = posix.read(CONTROL_FD, READ_SIZE)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                # The executor closed its end or died: nothing more will come. Shims are not ours to stop.
                 return
+            for options, payload in reader.feed(data):
+                status, standby = serve(options, payload, standby)
+                if not _reply(status):
+                    return
+                if standby is None:
+                    # After the reply: the next container's shim gets ready while this one's create goes on.
+                    standby = shim_standby.fork_standby(options["shim_procs"])
+    finally:
+        if standby is not None:
+            standby.dismiss()
+
+
+def serve(options: dict, payload: bytes, standby):
+    """One request, through the standby shim if there is one alive, else a shim forked now.
+
+    Returns the reply's status and the standby if it is still unused.
+    """
+    if standby is not None:
+        try:
+            # Recorded before the shim has its options: a standby that dies at once is then seen dead.
+            _record_shim(options["state"], standby.pid, kill_on_failure=False)
+        except OSError as err:
+            # No state dir to run in (the forked path fails the same way); the standby waits for the next.
+            print(f"shim launcher: recording the shim of {options['state']}: {err}", file=sys.stderr)
+            return FORK_FAILED, standby
+        if standby.hand_over(payload):
+            return 0, None
+    return spawn(options), None
 
 
 def _reply(status: int) -> bool:
@@ -137,20 +164,20 @@ def _intermediate(options) -> None:
     """In the forked child: never returns into the launcher's loop."""
     try:
         posix.setsid()
-        _stdio(options["state"])
+        stdio_for(options["state"])
         # Double fork: this child exits at once and the shim is reparented away from the launcher.
         pid = posix.fork()
         if pid:
             _record_shim(options["state"], pid)
             posix._exit(0)
-        _run_shim(options)
+        run_shim(options)
     except BaseException:  # noqa: BLE001 - a forked child must never return into the launcher's loop
         sys.excepthook(*sys.exc_info())
     finally:
         posix._exit(1)
 
 
-def _stdio(state_dir: str) -> None:
+def stdio_for(state_dir: str) -> None:
     """stdin and stdout on /dev/null, stderr to the container's shim.log, and no other fd open."""
     null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
     log = posix.open(f"{state_dir}/{statefiles.SHIM_LOG}", posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
@@ -161,26 +188,30 @@ def _stdio(state_dir: str) -> None:
     posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
 
 
-def _record_shim(state_dir: str, pid: int) -> None:
+def _record_shim(state_dir: str, pid: int, kill_on_failure: bool = True) -> None:
     """shim.pid, written before the launcher replies: a shim that dies at once is then seen dead, not awaited."""
     try:
         statefiles.write_atomic(
             f"{state_dir}/{statefiles.SHIM_PID}", statefiles.format_pid(pid, statefiles.proc_start_time(pid) or 0)
         )
     except BaseException:
-        # Unrecorded, the shim could not be found to be stopped: it must not run. It is our child, not yet reaped.
-        posix.kill(pid, _signal.SIGKILL)
+        if kill_on_failure:
+            # Unrecorded, the shim could not be found to be stopped: it must not run. It is our child, not yet reaped.
+            posix.kill(pid, _signal.SIGKILL)
         raise
 
 
-def _run_shim(options) -> None:
+def run_shim(options, joined=None, unshared: bool = False) -> None:
+    """Become the container's shim; a standby has `joined` these cgroup files and `unshared` already."""
     state_dir = options["state"]
     try:
         statefiles.set_comm(f"shim {state_dir.rsplit('/', 1)[-1]}")
         # Out of the executor's cgroups, so stopping or limiting the executor leaves shims alone.
-        cgroup_join.join(options["shim_procs"])
+        if joined != list(options["shim_procs"]):
+            cgroup_join.join(options["shim_procs"])
         # Our next child, the container's init, is PID 1 of a new pid namespace.
-        linux.unshare(linux.CLONE_NEWPID)
+        if not unshared:
+            linux.unshare(linux.CLONE_NEWPID)
     except OSError as err:
         shim.fail(state_dir, f"shim: {err}")
         posix._exit(1)
