@@ -112,7 +112,6 @@ def _wait(request_r: int, shim_procs) -> None:
     if request_r != REQUEST_FD:
         posix.dup2(request_r, REQUEST_FD, inheritable=False)
     posix.closerange(REQUEST_FD + 1, posix.sysconf("SC_OPEN_MAX"))
-    statefiles.set_comm("shim-standby")
     # Done here when they can be; a step that fails is left to the shim, which records why in its state dir.
     joined = None
     try:
@@ -126,6 +125,8 @@ def _wait(request_r: int, shim_procs) -> None:
         unshared = True
     except OSError:
         pass
+    # Named once ready, so ps shows a standby only as it will take a request.
+    statefiles.set_comm("shim-standby")
     payload = _read_request()
     posix.close(REQUEST_FD)
     if payload is None:

@@ -168,6 +168,100 @@ def test_concurrent_spawns_each_get_their_own_reply(shim_launcher, tmp_path):
     assert {index: status == 0 for index, status in results.items()} == {index: index % 2 == 0 for index in range(8)}
 
 
+def standby_of(marker: str, exclude: int = 0, timeout: float = 10.0) -> int:
+    """The pid of the standby shim of the launcher started with `marker` in its environment (not `exclude`), or 0."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == exclude:
+                continue
+            try:
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if comm == "shim-standby" and f"MDK_TEST_MARKER={marker}".encode() in environ and state != "Z":
+                return int(entry)
+        time.sleep(0.01)
+    return 0
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie (a standby is reparented to the host's init, which reaps it when it will)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def marked_launcher():
+    marker = f"{os.getpid()}-{time.monotonic_ns()}"
+    helper = ShimLauncher(sys.executable, lambda: {**ENV, "MDK_TEST_MARKER": marker})
+    yield helper, marker
+    helper.close()
+
+
+def test_after_a_spawn_a_standby_shim_waits_in_a_new_pid_namespace_and_takes_the_next_request(marked_launcher, tmp_path):
+    launcher_, marker = marked_launcher
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
+    standby = standby_of(marker)
+    assert standby, "no standby shim after the first spawn"
+    # Its next child is PID 1 of a pid namespace of its own, as a shim's init must be. The kernel shows
+    # a new pid namespace only once its first process exists: until then the link does not resolve.
+    try:
+        for_children = os.readlink(f"/proc/{standby}/ns/pid_for_children")
+    except FileNotFoundError:
+        for_children = "a new pid namespace, without a process yet"
+    assert for_children != os.readlink(f"/proc/{standby}/ns/pid")
+    assert launcher_.spawn(options(str(tmp_path / "b"))) == 0
+    assert statefiles.parse_pid((tmp_path / "b" / statefiles.SHIM_PID).read_text())[0] == standby
+    # It became that container's shim: named after it, its log in that state dir.
+    assert wait_for(tmp_path / "b" / statefiles.STATUS) == statefiles.EXITED + "\n"
+    assert (tmp_path / "b" / statefiles.SHIM_LOG).exists()
+    assert standby_of(marker, exclude=standby), "no new standby after the second spawn"
+
+
+def test_a_killed_standby_is_replaced_by_a_shim_forked_for_the_request(marked_launcher, tmp_path):
+    launcher_, marker = marked_launcher
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
+    standby = standby_of(marker)
+    os.kill(standby, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not exited(standby) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert launcher_.spawn(options(str(tmp_path / "b"))) == 0
+    shim_pid = statefiles.parse_pid((tmp_path / "b" / statefiles.SHIM_PID).read_text())[0]
+    assert shim_pid not in (0, standby)
+    assert wait_for(tmp_path / "b" / statefiles.STATUS) == statefiles.EXITED + "\n"
+
+
+def test_a_request_without_a_state_dir_leaves_the_standby_for_the_next(marked_launcher, tmp_path):
+    launcher_, marker = marked_launcher
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
+    standby = standby_of(marker)
+    assert launcher_.spawn(options(str(tmp_path / "missing"))) != 0
+    assert launcher_.spawn(options(str(tmp_path / "b"))) == 0
+    assert statefiles.parse_pid((tmp_path / "b" / statefiles.SHIM_PID).read_text())[0] == standby
+
+
+def test_a_stopping_launcher_ends_its_standby_before_it_exits(marked_launcher, tmp_path):
+    """So the shims' cgroup is empty once the executor has stopped, and can be removed."""
+    launcher_, marker = marked_launcher
+    (tmp_path / "a").mkdir()
+    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
+    standby = standby_of(marker)
+    launcher_.close()
+    assert exited(standby)
+
+
 def test_a_launcher_that_cannot_start_is_a_clear_error(tmp_path):
     helper = ShimLauncher(sys.executable, lambda: {"PATH": os.defpath})  # no PYTHONPATH: the import fails
     try:
