@@ -25,6 +25,20 @@ def rmdir_when_empty(directory: Path, timeout: float) -> None:
             time.sleep(0.02)
 
 
+def rmdir_if_empty(directory: Path) -> bool:
+    """rmdir a cgroup that is gone or empty: False, and left alone, while it has members or children."""
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        # EBUSY: members, or (v1) children; ENOTEMPTY: children (v2, and plain directories in tests).
+        if err.errno in (errno.EBUSY, errno.ENOTEMPTY):
+            return False
+        raise FailedPrecondition(f"cannot remove cgroup {directory}: {err.strerror}") from None
+    return True
+
+
 def procs(directory: Path) -> list[int]:
     """The pids in one cgroup's cgroup.procs; [] when it does not exist."""
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.executor.cgroup_tree import procs_below, remove_tree
+from services.executor.cgroup_tree import procs_below, remove_tree, rmdir_if_empty
 
 DEFAULT_CGROUP_ROOT = Path("/sys/fs/cgroup")
 # v1 hierarchies a container gets a directory in, where mounted: cpuacct for usage, pids for `kill --all`
@@ -281,6 +281,10 @@ class CgroupV1:
         for directory in self.dirs():
             remove_tree(directory, timeout)
 
+    def remove_if_empty(self) -> bool:
+        """rmdir in every hierarchy, without a look inside; False (the rest left) at the first that is in use."""
+        return all(rmdir_if_empty(directory) for directory in self.dirs())
+
     def to_record(self) -> dict:
         return {"version": "v1", "root": str(self.root), "paths": self.paths}
 
@@ -364,6 +368,10 @@ class CgroupV2:
 
     def remove(self, timeout: float = REMOVE_TIMEOUT) -> None:
         remove_tree(self.path(), timeout)
+
+    def remove_if_empty(self) -> bool:
+        """rmdir without a look inside; False while it has members or child cgroups."""
+        return rmdir_if_empty(self.path())
 
     def to_record(self) -> dict:
         return {"version": "v2", "root": str(self.root), "path": self.cgroup}

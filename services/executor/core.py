@@ -33,6 +33,7 @@ from services.executor.plan import NETWORK_DIR, PYCACHE_DIR, SECCOMP_DIR, check_
 from services.executor.processes import KILL_WAIT, LOST_EXIT_CODE, POLL_SECONDS, Notifier, await_exit, kill_members, send_signal
 from services.executor.profile import SecurityProfile
 from services.executor.security_setup import SecuritySetup
+from services.executor.trash import Trash
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin, RecordsMixin):
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._launcher = ShimLauncher(python, self._helper_env)
+        # State dirs of deleted containers: renamed aside in the delete, unlinked after its reply.
+        self._trash = Trash(config.run)
+        self._trash.sweep()
         self.networking = Networking(self.network_state_dir(), self.get, self._dir, instance=config.instance)
         self.security = SecuritySetup(config.run / SECCOMP_DIR)
 
@@ -63,8 +67,9 @@ class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin, RecordsMixin):
         self._launcher.ensure_started()
 
     def close(self) -> None:
-        """Stop the shim launcher (shims are left running); a later create starts a new one."""
+        """Stop the shim launcher (shims are left running) and finish deleting state dirs; a later create starts a new one."""
         self._launcher.close()
+        self._trash.close()
 
     @property
     def layout(self) -> CgroupLayout:
@@ -279,20 +284,22 @@ class ExecutorCore(CreateMixin, ReconcileMixin, StreamsMixin, RecordsMixin):
         await_exit(shim_pid, shim_start, deadline)
         await_exit(pid, start, deadline)
         cgroup = self._cgroup(directory, container_id)
-        if directory.is_dir():
-            kill_members(cgroup, container_id)
-        else:
-            members = cgroup.pids()
-            if members:
-                raise FailedPrecondition(
-                    f"cgroup {cgroup.path()} of container {container_id} still holds processes "
-                    f"{' '.join(map(str, members))} and the executor has no state for it: they are not ours to "
-                    "kill; stop them, then delete again"
-                )
-        cgroup.remove()
+        # The usual case, the init reaped and its pid namespace with it: an rmdir finds the cgroup empty.
+        if not cgroup.remove_if_empty():
+            if directory.is_dir():
+                kill_members(cgroup, container_id)
+            else:
+                members = cgroup.pids()
+                if members:
+                    raise FailedPrecondition(
+                        f"cgroup {cgroup.path()} of container {container_id} still holds processes "
+                        f"{' '.join(map(str, members))} and the executor has no state for it: they are not ours "
+                        "to kill; stop them, then delete again"
+                    )
+            cgroup.remove()
         # The veth went with the network namespace; the container's port rules are removed here.
         self.networking.disconnect(container_id)
-        shutil.rmtree(directory, ignore_errors=True)
+        self._trash.discard(directory)
         shutil.rmtree(self.log_path(container_id).parent, ignore_errors=True)
 
     # -- reconcile ----------------------------------------------------------------------------

@@ -360,3 +360,55 @@ def test_v2_executor_sharing_its_cgroup_is_left_alone(v2_root):
 def test_prepare_is_a_no_op_on_v1(v1_root):
     CgroupLayout(v1_root, "v1", {c: "/x" for c in V1}).prepare(1)
     assert sorted(p.name for p in v1_root.iterdir()) == sorted(V1)
+
+
+def test_v1_remove_if_empty_removes_empty_cgroups_and_stops_at_one_in_use(v1_root):
+    cgroup = CgroupLayout(v1_root, "v1", {c: "/" for c in V1}).container("6")
+    for directory in cgroup.dirs():
+        directory.mkdir(parents=True)
+    assert cgroup.remove_if_empty()
+    assert not cgroup.exists()
+    assert cgroup.remove_if_empty()  # gone already: nothing to do
+    # A nested cgroup (here a plain directory: ENOTEMPTY; a real one is EBUSY) keeps it.
+    for directory in cgroup.dirs():
+        directory.mkdir(parents=True)
+    (cgroup.dir("pids") / "nested").mkdir()
+    assert not cgroup.remove_if_empty()
+    assert cgroup.dir("pids").is_dir()
+
+
+def test_v2_remove_if_empty(v2_root):
+    cgroup = CgroupLayout(v2_root, "v2", {"": "/system.slice/mydocker.service"}).container("8")
+    cgroup.path().mkdir(parents=True)
+    (cgroup.path() / "nested").mkdir()
+    assert not cgroup.remove_if_empty()
+    (cgroup.path() / "nested").rmdir()
+    assert cgroup.remove_if_empty()
+    assert not cgroup.path().exists()
+
+
+def test_remove_if_empty_leaves_a_real_cgroup_with_a_member():
+    """The delete skips killing members only when rmdir proves there are none: the kernel says EBUSY."""
+    import secrets
+    import subprocess
+    import time
+
+    layout = CgroupLayout.from_host(parent=f"mdk-unit-{secrets.token_hex(4)}")
+    cgroup = layout.container("member")
+    cgroup.create()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        for procs in cgroup.procs_files():
+            Path(procs).write_text(str(sleeper.pid))
+        assert not cgroup.remove_if_empty()
+        assert cgroup.exists()
+        assert sleeper.pid in cgroup.pids()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    deadline = time.monotonic() + 10
+    while cgroup.pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cgroup.remove_if_empty()
+    assert not cgroup.exists()
+    assert layout.remove_parent()
