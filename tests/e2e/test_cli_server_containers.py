@@ -12,6 +12,7 @@ import pytest
 from services.common.config import Config
 from services.common.ctl import REPO, service_pid
 from tests.conftest import FRONTS, front_env, front_executable
+from tests.e2e.conftest import scripts_up
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.root
@@ -85,3 +86,22 @@ def test_a_killed_client_takes_its_worker_with_it(host, front) -> None:
             client.wait()
     # As with a killed in-process CLI, the container itself runs on until stopped.
     host.mydocker("rm", "-f", f"orphaned-{front}")
+
+
+def test_services_restarted_while_a_spare_waits_serve_its_command(host, mydocker_config, service_tracker) -> None:
+    """A spare worker connects to the services before its command comes; a service restarted meanwhile
+    leaves that connection broken, and the command must open a fresh one instead of failing."""
+    config = Config(root=Path(host.env["MYDOCKER_ROOT"]), run=Path(host.env["MYDOCKER_RUN"]))
+    server = service_pid(config, "cli")
+    env = dict(host.env, MYDOCKER_CLI_SERVER="require")
+    for service in ("state", "storage", "executor"):
+        wait_until(lambda: len(_children(server)) == 1, 20.0, "one spare worker")
+        down = subprocess.run([str(REPO / "scripts/down"), service], env=env, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+        assert down.returncode == 0, down.stderr
+        up = scripts_up(env)
+        service_tracker.note(mydocker_config)
+        assert up.returncode == 0, up.stdout + up.stderr
+        run = subprocess.run([str(REPO / "mydocker"), "run", "--rm", "busybox", "echo", service], env=env,
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert (run.returncode, run.stdout, run.stderr) == (0, f"{service}\n", ""), f"after restarting {service}"
