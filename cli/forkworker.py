@@ -50,15 +50,10 @@ class Worker:
         gRPC's core start (threads, event engine); then one call through each service's stub and a
         parse of a `run` command line, against nothing: a fresh fork's first pass over those code
         paths copies every page its reference counts touch (~3 ms for `run`), and this pass copies
-        them ahead of the command. Last, connections to the services the server's environment names,
-        which a command naming the same sockets takes over (a connection costs ~1.5 ms on its first call).
+        them ahead of the command.
         """
         warm_up_calls()
         warm_up_parse()
-        from cli.services import connect_early
-        from services.common.config import Config
-
-        connect_early(Config.from_env())
 
     def _receive_connection(self) -> socket.socket | None:
         fds: list[int] = []

@@ -17,24 +17,6 @@ class Refused(CliError):
     """A service refused the call as things stand (FAILED_PRECONDITION), e.g. a record another CLI moved on."""
 
 
-# Channels a spare worker of the CLI server connected before its command came, by socket path: the
-# command's first call to each service then finds its connection made (its environment may name other
-# sockets, whose channels are opened as usual).
-_early_channels: dict[str, object] = {}
-
-
-def connect_early(config: Config) -> None:
-    """Connect to every service of `config` now, for the command this process will run later."""
-    from services.common.client import open_channel, start_connecting
-    from services.common.config import SERVICES
-
-    for service in SERVICES:
-        # Its own connection: one that failed (the service was down) is then closed without harm to others.
-        channel = open_channel(config, service, own_connection=True)
-        start_connecting(channel)
-        _early_channels[str(config.socket_path(service))] = channel
-
-
 class Services:
     """Stubs for the state, storage and executor services, each on its own unix socket.
 
@@ -47,15 +29,10 @@ class Services:
         self._channels: dict[str, object] = {}
 
     def _channel(self, service: str):
-        from services.common.client import is_usable, open_channel
+        from services.common.client import open_channel
 
         if service not in self._channels:
-            channel = _early_channels.pop(str(self.config.socket_path(service)), None)
-            if channel is not None and not is_usable(channel):
-                # Its service was down when it tried: a fresh channel connects on the first call.
-                channel.close()
-                channel = None
-            self._channels[service] = channel or open_channel(self.config, service)
+            self._channels[service] = open_channel(self.config, service)
         return self._channels[service]
 
     def connect_ahead(self, *services: str) -> None:

@@ -42,16 +42,11 @@ def unreachable_message(service: str, config: Config) -> str:
     )
 
 
-def open_channel(config: Config, service: str, own_connection: bool = False) -> grpc.Channel:
-    """A channel to a service's socket; it connects lazily, on the first call.
-
-    With `own_connection`, its connection is not shared with other channels to the same socket (grpc
-    shares them by default): closing it, or its failure to connect, then touches no other channel.
-    """
-    options = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
-    if own_connection:
-        options.append(("grpc.use_local_subchannel_pool", 1))
-    return grpc.insecure_channel(unix_target(config.socket_path(service)), options=options)
+def open_channel(config: Config, service: str) -> grpc.Channel:
+    """A channel to a service's socket; it connects lazily, on the first call."""
+    return grpc.insecure_channel(
+        unix_target(config.socket_path(service)), options=(("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),)
+    )
 
 
 def start_connecting(channel: grpc.Channel) -> None:
@@ -65,21 +60,6 @@ def start_connecting(channel: grpc.Channel) -> None:
     check = getattr(core, "check_connectivity_state", None)
     if check is not None:
         check(True)
-
-
-USABLE_STATES = frozenset(state.value[0] for state in (
-    grpc.ChannelConnectivity.IDLE, grpc.ChannelConnectivity.CONNECTING, grpc.ChannelConnectivity.READY
-))
-
-
-def is_usable(channel: grpc.Channel) -> bool:
-    """Connected, connecting, or idle (its next call connects); not failing, where a call fails at once.
-
-    Checked without starting a connection; False where grpcio hides the core channel.
-    """
-    core = getattr(channel, "_channel", None)
-    check = getattr(core, "check_connectivity_state", None)
-    return check is not None and check(False) in USABLE_STATES
 
 
 @dataclass(frozen=True)

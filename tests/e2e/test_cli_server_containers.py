@@ -89,8 +89,8 @@ def test_a_killed_client_takes_its_worker_with_it(host, front) -> None:
 
 
 def test_services_restarted_while_a_spare_waits_serve_its_command(host, mydocker_config, service_tracker) -> None:
-    """A spare worker connects to the services before its command comes; a service restarted meanwhile
-    leaves that connection broken, and the command must open a fresh one instead of failing."""
+    """A spare worker is forked and warmed up before its command comes: nothing it holds may outlive a
+    restart of a service (connecting ahead was tried, bench/README, and a broken connection failed)."""
     config = Config(root=Path(host.env["MYDOCKER_ROOT"]), run=Path(host.env["MYDOCKER_RUN"]))
     server = service_pid(config, "cli")
     env = dict(host.env, MYDOCKER_CLI_SERVER="require")

@@ -105,32 +105,3 @@ def test_start_connecting_readies_a_channel_without_a_call(tmp_path: Path):
                 channel.unsubscribe(watch)
     finally:
         server.stop(None)
-
-
-def test_is_usable_tells_a_channel_that_connects_from_one_that_failed(tmp_path: Path):
-    """A spare worker's early channel is used only when a call on it can work; is_usable reads a private grpc attribute."""
-    import time
-    from concurrent import futures
-
-    from grpc_health.v1 import health, health_pb2_grpc
-
-    from services.common.client import is_usable, start_connecting
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    server.add_insecure_port(unix_target(tmp_path / "s.sock"))
-    server.start()
-    try:
-        with grpc.insecure_channel(unix_target(tmp_path / "s.sock")) as channel, grpc.insecure_channel(
-            unix_target(tmp_path / "none.sock")
-        ) as nowhere:
-            assert is_usable(channel)  # idle: its first call connects
-            start_connecting(channel)
-            start_connecting(nowhere)
-            deadline = time.monotonic() + 10
-            while is_usable(nowhere) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not is_usable(nowhere)  # a call on it would fail at once (UNAVAILABLE)
-            assert is_usable(channel)
-    finally:
-        server.stop(None)
