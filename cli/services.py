@@ -92,16 +92,29 @@ class Services:
 
         from services.common.client import describe_rpc_error
 
+        *others, (last_what, last_service, last_method, last_request, last_timeout) = calls
+        # A future starts a thread on its channel (grpc's call spinner): the last call blocks in this one.
         started = [
             (what, service, getattr(getattr(self, service), method).future(request, timeout=timeout))
-            for what, service, method, request, timeout in calls
+            for what, service, method, request, timeout in others
         ]
-        replies, failures = [], []
+        failures = []
+        try:
+            last_reply = getattr(getattr(self, last_service), last_method)(last_request, timeout=last_timeout)
+        except grpc.RpcError as err:
+            last_reply = None
+            last_failure = f"{last_what} failed: {describe_rpc_error(last_service, self.config, err)}"
+        else:
+            last_failure = None
+        replies = []
         for what, service, future in started:
             try:
                 replies.append(future.result())
             except grpc.RpcError as err:
                 failures.append(f"{what} failed: {describe_rpc_error(service, self.config, err)}")
+        replies.append(last_reply)
+        if last_failure is not None:
+            failures.append(last_failure)
         if failures:
             raise CliError("; ".join(failures))
         return replies

@@ -274,6 +274,10 @@ class CgroupV1:
     def exists(self) -> bool:
         return any(directory.exists() for directory in self.dirs())
 
+    def exists_everywhere(self) -> bool:
+        """The directory exists in every hierarchy (exists() asks for any one of them)."""
+        return all(os.path.isdir(directory) for directory in self.dirs())
+
     def last_change(self) -> float:
         return _last_change(self.dirs())
 
@@ -362,6 +366,9 @@ class CgroupV2:
 
     def exists(self) -> bool:
         return self.path().exists()
+
+    def exists_everywhere(self) -> bool:
+        return os.path.isdir(self.path())
 
     def last_change(self) -> float:
         return _last_change(self.dirs())

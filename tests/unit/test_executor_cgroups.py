@@ -412,3 +412,12 @@ def test_remove_if_empty_leaves_a_real_cgroup_with_a_member():
     assert cgroup.remove_if_empty()
     assert not cgroup.exists()
     assert layout.remove_parent()
+
+
+def test_v1_exists_everywhere_needs_every_hierarchy(v1_root):
+    cgroup = CgroupLayout(v1_root, "v1", {c: "/" for c in V1}).container("3")
+    assert not cgroup.exists_everywhere()
+    cgroup.create()
+    assert cgroup.exists_everywhere()
+    cgroup.dir("pids").rmdir()
+    assert cgroup.exists() and not cgroup.exists_everywhere()
