@@ -16,8 +16,8 @@ def parse_stat(text: str) -> tuple[str, int]:
     return fields[0], int(fields[19])
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Start time of a live (non-zombie) process, None when it is gone or a zombie."""
+def proc_start_time(pid: int, zombie_too: bool = False) -> int | None:
+    """Start time of a live (non-zombie) process, None when it is gone or (unless `zombie_too`) a zombie."""
     if pid <= 0:
         return None
     try:
@@ -31,7 +31,7 @@ def proc_start_time(pid: int) -> int | None:
         # Gone, or it exited between the open and the read.
         return None
     state, start = parse_stat(text)
-    if state in ("Z", "X"):
+    if state in ("Z", "X") and not zombie_too:
         return None
     return start
 

@@ -7,7 +7,7 @@ import os
 import posixpath
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from services.common.errors import InvalidArgument
 from services.common.limits import check_exec_size
@@ -88,9 +88,11 @@ class ContainerPlan:
     security: SecurityProfile | None = field(default_factory=SecurityProfile)
 
     def to_json(self) -> str:
-        raw = asdict(self)
+        # asdict deep-copies every field: the profile, which has its own to_dict, is left out of it; and
+        # no indent, which would take json's pure-Python encoder (together ~0.5 ms of every create).
+        raw = asdict(replace(self, security=None))
         raw["security"] = self.security.to_dict() if self.security is not None else None
-        return json.dumps(raw, indent=1)
+        return json.dumps(raw, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "ContainerPlan":

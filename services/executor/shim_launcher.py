@@ -192,22 +192,28 @@ def _intermediate(options) -> None:
         posix._exit(1)
 
 
-def stdio_for(state_dir: str) -> None:
-    """stdin and stdout on /dev/null, stderr to the container's shim.log, and no other fd open."""
+def stdio_for(state_dir: str, keep: int = -1) -> None:
+    """stdin and stdout on /dev/null, stderr to the container's shim.log, and no other fd open but `keep`."""
     null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
     log = posix.open(f"{state_dir}/{statefiles.SHIM_LOG}", posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
     # dup2 over fd 0 closes this child's copy of the control socket.
     posix.dup2(null, 0)
     posix.dup2(null, 1)
     posix.dup2(log, 2)
-    posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
+    if keep >= 3:
+        posix.closerange(3, keep)
+        posix.closerange(keep + 1, posix.sysconf("SC_OPEN_MAX"))
+    else:
+        posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
 
 
 def _record_shim(state_dir: str, pid: int, kill_on_failure: bool = True) -> None:
     """shim.pid, written before the launcher replies: a shim that dies at once is then seen dead, not awaited."""
     try:
         statefiles.write_atomic(
-            f"{state_dir}/{statefiles.SHIM_PID}", statefiles.format_pid(pid, statefiles.proc_start_time(pid) or 0)
+            # A shim that failed at once is our unreaped child, a zombie: its start time still names it.
+            f"{state_dir}/{statefiles.SHIM_PID}",
+            statefiles.format_pid(pid, statefiles.proc_start_time(pid, zombie_too=True) or 0),
         )
     except BaseException:
         if kill_on_failure:
@@ -216,8 +222,8 @@ def _record_shim(state_dir: str, pid: int, kill_on_failure: bool = True) -> None
         raise
 
 
-def run_shim(options, joined=None, unshared: bool = False) -> None:
-    """Become the container's shim; a standby has `joined` these cgroup files and `unshared` already."""
+def run_shim(options, joined=None, unshared: bool = False, parked=None) -> None:
+    """Become the container's shim; a standby has `joined` these cgroup files, `unshared` already, and `parked` its init."""
     state_dir = options["state"]
     try:
         statefiles.set_comm(f"shim {state_dir.rsplit('/', 1)[-1]}")
@@ -230,4 +236,4 @@ def run_shim(options, joined=None, unshared: bool = False) -> None:
     except OSError as err:
         shim.fail(state_dir, f"shim: {err}")
         posix._exit(1)
-    shim.Shim(options).run()
+    shim.Shim(options, parked).run()

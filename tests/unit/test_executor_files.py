@@ -36,7 +36,12 @@ def test_start_time_of_live_zombie_and_gone_processes():
         time.sleep(0.05)
         deadline -= 1
     assert statefiles.proc_start_time(child.pid) is None  # a zombie counts as gone
+    # ...but still has its start time, for recording a child that died at once (the shim launcher).
+    zombie_start = statefiles.proc_start_time(child.pid, zombie_too=True)
+    assert zombie_start is not None and zombie_start >= me
+    assert not statefiles.is_alive(child.pid, zombie_start)
     child.wait()
+    assert statefiles.proc_start_time(child.pid, zombie_too=True) is None
     assert statefiles.proc_start_time(child.pid) is None
     assert statefiles.proc_start_time(0) is None
 
