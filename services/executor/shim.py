@@ -85,9 +85,10 @@ class Shim(AttachMixin):
             self.listen()
         if self.parked is not None:
             pid = self.parked[0]
-            if not shim_standby.hand_over_init(self.parked, self.state_dir, self.init_plan, child_stdio, status_w):
+            error = shim_standby.hand_over_init(self.parked, self.state_dir, self.init_plan, child_stdio, status_w)
+            if error is not None:
                 # Its pid namespace died with it: no other init can be forked into it.
-                fail(self.state_dir, "shim: the container's init, forked ahead, died before its plan came: create it again")
+                fail(self.state_dir, f"shim: the container's init, forked ahead, is gone ({error}): create it again")
                 posix._exit(1)
         else:
             pid = posix.fork()

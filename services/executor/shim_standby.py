@@ -205,8 +205,8 @@ def park_init() -> "tuple[int, int] | None":
     return pid, ours_fd
 
 
-def hand_over_init(parked, state_dir: str, plan: bytes, stdio, status_w: int) -> bool:
-    """Send the parked init its plan, stdio and status pipe; False if it is gone."""
+def hand_over_init(parked, state_dir: str, plan: bytes, stdio, status_w: int) -> "OSError | None":
+    """Send the parked init its plan, stdio and status pipe; the error if it is gone (None once sent)."""
     pid, fd = parked
     payload = marshal.dumps((state_dir, plan))
     data = len(payload).to_bytes(4, "big") + payload
@@ -214,10 +214,13 @@ def hand_over_init(parked, state_dir: str, plan: bytes, stdio, status_w: int) ->
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
     try:
         sent = sock.sendmsg([data[:READ_CHUNK]], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-        sock.sendall(data[sent:])
-        return True
-    except OSError:
-        return False
+        if sent < len(data):
+            # Only with something left: sendall sends even nothing, and the init, done reading and
+            # gone on with its plan, has closed its end by now (EPIPE).
+            sock.sendall(data[sent:])
+        return None
+    except OSError as err:
+        return err
     finally:
         sock.close()
 

@@ -316,3 +316,39 @@ def test_a_launcher_that_cannot_start_is_a_clear_error(tmp_path):
             helper.spawn(options(str(tmp_path)))
     finally:
         helper.close()
+
+
+@pytest.mark.parametrize("plan_size", [100, 300_000])
+def test_an_init_hand_over_carries_the_plan_and_four_cloexec_fds(tmp_path, plan_size):
+    """Small plans go in the one sendmsg (nothing after it: the init closes its end as soon as it has
+    read, so a further send, even of nothing, would fail), big ones in more sends."""
+    import _socket
+
+    from services.executor import shim_standby
+
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    files = [open(tmp_path / f"f{index}", "w") for index in range(4)]
+    plan = bytes(range(256)) * (plan_size // 256)
+    received = {}
+
+    def receive() -> None:
+        received["value"] = shim_standby._receive(theirs.fileno())
+        theirs.close()  # at once, as the init does
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    try:
+        # hand_over_init closes the fd it is given: detached, so the socket object does not close it again.
+        error = shim_standby.hand_over_init((0, ours.detach()), "/run/x/123", plan, [f.fileno() for f in files[:3]], files[3].fileno())
+        reader.join(10)
+        assert error is None
+        (state_dir, got_plan), fds = received["value"]
+        assert (state_dir, got_plan) == ("/run/x/123", plan)
+        assert len(fds) == 4
+        for fd, original in zip(fds, files):
+            assert os.path.samestat(os.fstat(fd), os.fstat(original.fileno()))
+            assert not os.get_inheritable(fd)
+            os.close(fd)
+    finally:
+        for handle in files:
+            handle.close()
