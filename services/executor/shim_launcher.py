@@ -1,4 +1,7 @@
-"""Shim launcher: one warm, grpc-free helper per executor that forks each container's shim on request, no exec."""
+"""Shim launcher: one warm, grpc-free helper per executor that gives each container its shim on request, no exec.
+
+The shim is a standby forked ahead while the launcher was idle (shim_standby.py), or one forked now.
+"""
 
 import _signal
 import gc
