@@ -6,7 +6,7 @@ import posix
 import select
 import time
 
-from services.executor import framing, logfmt, shim_standby, statefiles
+from services.executor import framing, logfmt, statefiles
 from services.executor.shim_attach import _POLL_IN, READ_SIZE, AttachMixin
 
 # After the container exits, how long to wait for its last output and for a first attach client.
@@ -34,9 +34,7 @@ def note(message):
 
 
 class Shim(AttachMixin):
-    def __init__(self, options, parked=None):
-        # (pid, socket fd) of an init forked ahead by a standby shim (shim_standby.py), or None.
-        self.parked = parked
+    def __init__(self, options):
         self.state_dir = options["state"]
         self.log_path = options["log"]
         self.attach = options["stdio"] == "attach"
@@ -83,17 +81,9 @@ class Shim(AttachMixin):
         status_r, status_w = posix.pipe()
         if self.attach:
             self.listen()
-        if self.parked is not None:
-            pid = self.parked[0]
-            error = shim_standby.hand_over_init(self.parked, self.state_dir, self.init_plan, child_stdio, status_w)
-            if error is not None:
-                # Its pid namespace died with it: no other init can be forked into it.
-                fail(self.state_dir, f"shim: the container's init, forked ahead, is gone ({error}): create it again")
-                posix._exit(1)
-        else:
-            pid = posix.fork()
-            if pid == 0:
-                self.become_init(child_stdio, status_w, (status_r, wake_r, wake_w))
+        pid = posix.fork()
+        if pid == 0:
+            self.become_init(child_stdio, status_w, (status_r, wake_r, wake_w))
         self.child = pid
         # Only the init needed it: the idle shim keeps nothing it will not use.
         self.init_plan = None

@@ -195,19 +195,15 @@ def _intermediate(options) -> None:
         posix._exit(1)
 
 
-def stdio_for(state_dir: str, keep: int = -1) -> None:
-    """stdin and stdout on /dev/null, stderr to the container's shim.log, and no other fd open but `keep`."""
+def stdio_for(state_dir: str) -> None:
+    """stdin and stdout on /dev/null, stderr to the container's shim.log, and no other fd open."""
     null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
     log = posix.open(f"{state_dir}/{statefiles.SHIM_LOG}", posix.O_WRONLY | posix.O_APPEND | posix.O_CREAT | posix.O_CLOEXEC, 0o600)
     # dup2 over fd 0 closes this child's copy of the control socket.
     posix.dup2(null, 0)
     posix.dup2(null, 1)
     posix.dup2(log, 2)
-    if keep >= 3:
-        posix.closerange(3, keep)
-        posix.closerange(keep + 1, posix.sysconf("SC_OPEN_MAX"))
-    else:
-        posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
+    posix.closerange(3, posix.sysconf("SC_OPEN_MAX"))
 
 
 def _record_shim(state_dir: str, pid: int, kill_on_failure: bool = True) -> None:
@@ -225,8 +221,8 @@ def _record_shim(state_dir: str, pid: int, kill_on_failure: bool = True) -> None
         raise
 
 
-def run_shim(options, joined=None, unshared: bool = False, parked=None) -> None:
-    """Become the container's shim; a standby has `joined` these cgroup files, `unshared` already, and `parked` its init."""
+def run_shim(options, joined=None, unshared: bool = False) -> None:
+    """Become the container's shim; a standby has `joined` these cgroup files and `unshared` already."""
     state_dir = options["state"]
     try:
         statefiles.set_comm(f"shim {state_dir.rsplit('/', 1)[-1]}")
@@ -239,4 +235,4 @@ def run_shim(options, joined=None, unshared: bool = False, parked=None) -> None:
     except OSError as err:
         shim.fail(state_dir, f"shim: {err}")
         posix._exit(1)
-    shim.Shim(options, parked).run()
+    shim.Shim(options).run()

@@ -252,61 +252,14 @@ def test_a_request_without_a_state_dir_leaves_the_standby_for_the_next(marked_la
     assert statefiles.parse_pid((tmp_path / "b" / statefiles.SHIM_PID).read_text())[0] == standby
 
 
-def parked_init_of(standby: int, timeout: float = 10.0) -> int:
-    """The standby's child, the container's init to be, or 0."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = Path(f"/proc/{standby}/task/{standby}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.01)
-    return 0
-
-
-def test_a_standby_parks_the_next_init_as_pid_1_of_its_namespace(marked_launcher, tmp_path):
-    launcher_, marker = marked_launcher
-    (tmp_path / "a").mkdir()
-    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
-    standby = standby_of(marker)
-    parked = parked_init_of(standby)
-    assert parked, "the standby has no parked init"
-    assert Path(f"/proc/{parked}/comm").read_text().strip() == "init-standby"
-    # NSpid: its pid here, then in its own namespace, where it is 1.
-    nspid = next(line for line in Path(f"/proc/{parked}/status").read_text().splitlines() if line.startswith("NSpid:"))
-    assert nspid.split()[1:] == [str(parked), "1"]
-    # Nothing of the launcher's: only its stdio (/dev/null) and its socket to the standby.
-    fds = {int(fd): os.readlink(f"/proc/{parked}/fd/{fd}") for fd in os.listdir(f"/proc/{parked}/fd")}
-    assert [fds.pop(fd) for fd in (0, 1, 2)] == ["/dev/null"] * 3
-    assert len(fds) == 1 and next(iter(fds.values())).startswith("socket:"), fds
-
-
-def test_a_killed_parked_init_ends_its_standby_and_the_next_shim_is_forked(marked_launcher, tmp_path):
-    """A pid namespace whose PID 1 died takes no other process: that standby is of no use any more."""
-    launcher_, marker = marked_launcher
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
-    standby = standby_of(marker)
-    os.kill(parked_init_of(standby), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while not exited(standby) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert exited(standby), "the standby outlived its parked init"
-    assert launcher_.spawn(options(str(tmp_path / "b"))) == 0
-    assert statefiles.parse_pid((tmp_path / "b" / statefiles.SHIM_PID).read_text())[0] not in (0, standby)
-    assert wait_for(tmp_path / "b" / statefiles.STATUS) == statefiles.EXITED + "\n"
-
-
-def test_a_stopping_launcher_ends_its_standby_and_parked_init_before_it_exits(marked_launcher, tmp_path):
+def test_a_stopping_launcher_ends_its_standby_before_it_exits(marked_launcher, tmp_path):
     """So the shims' cgroup is empty once the executor has stopped, and can be removed."""
     launcher_, marker = marked_launcher
     (tmp_path / "a").mkdir()
     assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
     standby = standby_of(marker)
-    parked = parked_init_of(standby)
     launcher_.close()
     assert exited(standby)
-    assert exited(parked)
 
 
 def test_a_launcher_that_cannot_start_is_a_clear_error(tmp_path):
@@ -316,39 +269,3 @@ def test_a_launcher_that_cannot_start_is_a_clear_error(tmp_path):
             helper.spawn(options(str(tmp_path)))
     finally:
         helper.close()
-
-
-@pytest.mark.parametrize("plan_size", [100, 300_000])
-def test_an_init_hand_over_carries_the_plan_and_four_cloexec_fds(tmp_path, plan_size):
-    """Small plans go in the one sendmsg (nothing after it: the init closes its end as soon as it has
-    read, so a further send, even of nothing, would fail), big ones in more sends."""
-    import _socket
-
-    from services.executor import shim_standby
-
-    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    files = [open(tmp_path / f"f{index}", "w") for index in range(4)]
-    plan = bytes(range(256)) * (plan_size // 256)
-    received = {}
-
-    def receive() -> None:
-        received["value"] = shim_standby._receive(theirs.fileno())
-        theirs.close()  # at once, as the init does
-
-    reader = threading.Thread(target=receive)
-    reader.start()
-    try:
-        # hand_over_init closes the fd it is given: detached, so the socket object does not close it again.
-        error = shim_standby.hand_over_init((0, ours.detach()), "/run/x/123", plan, [f.fileno() for f in files[:3]], files[3].fileno())
-        reader.join(10)
-        assert error is None
-        (state_dir, got_plan), fds = received["value"]
-        assert (state_dir, got_plan) == ("/run/x/123", plan)
-        assert len(fds) == 4
-        for fd, original in zip(fds, files):
-            assert os.path.samestat(os.fstat(fd), os.fstat(original.fileno()))
-            assert not os.get_inheritable(fd)
-            os.close(fd)
-    finally:
-        for handle in files:
-            handle.close()
