@@ -271,11 +271,13 @@ def time_runs(argv_of, env: dict[str, str] | None, runs: int, warmup: int) -> tu
     return times, outputs
 
 
-def time_interleaved(commands: dict, runs: int, warmup: int) -> dict[str, list[float]]:
+def time_interleaved(commands: dict, runs: int, warmup: int, gap: float = 0.0) -> dict[str, list[float]]:
     """{label: (argv_of, env)} run in turn, one of each per round, so all see the same host conditions.
 
     This VM's speed drifts by tens of percent over minutes; figures meant to be compared are taken
-    interleaved rather than one block after the other.
+    interleaved rather than one block after the other. `gap` seconds pass before each timed command,
+    as between commands typed at a shell: what one tool does after its command (mydocker warms up
+    its next CLI worker) then does not land in the other tool's figure.
     """
     for n in range(warmup):
         for argv_of, env in commands.values():
@@ -283,6 +285,7 @@ def time_interleaved(commands: dict, runs: int, warmup: int) -> dict[str, list[f
     times: dict[str, list[float]] = {label: [] for label in commands}
     for n in range(runs):
         for label, (argv_of, env) in commands.items():
+            time.sleep(gap)
             times[label].append(timed(argv_of(n), env)[0])
     return times
 
@@ -520,8 +523,18 @@ def bench(args: argparse.Namespace, base: Path, state: dict, results: Results) -
             lambda i: [runc, "--root", str(state["runc_root"]), "run", "--bundle", str(base / "bundle"), f"{prefix}-{i + w}"],
             None,
         )
-    for label, times in time_interleaved(commands, n, w).items():
-        results.add(Figure(label, times, "interleaved with runc" if runc is not None and label.startswith("mydocker") else ""))
+    for label, times in time_interleaved(commands, n, w, args.gap).items():
+        note = f"interleaved with runc, {args.gap:g} s apart" if runc is not None and label.startswith("mydocker") else ""
+        results.add(Figure(label, times, note))
+    # A script's loop: each command starts as the one before ends, with that one's after-work still going.
+    times, _ = time_runs(lambda i: [LAUNCHER, "run", "--rm", "busybox", "/bin/true"], env, n, w)
+    results.add(Figure("mydocker run --rm busybox /bin/true, back to back", times, "no gap"))
+    if runc is not None:
+        times, _ = time_runs(
+            lambda i: [runc, "--root", str(state["runc_root"]), "run", "--bundle", str(base / "bundle"), f"{prefix}-b2b-{i + w}"],
+            None, n, w,
+        )
+        results.add(Figure("runc run (busybox rootfs) /bin/true, back to back", times, "no gap"))
 
     times, outputs = time_runs(lambda i: [LAUNCHER, "run", "-d", "busybox", "/bin/true"], env, n, w)
     results.add(Figure("mydocker run -d busybox /bin/true", times, "prints the id"))
@@ -646,6 +659,7 @@ def main() -> int:
     parser.add_argument("--mirror", default="", help="Debian mirror for debootstrap (default: debootstrap's own)")
     parser.add_argument("--shim-containers", type=int, default=10)
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to let the shims go idle")
+    parser.add_argument("--gap", type=float, default=0.1, help="seconds before each interleaved command (0: none)")
     parser.add_argument("--no-runc", action="store_true")
     parser.add_argument("--no-debian", action="store_true", help="skip the large image")
     parser.add_argument("--no-breakdown", action="store_true")
