@@ -1,10 +1,9 @@
 """The warm CLI server: a process that has imported the whole CLI and forks one worker per command line.
 
 `python -m cli.forkserver` (started by `scripts/up`) listens on <MYDOCKER_RUN>/cli.sock (root only).
-It never creates a gRPC channel or a thread, so forking it is safe; two spare workers are forked ahead
-of time and initialise gRPC (a spare forked during a command waits for it to end), and each command
-line goes to the oldest spare, which becomes a copy of the in-process CLI: the client's stdio,
-directory, umask and environment, then `cli.main.run_command`.
+It never creates a gRPC channel or a thread, so forking it is safe; one spare worker is forked ahead
+of time and initialises gRPC, and each command line goes to the spare, which becomes a copy of the
+in-process CLI: the client's stdio, directory, umask and environment, then `cli.main.run_command`.
 The server reports the worker's exit status, and kills the worker when its client disappears
 (as a killed in-process CLI would be gone). When the CLI's source changes under it, it answers
 "fallback" (the client runs the CLI itself) and exits, so no command ever runs stale code.
@@ -32,9 +31,6 @@ from services.common.runfiles import WATCH_SECONDS, Identity, RunFiles, SocketKe
 REPO = Path(__file__).resolve().parent.parent
 # The code a worker runs: a change to any of it makes this server stale.
 SOURCE_DIRS = ("cli", "services/common", "protos")
-# Two: the next command takes a warm one while the other, forked cold during the command before,
-# warms up once that command is over, not during it (its ~10 ms of CPU would compete on 2 CPUs).
-SPARES = 2
 SERVICE = "cli"
 BACKLOG = 64
 
@@ -106,8 +102,7 @@ class ForkServer:
         self.next_watch = time.monotonic() + WATCH_SECONDS
         self.source = source or SourceWatch()
         self.clients: dict[int, socket.socket] = {}  # worker pid -> its client's connection
-        # Oldest first: the next command takes spares[0], warmed the longest ago.
-        self.spares: list[Spare] = []
+        self.spare: Spare | None = None
         self.stopping = False
         # Set when the source changed: main() re-executes the server after cleaning up.
         self.restart = False
@@ -127,9 +122,8 @@ class ForkServer:
         self.poll.register(self.wake_r, select.POLLIN)
         # Imported modules become permanent: the GC never touches their pages, so forks share them.
         gc.freeze()
-        while len(self.spares) < SPARES:
-            self._fork_spare()
-            self._warm_spare()
+        self._fork_spare()
+        self._warm_spare()
         while not self.stopping:
             for fd, events in self.poll.poll(int(WATCH_SECONDS * 1000)):
                 if fd == self.listener.fileno():
@@ -186,7 +180,8 @@ class ForkServer:
             print(f"cli server: the CLI's source changed: restarting pid {os.getpid()} with it", flush=True)
             self.stopping = self.restart = True
             return True
-        spare = self.spares.pop(0) if self.spares else self._fork_spare(keep=False)
+        spare = self.spare or self._fork_spare()
+        self.spare = None
         try:
             spare.handoff.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, proto.pack_fds([conn.fileno()]))])
         except OSError as err:
@@ -199,9 +194,7 @@ class ForkServer:
         self.clients[spare.pid] = conn
         # POLLRDHUP alone: the request's data is the worker's to read, only the client's hangup is ours.
         self.poll.register(conn, select.POLLRDHUP)
-        # Cold: it warms up once a command is over, while the other spare takes the next one.
-        while len(self.spares) < SPARES:
-            self._fork_spare()
+        self._fork_spare()
         return True
 
     def _client_gone(self, fd: int) -> None:
@@ -230,35 +223,31 @@ class ForkServer:
                 conn.close()
                 # A command is over: the spare's warm-up no longer takes CPU from it.
                 self._warm_spare()
-            else:
-                for spare in [s for s in self.spares if s.pid == pid]:
-                    # Not replaced here: a spare that cannot even start would be forked in a tight loop.
-                    # The next command forks one on demand.
-                    print(f"cli server: spare worker {pid} ended with status {exit_code(wait_status)} before any command", flush=True)
-                    spare.handoff.close()
-                    self.spares.remove(spare)
+            elif self.spare is not None and self.spare.pid == pid:
+                # Not replaced here: a spare that cannot even start would be forked in a tight loop.
+                # The next command forks one on demand.
+                print(f"cli server: spare worker {pid} ended with status {exit_code(wait_status)} before any command", flush=True)
+                self.spare.handoff.close()
+                self.spare = None
 
     def _shutdown(self) -> None:
         """Stop taking commands; running workers finish and report their status themselves."""
-        for spare in self.spares:
-            spare.handoff.close()  # the spare sees EOF and exits
-        self.spares = []
+        if self.spare is not None:
+            self.spare.handoff.close()  # the spare sees EOF and exits
         for conn in self.clients.values():
             conn.close()
 
     # -- workers ------------------------------------------------------------------------------
 
     def _warm_spare(self) -> None:
-        """Tell the oldest cold spare to warm up now (it does by itself after SPARE_WARM_UP_DELAY otherwise)."""
-        for spare in self.spares:
-            if not spare.warming:
-                spare.warming = True
-                with contextlib.suppress(OSError):  # a dead spare is reaped and replaced on demand
-                    spare.handoff.send(WARM_UP)
-                return
+        """Tell the spare to warm up now (it does by itself after SPARE_WARM_UP_DELAY otherwise)."""
+        if self.spare is None or self.spare.warming:
+            return
+        self.spare.warming = True
+        with contextlib.suppress(OSError):  # a dead spare is reaped and replaced on demand
+            self.spare.handoff.send(WARM_UP)
 
-    def _fork_spare(self, keep: bool = True) -> Spare:
-        """A new worker waiting for a command; kept as a spare unless it is to serve one now."""
+    def _fork_spare(self) -> Spare:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -276,10 +265,8 @@ class ForkServer:
             finally:
                 os._exit(status)
         theirs.close()
-        spare = Spare(pid, ours)
-        if keep:
-            self.spares.append(spare)
-        return spare
+        self.spare = Spare(pid, ours)
+        return self.spare
 
     def _become_worker(self) -> None:
         """In the forked child: drop everything of the server's, so it can exit or restart freely."""
@@ -290,8 +277,8 @@ class ForkServer:
         self.listener.close()
         for conn in self.clients.values():
             conn.close()
-        for spare in self.spares:
-            spare.handoff.close()
+        if self.spare is not None:
+            self.spare.handoff.close()
         for fd in (self.wake_r, self.wake_w, *self.keep_fds):
             os.close(fd)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from cli.forkserver import SPARES
 from services.common.config import Config
 from services.common.netnames import bridge_name
 from services.common.ctl import REPO, service_env, service_pid
@@ -140,21 +139,21 @@ def cli_mode(request: pytest.FixtureRequest) -> str | None:
     return getattr(request, "param", None)
 
 
-def cli_server_spare(config: Config) -> tuple[int, frozenset[int]]:
-    """(the CLI server's pid, its spare workers' pids), once the spares are its only children.
+def cli_server_spare(config: Config) -> tuple[int, int]:
+    """(the CLI server's pid, its spare worker's pid), once the spare is its only child.
 
-    The server hands each command to a spare and forks a new one: changed spares mean a command
-    went through the server, the same ones that none did. A health probe of the server (scripts/up,
-    scripts/status) takes a spare too, so a test that runs one is not given a cli_mode.
+    The server hands each command to its spare and forks a new one: a changed spare means a command
+    went through the server, the same one that none did. A health probe of the server (scripts/up,
+    scripts/status) takes the spare too, so a test that runs one is not given a cli_mode.
     """
     server = service_pid(config, "cli")
     assert server is not None, "the CLI server is not running"
     deadline = time.monotonic() + SPARE_TIMEOUT
     while True:
         children = Path(f"/proc/{server}/task/{server}/children").read_text().split()
-        if len(children) == SPARES:
-            return server, frozenset(int(child) for child in children)
-        assert time.monotonic() < deadline, f"the CLI server {server} has children {children}, not {SPARES} spare workers"
+        if len(children) == 1:
+            return server, int(children[0])
+        assert time.monotonic() < deadline, f"the CLI server {server} has children {children}, not one spare worker"
         time.sleep(0.05)
 
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.forkserver import SPARES
 from services.common.config import Config
-from services.common.procinfo import proc_start_time
 from services.common.ctl import REPO, service_pid
 from tests.conftest import FRONTS, front_env, front_executable
 from tests.e2e.conftest import scripts_up
@@ -72,9 +70,9 @@ def test_a_killed_client_takes_its_worker_with_it(host, front) -> None:
     config = Config(root=Path(host.env["MYDOCKER_ROOT"]), run=Path(host.env["MYDOCKER_RUN"]))
     server = service_pid(config, "cli")
     assert server is not None
-    # The oldest of the spares waiting now is the worker that will serve the next command.
-    wait_until(lambda: len(_children(server)) == SPARES, 20.0, f"{SPARES} spare workers")
-    worker = min(_children(server), key=lambda pid: (proc_start_time(pid) or 0, pid))
+    # The spare waiting now is the worker that will serve the next command.
+    wait_until(lambda: len(_children(server)) == 1, 20.0, "one spare worker")
+    (worker,) = _children(server)
     client = _start(host, front, "run", "--name", f"orphaned-{front}", "busybox", "sh", "-c", "echo ready; sleep 60")
     try:
         assert client.stdout.readline() == "ready\n"
@@ -97,7 +95,7 @@ def test_services_restarted_while_a_spare_waits_serve_its_command(host, mydocker
     server = service_pid(config, "cli")
     env = dict(host.env, MYDOCKER_CLI_SERVER="require")
     for service in ("state", "storage", "executor"):
-        wait_until(lambda: len(_children(server)) == SPARES, 20.0, f"{SPARES} spare workers")
+        wait_until(lambda: len(_children(server)) == 1, 20.0, "one spare worker")
         down = subprocess.run([str(REPO / "scripts/down"), service], env=env, capture_output=True, text=True,
                               timeout=120, stdin=subprocess.DEVNULL)
         assert down.returncode == 0, down.stderr
