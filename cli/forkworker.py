@@ -7,7 +7,6 @@ import os
 import select
 import socket
 import sys
-from collections.abc import Iterator
 
 from cli import forkclient as proto
 
@@ -57,12 +56,10 @@ class Worker:
         gRPC's core start (threads, event engine); then one call through each service's stub and a
         parse of a `run` command line, against nothing: a fresh fork's first pass over those code
         paths copies every page its reference counts touch (~3 ms for `run`), and this pass copies
-        them ahead of the command. Step by step: a command that comes meanwhile stops it, and is
-        served at once (what is left of the pass it pays as it goes).
+        them ahead of the command.
         """
-        for _ in warm_up_steps():
-            if select.select([self.handoff], [], [], 0)[0]:
-                return
+        warm_up_calls()
+        warm_up_parse()
 
     def _receive_connection(self) -> socket.socket | None:
         """Warm up when told to (or after SPARE_WARM_UP_DELAY) while waiting; then the client's connection.
@@ -128,14 +125,7 @@ class Worker:
         sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)
 
 
-def warm_up_steps() -> Iterator[None]:
-    """The warm-up, a step at a time: gRPC's start, a call through each stub, a parse of `run`."""
-    yield from warm_up_calls()
-    warm_up_parse()
-    yield
-
-
-def warm_up_calls() -> Iterator[None]:
+def warm_up_calls() -> None:
     """One unary call per service stub to an abstract socket nobody binds: refused at once, nothing is sent."""
     import secrets
 
@@ -151,11 +141,9 @@ def warm_up_calls() -> Iterator[None]:
             (storage_pb2_grpc.StorageServiceStub(channel).GetImage, storage_pb2.GetImageRequest(name="warm-up")),
             (executor_pb2_grpc.ExecutorServiceStub(channel).GetContainer, executor_pb2.GetContainerRequest(id="warm-up")),
         )
-        yield
         for call, request in calls:
             with contextlib.suppress(grpc.RpcError):
                 call(request, timeout=1.0)
-            yield
 
 
 def warm_up_parse() -> None:
