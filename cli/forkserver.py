@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli import forkclient as proto
-from cli.forkworker import WARM_UP, Worker, preload, send
+from cli.forkworker import Worker, preload, send
 from services.common.config import Config
 from services.common.runfiles import WATCH_SECONDS, Identity, RunFiles, SocketKeeper, identity_of
 
@@ -82,8 +82,6 @@ class Spare:
 
     pid: int
     handoff: socket.socket
-    # Told to warm up (WARM_UP sent): once per spare.
-    warming: bool = False
 
 
 class ForkServer:
@@ -123,7 +121,6 @@ class ForkServer:
         # Imported modules become permanent: the GC never touches their pages, so forks share them.
         gc.freeze()
         self._fork_spare()
-        self._warm_spare()
         while not self.stopping:
             for fd, events in self.poll.poll(int(WATCH_SECONDS * 1000)):
                 if fd == self.listener.fileno():
@@ -221,8 +218,6 @@ class ForkServer:
                 with contextlib.suppress(KeyError):
                     self.poll.unregister(conn)
                 conn.close()
-                # A command is over: the spare's warm-up no longer takes CPU from it.
-                self._warm_spare()
             elif self.spare is not None and self.spare.pid == pid:
                 # Not replaced here: a spare that cannot even start would be forked in a tight loop.
                 # The next command forks one on demand.
@@ -238,14 +233,6 @@ class ForkServer:
             conn.close()
 
     # -- workers ------------------------------------------------------------------------------
-
-    def _warm_spare(self) -> None:
-        """Tell the spare to warm up now (it does by itself after SPARE_WARM_UP_DELAY otherwise)."""
-        if self.spare is None or self.spare.warming:
-            return
-        self.spare.warming = True
-        with contextlib.suppress(OSError):  # a dead spare is reaped and replaced on demand
-            self.spare.handoff.send(WARM_UP)
 
     def _fork_spare(self) -> Spare:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import sys
 
@@ -12,12 +11,6 @@ from cli import forkclient as proto
 
 # A worker's stdio, directory and environment arrive with its request.
 REQUEST_FDS = 4
-# From the server on the hand-off socket: warm up now (the command before has finished). Otherwise
-# a message with the client's connection, or end of file when the server stops.
-WARM_UP = b"w"
-# A spare forked while a command runs waits this long for that command to end before warming up by
-# itself: its warm-up (~10 ms of CPU) would otherwise compete with the command on a 2-CPU host.
-SPARE_WARM_UP_DELAY = 0.25
 
 
 def send(conn: socket.socket, message: tuple) -> None:
@@ -33,6 +26,7 @@ class Worker:
         self.handoff = handoff
 
     def run(self) -> int:
+        self._warm_up()
         conn = self._receive_connection()
         if conn is None:
             return 0
@@ -62,32 +56,15 @@ class Worker:
         warm_up_parse()
 
     def _receive_connection(self) -> socket.socket | None:
-        """Warm up when told to (or after SPARE_WARM_UP_DELAY) while waiting; then the client's connection.
-
-        A command that comes first is served cold: warming up then would only delay it.
-        """
-        warmed = False
-        conn = None
-        while True:
-            if not warmed and not select.select([self.handoff], [], [], SPARE_WARM_UP_DELAY)[0]:
-                self._warm_up()
-                warmed = True
-                continue
-            fds: list[int] = []
-            try:
-                message, fds, _, _ = socket.recv_fds(self.handoff, 1, 1)
-            except OSError:
-                message = b""
-            if message == WARM_UP and not fds:
-                if not warmed:
-                    self._warm_up()
-                    warmed = True
-                continue
-            if fds:
-                conn = socket.socket(fileno=fds[0])
-            break  # end of file (no fds): the server stopped before a command came
+        fds: list[int] = []
+        try:
+            _, fds, _, _ = socket.recv_fds(self.handoff, 1, 1)
+        except OSError:
+            pass
         self.handoff.close()
-        return conn
+        if not fds:
+            return None  # the server stopped before a command came
+        return socket.socket(fileno=fds[0])
 
     def _receive_request(self, conn: socket.socket) -> tuple[list[str], dict[str, str], int, list[int]]:
         packet, fds, _, _ = socket.recv_fds(conn, proto.MAX_PACKET, REQUEST_FDS)
