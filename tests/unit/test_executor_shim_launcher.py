@@ -203,13 +203,19 @@ def marked_launcher():
     helper.close()
 
 
-def test_after_a_spawn_a_standby_shim_waits_in_a_new_pid_namespace_and_takes_the_next_request(marked_launcher, tmp_path):
+def after_first_spawn(marked_launcher, tmp_path) -> tuple[ShimLauncher, str, int]:
+    """The launcher, its marker and its standby once a first request (state dir `a`) was served; `b` made too."""
     launcher_, marker = marked_launcher
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
     standby = standby_of(marker)
     assert standby, "no standby shim after the first spawn"
+    return launcher_, marker, standby
+
+
+def test_after_a_spawn_a_standby_shim_waits_in_a_new_pid_namespace_and_takes_the_next_request(marked_launcher, tmp_path):
+    launcher_, marker, standby = after_first_spawn(marked_launcher, tmp_path)
     # Its next child is PID 1 of a pid namespace of its own, as a shim's init must be. The kernel shows
     # a new pid namespace only once its first process exists: until then the link does not resolve.
     try:
@@ -226,11 +232,7 @@ def test_after_a_spawn_a_standby_shim_waits_in_a_new_pid_namespace_and_takes_the
 
 
 def test_a_killed_standby_is_replaced_by_a_shim_forked_for_the_request(marked_launcher, tmp_path):
-    launcher_, marker = marked_launcher
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
-    standby = standby_of(marker)
+    launcher_, _, standby = after_first_spawn(marked_launcher, tmp_path)
     os.kill(standby, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while not exited(standby) and time.monotonic() < deadline:
@@ -242,11 +244,7 @@ def test_a_killed_standby_is_replaced_by_a_shim_forked_for_the_request(marked_la
 
 
 def test_a_request_without_a_state_dir_leaves_the_standby_for_the_next(marked_launcher, tmp_path):
-    launcher_, marker = marked_launcher
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
-    standby = standby_of(marker)
+    launcher_, _, standby = after_first_spawn(marked_launcher, tmp_path)
     assert launcher_.spawn(options(str(tmp_path / "missing"))) != 0
     assert launcher_.spawn(options(str(tmp_path / "b"))) == 0
     assert statefiles.parse_pid((tmp_path / "b" / statefiles.SHIM_PID).read_text())[0] == standby
@@ -254,10 +252,7 @@ def test_a_request_without_a_state_dir_leaves_the_standby_for_the_next(marked_la
 
 def test_a_stopping_launcher_ends_its_standby_before_it_exits(marked_launcher, tmp_path):
     """So the shims' cgroup is empty once the executor has stopped, and can be removed."""
-    launcher_, marker = marked_launcher
-    (tmp_path / "a").mkdir()
-    assert launcher_.spawn(options(str(tmp_path / "a"))) == 0
-    standby = standby_of(marker)
+    launcher_, _, standby = after_first_spawn(marked_launcher, tmp_path)
     launcher_.close()
     assert exited(standby)
 
