@@ -43,6 +43,11 @@ class Trash:
             os.rename(directory, doomed)
         except FileNotFoundError:
             return
+        except OSError as err:
+            # Not renamed (a read-only run dir?): deleted here and now, as before the trash existed.
+            log.warning("cannot rename %s aside (%s): deleting it in place", directory, err)
+            shutil.rmtree(directory, onerror=self._report)
+            return
         self._enqueue(doomed)
 
     def sweep(self) -> None:

@@ -56,3 +56,18 @@ def test_discard_after_close_starts_again(tmp_path: Path):
     trash.discard(state_dir(tmp_path, "a2"))
     trash.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_that_cannot_be_renamed_is_deleted_in_place(tmp_path: Path, monkeypatch):
+    import os
+
+    directory = state_dir(tmp_path, "1234567890")
+
+    def refuse(*_):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "rename", refuse)
+    trash = Trash(tmp_path)
+    trash.discard(directory)
+    assert not directory.exists()
+    trash.close()
