@@ -22,7 +22,7 @@ from services.executor import init, logfmt  # noqa: F401
 # a time, each answered once the intermediate child has exited. End of file on stdin: the executor is gone.
 BOOTSTRAP = "from services.executor.shim_launcher import main; main()"
 CONTROL_FD = 0
-LENGTH_SIZE = 4
+LENGTH_SIZE = shim_standby.LENGTH_SIZE
 # A reply is one big-endian signed 32-bit status.
 REPLY_SIZE = 4
 MAX_REQUEST = 1 << 20

@@ -14,6 +14,9 @@ REQUEST_FD = 3
 # How long a launcher that is stopping waits for its standby to see end of file and exit.
 DISMISS_WAIT_MS = 5000
 PID_SIZE = 4
+# A request's framing, the launcher's own (shim_launcher.encode_request): a big-endian length, then
+# the marshal payload. The standby's pipe carries the request as the launcher received it.
+LENGTH_SIZE = 4
 
 
 class Standby:
@@ -27,7 +30,7 @@ class Standby:
     def hand_over(self, payload: bytes) -> bool:
         """Send the shim its options (the launcher's request, as it came); False if the standby is gone."""
         try:
-            data = len(payload).to_bytes(4, "big") + payload
+            data = len(payload).to_bytes(LENGTH_SIZE, "big") + payload
             while data:
                 data = data[posix.write(self.request_fd, data):]
             return True
@@ -138,7 +141,7 @@ def _wait(request_r: int, shim_procs) -> None:
 
 def _read_request() -> "bytes | None":
     """The length-prefixed request from the launcher; None on end of file."""
-    header = _read_exactly(4)
+    header = _read_exactly(LENGTH_SIZE)
     if header is None:
         return None
     return _read_exactly(int.from_bytes(header, "big"))
